@@ -1,0 +1,138 @@
+"""The alert lifecycle: when an anomaly opens, how often it is updated, when it is resolved.
+
+A key opens when a window *fires*: at least ``min_failures`` failures, a failure rate at least
+``min_lift`` times the baseline and ``min_excess_rate`` above it, and a score of at least
+``open_score``. While open, the key is *elevated* as long as its short-window score stays at or
+above ``resolve_score`` (or its long window still fires); it resolves only after it has not been
+elevated for ``resolve_hold_s``. An anomaly is judged on the window that opened it. The gap between the two thresholds and the hold time is the
+hysteresis that keeps a noisy incident from flapping (the same scheme as Prometheus' ``for:`` /
+``keep_firing_for:``). An open anomaly emits at most one ``update`` per bucket, and only when its
+severity changes or its failure rate moved by ``update_change`` since the last event. Ids come
+from the key and the onset, so a replay of the same input gives the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+from .config import AlertConfig
+
+
+@dataclass(slots=True)
+class Judgement:
+    """One window's verdict for one key."""
+
+    attempts: int
+    failures: int
+    expected_rate: float
+    score: float
+    fires: bool
+    start: float
+    end: float
+    rule: str                  # "short" or "long"
+
+    @property
+    def rate(self) -> float:
+        return self.failures / self.attempts if self.attempts else 0.0
+
+
+@dataclass(slots=True)
+class Alert:
+    """An open anomaly."""
+
+    id: str
+    key: str
+    since: float               # onset: start of the window that opened it
+    opened_at: float           # end of the step at which it opened
+    rule: str
+    severity: str
+    last_rate: float
+    last_emit_end: float
+    last_elevated_end: float
+    attempts: int = 0          # totals over the steps since it opened
+    failures: int = 0
+    evidence: dict = field(default_factory=dict)   # field index -> {value: failures}
+
+
+def anomaly_id(key: str, since: float) -> str:
+    """Stable id from the key and the onset (event time, whole milliseconds).
+
+    >>> anomaly_id("SERVFAIL", 1795774500.0)
+    'servfail-73dabdff62c7572c'
+    """
+    digest = hashlib.sha1(f"{key}|{round(since * 1000)}".encode()).hexdigest()[:16]
+    return f"{key.lower()}-{digest}"
+
+
+class AlertBook:
+    """Open anomalies by key and the transitions of each closed step.
+
+    ``decide`` is called once per closed step for every key that fired or is open, in key order,
+    and returns ``(state, alert, judgement)`` when an event is due, else ``None``.
+    """
+
+    def __init__(self, config: AlertConfig, bucket_s: float) -> None:
+        self.config = config
+        self.bucket_s = bucket_s
+        self.open: dict[str, Alert] = {}
+
+    def severity(self, judgement: Judgement) -> str:
+        excess = judgement.rate - judgement.expected_rate
+        return "critical" if excess >= self.config.critical_excess_rate else "warning"
+
+    def decide(self, key: str, end: float, short: Judgement, long: Judgement,
+               step_attempts: int, step_failures: int, alertable: bool
+               ) -> tuple[str, Alert, Judgement] | None:
+        config = self.config
+        alert = self.open.get(key)
+        if alert is None:
+            if not alertable:
+                return None
+            # The long window opens only while the short one is still elevated: it must not
+            # re-open an incident that has just ended from the evidence it still holds.
+            long_opens = long.fires and short.score >= config.resolve_score
+            judgement = short if short.fires else long if long_opens else None
+            if judgement is None:
+                return None
+            alert = Alert(id=anomaly_id(key, judgement.start), key=key, since=judgement.start,
+                          opened_at=end, rule=judgement.rule, severity=self.severity(judgement),
+                          last_rate=judgement.rate, last_emit_end=end, last_elevated_end=end,
+                          attempts=judgement.attempts, failures=judgement.failures)
+            self.open[key] = alert
+            return "open", alert, judgement
+
+        alert.attempts += step_attempts
+        alert.failures += step_failures
+        # An anomaly is judged on the window that opened it: the long window lags an incident's
+        # end by its whole length, which must not delay resolving a short, sharp incident.
+        judgement = short if alert.rule == "short" else long
+        elevated = judgement.score >= config.resolve_score
+        if not elevated:
+            if end - alert.last_elevated_end >= config.resolve_hold_s:
+                del self.open[key]
+                return "resolved", alert, judgement
+            return None
+        alert.last_elevated_end = end
+        severity = self.severity(judgement)
+        rate, last = judgement.rate, alert.last_rate
+        moved = (rate >= last * config.update_change or last >= rate * config.update_change)
+        if end - alert.last_emit_end >= self.bucket_s and (severity != alert.severity or moved):
+            alert.severity, alert.last_rate, alert.last_emit_end = severity, rate, end
+            return "update", alert, judgement
+        return None
+
+    def snapshot(self) -> list:
+        rows = []
+        for alert in self.open.values():
+            row = asdict(alert)
+            row["evidence"] = {str(f): dict(v) for f, v in alert.evidence.items()}
+            rows.append(row)
+        return rows
+
+    def restore(self, rows: list) -> None:
+        self.open = {}
+        for row in rows:
+            row = dict(row)
+            row["evidence"] = {int(f): dict(v) for f, v in row["evidence"].items()}
+            self.open[row["key"]] = Alert(**row)

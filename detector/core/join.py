@@ -1,0 +1,152 @@
+"""Join each OTP delivery to the outcome of the DNS lookups it depended on.
+
+Resolver records are buffered by name for as long as a delivery could still need them, and leave
+the buffer by event time, so memory follows the traffic inside the join window, not the history.
+A lookup ``(qname, qtype)`` of a delivery at time ``t`` from mail server ``s`` matches the resolver
+record with the same name (and type, and ``client == s``, where both sides give them) nearest
+before ``t`` within ``[t - before, t]``; failing that, the earliest one in ``(t, t + after]``
+(clocks of mail servers and resolvers disagree by a few seconds). A delivery takes the worst
+outcome of its lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is ``UNMATCHED``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections import deque
+
+from .outcomes import RANK
+from .records import DnsRecord, MailRecord
+
+# A buffered resolver answer: (ts, qtype, client, outcome, resolver).
+Entry = tuple[float, str | None, str | None, str, str | None]
+
+
+def _entry_ts(entry: Entry) -> float:
+    return entry[0]
+
+
+class DnsJoin:
+    """Buffer of resolver records by qname with event-time expiry and a size cap.
+
+    >>> from detector.core.records import parse_dns, parse_mail
+    >>> join = DnsJoin(before_s=30, after_s=5)
+    >>> join.add(parse_dns(b'{"ts": 100, "qname": "Bank.example.", "rcode": "SERVFAIL", "resolver": "r1"}'))
+    >>> join.resolve(parse_mail(b'{"ts": 110, "message_id": "m1", "status": "deferred", "sender": "otp@bank.example"}'))
+    ('SERVFAIL', 'r1')
+    >>> join.resolve(parse_mail(b'{"ts": 200, "message_id": "m2", "status": "deferred", "sender": "otp@bank.example"}'))
+    ('UNMATCHED', None)
+    """
+
+    def __init__(self, before_s: float, after_s: float, max_buffered: int = 2_000_000) -> None:
+        self.before_s = before_s
+        self.after_s = after_s
+        self.max_buffered = max_buffered
+        self._by_name: dict[str, list[Entry]] = {}
+        self._arrivals: deque[tuple[float, str]] = deque()
+        self.size = 0
+        self.evicted = 0
+
+    def add(self, record: DnsRecord) -> None:
+        entry = (record.ts, record.qtype, record.client, record.outcome, record.resolver)
+        entries = self._by_name.get(record.qname)
+        if entries is None:
+            self._by_name[record.qname] = [entry]
+        elif entries[-1][0] <= record.ts:
+            entries.append(entry)
+        else:
+            insort(entries, entry, key=_entry_ts)
+        self._arrivals.append((record.ts, record.qname))
+        self.size += 1
+        if self.size > self.max_buffered:
+            ts, _ = self._arrivals[0]
+            self.evicted += self._drop_through(ts, inclusive=True)
+
+    def expire(self, cutoff: float) -> None:
+        """Forget records older than ``cutoff``: no delivery still to be joined can need them."""
+        self._drop_through(cutoff, inclusive=False)
+
+    def _drop_through(self, cutoff: float, inclusive: bool) -> int:
+        dropped = 0
+        arrivals, by_name = self._arrivals, self._by_name
+        while arrivals and (arrivals[0][0] <= cutoff if inclusive else arrivals[0][0] < cutoff):
+            _, qname = arrivals.popleft()
+            entries = by_name.get(qname)
+            if entries is None:
+                continue
+            cut = (bisect_right if inclusive else bisect_left)(entries, cutoff, key=_entry_ts)
+            if cut:
+                del entries[:cut]
+                dropped += cut
+                if not entries:
+                    del by_name[qname]
+        self.size -= dropped
+        return dropped
+
+    def match(self, ts: float, qname: str, qtype: str | None, server: str | None) -> Entry | None:
+        entries = self._by_name.get(qname)
+        if not entries:
+            return None
+        lo = bisect_left(entries, ts - self.before_s, key=_entry_ts)
+        hi = bisect_right(entries, ts + self.after_s, key=_entry_ts)
+        split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
+        # Nearest before first (scan backwards), then the earliest after.
+        for i in range(split - 1, lo - 1, -1):
+            entry = entries[i]
+            if _compatible(entry, qtype, server):
+                return entry
+        for i in range(split, hi):
+            entry = entries[i]
+            if _compatible(entry, qtype, server):
+                return entry
+        return None
+
+    def resolve(self, mail: MailRecord) -> tuple[str, str | None]:
+        """The delivery's outcome and the resolver that gave it (``None`` when unknown)."""
+        return self.resolve_fields(mail.ts, mail.server, mail.sender_domain, mail.lookups,
+                                   mail.dns_outcome)
+
+    def resolve_fields(self, ts: float, server: str | None, sender_domain: str | None,
+                       lookups: list | None, dns_outcome: str | None) -> tuple[str, str | None]:
+        """``resolve`` on the fields the pipeline keeps of a pending delivery."""
+        if dns_outcome is not None:
+            return dns_outcome, None
+        if lookups is None:
+            if sender_domain is None:
+                return "NO_LOOKUP", None
+            lookups = ((sender_domain, None),)
+        if not lookups:
+            return "NO_LOOKUP", None
+        worst, worst_rank, worst_resolver = "NO_LOOKUP", RANK["NO_LOOKUP"], None
+        for qname, qtype in lookups:
+            entry = self.match(ts, qname, qtype, server)
+            if entry is None:
+                outcome, resolver = "UNMATCHED", None
+            else:
+                outcome, resolver = entry[3], entry[4]
+            rank = RANK[outcome]
+            if rank < worst_rank:
+                worst, worst_rank, worst_resolver = outcome, rank, resolver
+        return worst, worst_resolver
+
+    def snapshot(self) -> list:
+        """Buffered records as plain lists, oldest first (the arrival order is rebuilt from ts)."""
+        flat = [[ts, qname, qtype, client, outcome, resolver]
+                for qname, entries in self._by_name.items()
+                for ts, qtype, client, outcome, resolver in entries]
+        flat.sort(key=lambda row: (row[0], row[1]))
+        return flat
+
+    def restore(self, rows: list) -> None:
+        self._by_name.clear()
+        self._arrivals.clear()
+        self.size = 0
+        for ts, qname, qtype, client, outcome, resolver in rows:
+            self._by_name.setdefault(qname, []).append((ts, qtype, client, outcome, resolver))
+            self._arrivals.append((ts, qname))
+            self.size += 1
+
+
+def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:
+    if qtype is not None and entry[1] is not None and entry[1] != qtype:
+        return False
+    return server is None or entry[2] is None or entry[2] == server

@@ -1,0 +1,288 @@
+"""Parse and validate raw log lines into mail-flow and DNS resolver records.
+
+Bytes in, a record or a rejection out: nothing here raises on bad input. A rejection carries a
+reason from a small vocabulary (``not_json``, ``not_object``, ``missing_field:<name>``,
+``wrong_type:<name>``, ``bad_ts``, ``bad_value:<name>``, ``too_large``) so that counts by reason are
+meaningful and a user reading one knows which field to fix. Timestamps follow the contract: RFC 3339
+(any offset, none means UTC) or epoch seconds, or epoch milliseconds when the number is above 1e11.
+The schemas in ``schemas/`` say the same thing; a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+
+from .outcomes import OUTCOMES, outcome_of_rcode
+
+#: Lines longer than this are rejected before parsing: no log line of either stream is near it,
+#: and it bounds the work and memory one hostile record can cost.
+MAX_LINE_BYTES = 64 * 1024
+#: Strings kept from a record are cut to this many characters (evidence, ids, names).
+MAX_FIELD_CHARS = 512
+#: Epoch numbers above this are milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+EPOCH_MS_THRESHOLD = 1e11
+#: 9999-12-31T23:59:59.999Z in milliseconds: the largest timestamp RFC 3339 can write.
+MAX_EPOCH_MS = 253402300799999
+
+FINAL_FAILURE = frozenset({"failed", "deferred", "quarantined", "filtered", "dropped"})
+FINAL_SUCCESS = frozenset({"delivered"})
+NOT_FINAL = frozenset({"pending", "expanded", "getting_status"})
+STATUSES = FINAL_FAILURE | FINAL_SUCCESS | NOT_FINAL
+_OUTCOME_SET = frozenset(OUTCOMES)
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
+    r"(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)?"
+)
+_MAIL_OPTIONAL_STR = ("sender", "recipient", "tenant", "server", "direction", "category",
+                      "subject", "status_code", "detail")
+_DNS_OPTIONAL_STR = ("qtype", "resolver", "client")
+
+
+class Rejected(Exception):
+    """A record the contract does not accept; ``reason`` is the counted, dead-lettered reason."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class MailRecord:
+    """One delivery attempt, validated; strings as logged except where noted."""
+
+    ts: float
+    message_id: str
+    status: str                   # lower case
+    sender: str | None
+    sender_domain: str | None     # lower case, no trailing dot
+    tenant: str | None
+    server: str | None            # lower case, matched to a DNS record's client
+    category: str | None          # lower case
+    subject: str | None
+    status_code: str | None
+    lookups: list[tuple[str, str | None]] | None   # (qname, qtype upper) or None when not given
+    dns_outcome: str | None       # upper case outcome when the mail system logged one
+
+
+@dataclass(slots=True)
+class DnsRecord:
+    """One resolver answer (or give-up), validated."""
+
+    ts: float
+    qname: str                    # lower case, no trailing dot
+    qtype: str | None             # upper case
+    outcome: str                  # rcode mapped to an outcome (NOERROR with no answers: NODATA)
+    resolver: str | None
+    client: str | None            # lower case
+
+
+def parse_ts(value: object) -> float:
+    """Epoch seconds (float) from a contract timestamp, or raise ``Rejected('bad_ts')``.
+
+    >>> parse_ts("2026-11-27T10:15:02.5Z")
+    1795774502.5
+    >>> parse_ts("2026-11-27T11:15:02.5+01:00")
+    1795774502.5
+    >>> parse_ts(1795774502500)
+    1795774502.5
+    """
+    if isinstance(value, str):
+        match = _RFC3339.fullmatch(value)
+        if match is None:
+            raise Rejected("bad_ts")
+        year, month, day, hour, minute, second, frac, offset = match.groups()
+        try:
+            stamp = datetime(int(year), int(month), int(day), int(hour), int(minute),
+                             min(int(second), 59), tzinfo=timezone.utc)
+        except ValueError:  # 31 February and friends
+            raise Rejected("bad_ts") from None
+        seconds = stamp.timestamp()
+        if frac:
+            seconds += float(frac)
+        if offset and offset not in ("Z", "z"):
+            sign = 1 if offset[0] == "+" else -1
+            seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+        return seconds
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        if not 0 <= seconds <= MAX_EPOCH_MS:
+            raise Rejected("bad_ts")
+        return seconds / 1000.0 if seconds > EPOCH_MS_THRESHOLD else seconds
+    raise Rejected("bad_ts")
+
+
+def format_ts(seconds: float) -> str:
+    """RFC 3339 UTC with a ``Z``; milliseconds only when the time has a fraction.
+
+    >>> format_ts(1795774502.0)
+    '2026-11-27T10:15:02Z'
+    """
+    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    if stamp.microsecond:
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def normalize_name(name: str) -> str:
+    """DNS names compare case-insensitively and without the root's trailing dot."""
+    return name.lower().rstrip(".")[:MAX_FIELD_CHARS]
+
+
+def domain_of(address: str | None) -> str | None:
+    """The domain of an envelope address (``None`` for the null sender ``<>`` or no ``@``)."""
+    if not address:
+        return None
+    domain = address.strip().strip("<>").rpartition("@")[2]
+    if not domain or "@" not in address:
+        return None
+    return normalize_name(domain)
+
+
+def load_object(raw: bytes | str) -> dict:
+    """Decode one line or message into a JSON object, or raise ``Rejected``."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise Rejected("too_large")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Rejected("not_json") from None
+    if not isinstance(obj, dict):
+        raise Rejected("not_object")
+    return obj
+
+
+def _required_str(obj: dict, name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise Rejected(f"missing_field:{name}")
+    if not isinstance(value, str):
+        raise Rejected(f"wrong_type:{name}")
+    if not value:
+        raise Rejected(f"bad_value:{name}")
+    return value
+
+
+def _optional_str(obj: dict, name: str) -> str | None:
+    value = obj.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise Rejected(f"wrong_type:{name}")
+
+
+def _required_ts(obj: dict) -> float:
+    value = obj.get("ts")
+    if value is None:
+        raise Rejected("missing_field:ts")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise Rejected("wrong_type:ts")
+    return parse_ts(value)
+
+
+def _lookups(value: object) -> list[tuple[str, str | None]]:
+    if not isinstance(value, list):
+        raise Rejected("wrong_type:dns_lookups")
+    lookups = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise Rejected("bad_value:dns_lookups")
+        qname = item.get("qname")
+        qtype = item.get("qtype")
+        if not isinstance(qname, str) or not qname or not (qtype is None or isinstance(qtype, str)):
+            raise Rejected("bad_value:dns_lookups")
+        lookups.append((normalize_name(qname), qtype.upper() if qtype else None))
+    return lookups
+
+
+def mail_from_object(obj: dict) -> MailRecord:
+    """Validate a decoded mail-flow object; raise ``Rejected`` with the first problem found."""
+    ts = _required_ts(obj)
+    message_id = _required_str(obj, "message_id")
+    status = _required_str(obj, "status").lower()
+    if status not in STATUSES:
+        raise Rejected("bad_value:status")
+    for name in _MAIL_OPTIONAL_STR:
+        _optional_str(obj, name)
+    direction = obj.get("direction")
+    if direction is not None and direction.lower() not in ("inbound", "outbound"):
+        raise Rejected("bad_value:direction")
+    lookups_value = obj.get("dns_lookups")
+    lookups = None if lookups_value is None else _lookups(lookups_value)
+    dns_outcome = obj.get("dns_outcome")
+    if dns_outcome is not None:
+        if not isinstance(dns_outcome, str):
+            raise Rejected("wrong_type:dns_outcome")
+        dns_outcome = dns_outcome.upper()
+        if dns_outcome not in _OUTCOME_SET:
+            raise Rejected("bad_value:dns_outcome")
+    sender = obj.get("sender")
+    server = obj.get("server")
+    category = obj.get("category")
+    return MailRecord(
+        ts=ts,
+        message_id=message_id[:MAX_FIELD_CHARS],
+        status=status,
+        sender=sender[:MAX_FIELD_CHARS] if sender else None,
+        sender_domain=domain_of(sender),
+        tenant=obj.get("tenant", None) and obj["tenant"][:MAX_FIELD_CHARS],
+        server=server.lower()[:MAX_FIELD_CHARS] if server else None,
+        category=category.lower() if category else None,
+        subject=obj.get("subject"),
+        status_code=obj.get("status_code", None) and obj["status_code"][:32],
+        lookups=lookups,
+        dns_outcome=dns_outcome,
+    )
+
+
+def dns_from_object(obj: dict) -> DnsRecord:
+    """Validate a decoded DNS resolver object; raise ``Rejected`` with the first problem found."""
+    ts = _required_ts(obj)
+    qname = _required_str(obj, "qname")
+    rcode = _required_str(obj, "rcode")
+    for name in _DNS_OPTIONAL_STR:
+        _optional_str(obj, name)
+    answers = obj.get("answers")
+    if answers is None:
+        count = None
+    elif isinstance(answers, list):
+        count = len(answers)
+    elif isinstance(answers, int) and not isinstance(answers, bool) or (
+            isinstance(answers, float) and answers.is_integer()):
+        if answers < 0:
+            raise Rejected("bad_value:answers")
+        count = int(answers)
+    else:
+        raise Rejected("wrong_type:answers")
+    latency = obj.get("latency_ms")
+    if latency is not None:
+        if isinstance(latency, bool) or not isinstance(latency, (int, float)):
+            raise Rejected("wrong_type:latency_ms")
+        if not latency >= 0:
+            raise Rejected("bad_value:latency_ms")
+    qtype = obj.get("qtype")
+    resolver = obj.get("resolver")
+    client = obj.get("client")
+    return DnsRecord(
+        ts=ts,
+        qname=normalize_name(qname),
+        qtype=qtype.upper() if qtype else None,
+        outcome=outcome_of_rcode(rcode, count),
+        resolver=resolver[:MAX_FIELD_CHARS] if resolver else None,
+        client=client.lower()[:MAX_FIELD_CHARS] if client else None,
+    )
+
+
+def parse_mail(raw: bytes | str) -> MailRecord:
+    """Decode and validate one mail-flow line; raise ``Rejected``."""
+    return mail_from_object(load_object(raw))
+
+
+def parse_dns(raw: bytes | str) -> DnsRecord:
+    """Decode and validate one DNS resolver line; raise ``Rejected``."""
+    return dns_from_object(load_object(raw))

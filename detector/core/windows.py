@@ -1,0 +1,147 @@
+"""Sliding event-time windows of OTP attempts and failures per key, with their evidence.
+
+Joined deliveries are counted into *steps* (``step_s`` of event time, aligned to the epoch so a
+replay and a live run cut the same steps). When the watermark has passed a step, the step is
+*closed*: its counts move into a ring of the last ``long_window_s / step_s`` steps, and the sums of
+the short window (``bucket_s``) and of the long window slide by one step. Sums are kept
+incrementally, so closing a step costs a few vector operations whatever the traffic. Failures keep
+a small tuple each (sender domain, resolver, tenant, status code, message id) for evidence,
+capped per step and key so an incident's evidence costs bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .outcomes import N_KEYS
+
+#: At most this many failure tuples are kept per step and key for evidence.
+EVIDENCE_CAP = 500
+
+# A failure's evidence: (sender_domain, resolver, tenant, status_code, message_id).
+Failure = tuple[str | None, str | None, str | None, str | None, str]
+
+
+class StepCounts:
+    """Counts of one open step: attempts, failures per key, and failure evidence per key."""
+
+    __slots__ = ("attempts", "failures", "evidence")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.failures = [0] * N_KEYS
+        self.evidence: dict[int, list[Failure]] = {}
+
+    def add_failure(self, key: int, failure: Failure) -> None:
+        self.failures[key] += 1
+        kept = self.evidence.get(key)
+        if kept is None:
+            self.evidence[key] = [failure]
+        elif len(kept) < EVIDENCE_CAP:
+            kept.append(failure)
+
+    def to_plain(self) -> list:
+        return [self.attempts, list(self.failures),
+                {str(k): [list(f) for f in v] for k, v in self.evidence.items()}]
+
+    @classmethod
+    def from_plain(cls, row: list) -> "StepCounts":
+        counts = cls()
+        counts.attempts = int(row[0])
+        counts.failures = [int(v) for v in row[1]]
+        counts.evidence = {int(k): [tuple(f) for f in v] for k, v in row[2].items()}
+        return counts
+
+
+class SlidingCounts:
+    """A ring of closed steps with incremental short- and long-window sums.
+
+    >>> win = SlidingCounts(short_steps=2, long_steps=4)
+    >>> for attempts in (10, 20, 30):
+    ...     step = StepCounts(); step.attempts = attempts; step.failures[0] = 1
+    ...     win.push(step)
+    >>> win.short_attempts, win.long_attempts, int(win.short_failures[0])
+    (50, 60, 2)
+    """
+
+    def __init__(self, short_steps: int, long_steps: int) -> None:
+        self.short_steps = short_steps
+        self.long_steps = long_steps
+        self.ring_attempts = np.zeros(long_steps, dtype=np.int64)
+        self.ring_failures = np.zeros((long_steps, N_KEYS), dtype=np.int64)
+        self.ring_evidence: list[dict[int, list[Failure]]] = [{} for _ in range(long_steps)]
+        self.pushed = 0          # steps pushed so far; the newest is at (pushed - 1) % long_steps
+        self._recompute()
+
+    def push(self, step: StepCounts) -> None:
+        pos = self.pushed % self.long_steps
+        failures = np.asarray(step.failures, dtype=np.int64)
+        # The slot about to be overwritten leaves the long window ...
+        self.long_attempts += step.attempts - int(self.ring_attempts[pos])
+        self.long_failures += failures - self.ring_failures[pos]
+        self.ring_attempts[pos] = step.attempts
+        self.ring_failures[pos] = failures
+        self.ring_evidence[pos] = step.evidence
+        self.pushed += 1
+        # ... and the step short_steps back leaves the short window.
+        self.short_attempts += step.attempts
+        self.short_failures += failures
+        if self.pushed > self.short_steps:
+            gone = (self.pushed - 1 - self.short_steps) % self.long_steps
+            self.short_attempts -= int(self.ring_attempts[gone])
+            self.short_failures -= self.ring_failures[gone]
+
+    def is_empty(self) -> bool:
+        return self.long_attempts == 0
+
+    def clear(self) -> None:
+        """Forget everything (after a gap longer than the long window)."""
+        self.ring_attempts[:] = 0
+        self.ring_failures[:] = 0
+        self.ring_evidence = [{} for _ in range(self.long_steps)]
+        self._recompute()
+
+    def evidence(self, key: int, steps: int) -> list[Failure]:
+        """Failure tuples of ``key`` over the newest ``steps`` steps."""
+        found: list[Failure] = []
+        for back in range(min(steps, self.pushed, self.long_steps)):
+            pos = (self.pushed - 1 - back) % self.long_steps
+            found.extend(self.ring_evidence[pos].get(key, ()))
+        return found
+
+    def _recompute(self) -> None:
+        self.long_attempts = int(self.ring_attempts.sum())
+        self.long_failures = self.ring_failures.sum(axis=0)
+        newest = [(self.pushed - 1 - back) % self.long_steps
+                  for back in range(min(self.short_steps, self.pushed))]
+        self.short_attempts = int(self.ring_attempts[newest].sum()) if newest else 0
+        self.short_failures = (self.ring_failures[newest].sum(axis=0) if newest
+                               else np.zeros(N_KEYS, dtype=np.int64))
+
+    def snapshot(self) -> dict:
+        return {"pushed": self.pushed, "attempts": self.ring_attempts.tolist(),
+                "failures": self.ring_failures.tolist(),
+                "evidence": [{str(k): [list(f) for f in v] for k, v in slot.items()}
+                             for slot in self.ring_evidence]}
+
+    def restore(self, state: dict) -> None:
+        self.pushed = int(state["pushed"])
+        self.ring_attempts = np.asarray(state["attempts"], dtype=np.int64)
+        self.ring_failures = np.asarray(state["failures"], dtype=np.int64).reshape(
+            self.long_steps, N_KEYS)
+        self.ring_evidence = [{int(k): [tuple(f) for f in v] for k, v in slot.items()}
+                              for slot in state["evidence"]]
+        self._recompute()
+
+
+def top_values(failures: list[Failure], field: int, top: int) -> list[dict]:
+    """The ``top`` most common non-empty values of one evidence field, ties by value."""
+    return top_counted(Counter(f[field] for f in failures if f[field]), top)
+
+
+def top_counted(counts: dict, top: int) -> list[dict]:
+    """``[{"value", "count"}]`` of the ``top`` largest counts, ties broken by value."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [{"value": value, "count": count} for value, count in ranked[:top]]
