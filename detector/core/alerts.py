@@ -89,9 +89,9 @@ class AlertBook:
         if alert is None:
             if not alertable:
                 return None
-            # The long window opens only while the short one is still elevated: it must not
-            # re-open an incident that has just ended from the evidence it still holds.
-            long_opens = long.fires and short.score >= config.resolve_score
+            # The long window opens only while the newest minute is still above the baseline: it
+            # must not re-open an incident that has just ended from the evidence it still holds.
+            long_opens = long.fires and _still_high(short, config.long_min_lift)
             judgement = short if short.fires else long if long_opens else None
             if judgement is None:
                 return None
@@ -107,7 +107,8 @@ class AlertBook:
         # An anomaly is judged on the window that opened it: the long window lags an incident's
         # end by its whole length, which must not delay resolving a short, sharp incident.
         judgement = short if alert.rule == "short" else long
-        elevated = judgement.score >= config.resolve_score
+        elevated = judgement.score >= config.resolve_score and (
+            alert.rule == "short" or _still_high(short, 1.0))
         if not elevated:
             if end - alert.last_elevated_end >= config.resolve_hold_s:
                 del self.open[key]
@@ -136,3 +137,8 @@ class AlertBook:
             row = dict(row)
             row["evidence"] = {int(f): dict(v) for f, v in row["evidence"].items()}
             self.open[row["key"]] = Alert(**row)
+
+
+def _still_high(short: Judgement, lift: float) -> bool:
+    """The newest minute is above the baseline by ``lift`` and not by chance alone (p < 0.1)."""
+    return short.score >= 1.0 and short.rate >= short.expected_rate * lift

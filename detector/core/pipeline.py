@@ -157,16 +157,24 @@ class Detector:
         return events
 
     def _drop_future(self, parsed: list, rejected: list, now: float | None) -> list:
-        """Reject timestamps far ahead of the batch's median (and of ``now`` when known).
+        """Reject timestamps far ahead of the rest of their batch (and of ``now`` when known).
 
-        One host with a wrong clock must not move the watermark: a batch's median is robust to a
-        few such records, and a live shell also gives the wall clock.
+        One host with a wrong clock must not move the watermark. In the batch's sorted times, a
+        jump of more than ``max_future_skew_s`` followed by only a few records (at most 1 % of the
+        batch) marks those few as a bad clock; a real gap in the traffic is followed by the rest
+        of the traffic. A live shell also gives the wall clock, which settles single records.
         """
         skew = self.config.clock.max_future_skew_s
-        limit = float(np.median([record.ts for _, record in parsed])) + skew
-        if now is not None:
-            limit = min(limit, now + skew)
-        if max(record.ts for _, record in parsed) <= limit:
+        times = np.fromiter((record.ts for _, record in parsed), dtype=float, count=len(parsed))
+        limit = math.inf if now is None else now + skew
+        if len(times) > 1:
+            ordered = np.sort(times)
+            tail_allowed = max(1, len(times) // 100)
+            for gap in np.flatnonzero(np.diff(ordered) > skew):
+                if len(times) - (gap + 1) <= tail_allowed:
+                    limit = min(limit, float(ordered[gap]) + skew)
+                    break
+        if times.max() <= limit:
             return parsed
         kept = []
         for item in parsed:
@@ -279,7 +287,8 @@ class Detector:
         candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate))
         alertable = (self.first_ts is not None and end - self.first_ts >= model.warmup_s
                      and self.learned_attempts >= model.warmup_attempts)
-        explained = 0.0       # excess failures of open outcome keys, to judge ALL against
+        # Excess failures of open outcome keys in each window, to judge ALL against.
+        explained_short = explained_long = 0.0
         for key in sorted(candidates, key=KEY_INDEX.__getitem__):
             k = KEY_INDEX[key]
             short = self._judge(k, short_n, int(short_x[k]), a, b, bool(short_gate[k]),
@@ -291,10 +300,13 @@ class Detector:
             if alert is not None:
                 _merge_evidence(alert.evidence, step.evidence.get(k, ()))
             may_open = alertable
-            if k == ALL_INDEX and alert is None and explained > 0:
+            if k == ALL_INDEX and alert is None:
                 # ALL is for failures spread over outcomes: it stays quiet when open outcome
-                # keys already explain at least half of its excess (one incident, one page).
-                may_open = explained < 0.5 * (short_x[k] - short_n * expected[k])
+                # keys already explain half of its excess in either window (one incident, one
+                # page).
+                may_open = alertable and not (
+                    explained_short >= 0.5 * (short_x[k] - short_n * expected[k])
+                    or explained_long >= 0.5 * (long_x[k] - long_n * expected[k]))
             decision = self.books.decide(key, end, short, long, step.attempts,
                                          step.failures[k], may_open)
             if decision is not None:
@@ -303,7 +315,8 @@ class Detector:
                                     windows.evidence(k, self._steps_of(decision[2])))
                 events.append(self._event(*decision, end))
             if k != ALL_INDEX and key in self.books.open:
-                explained += max(0.0, short_x[k] - short_n * expected[k])
+                explained_short += max(0.0, short_x[k] - short_n * expected[k])
+                explained_long += max(0.0, long_x[k] - long_n * expected[k])
         if (index + 1) % self.steps_per_bucket == 0:
             self._learn_bucket(end)
 

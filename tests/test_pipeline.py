@@ -1,0 +1,172 @@
+"""The core end to end on small written-out traffic: given these log lines, these anomaly events."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from detector.core.config import DetectorConfig
+from detector.core.pipeline import Detector
+from detector.core.records import parse_ts
+from traffic import T0, Traffic, feed_all
+
+EVENT_SCHEMA = Draft202012Validator(json.loads(
+    (Path(__file__).parent.parent / "schemas" / "anomaly-event.schema.json").read_text()))
+
+
+def at(minute: float) -> float:
+    return T0 + minute * 60
+
+
+def servfail_spike() -> Traffic:
+    """90 quiet minutes (0.7 % failures, DNS fine), 10 minutes where a quarter of the OTP mail's
+    SPF lookups SERVFAIL and those mails are deferred, then 40 quiet minutes."""
+    return (Traffic()
+            .minutes(0, 90, 60, fail_every=150)
+            .minutes(90, 10, 60, bad_every=4, rcode="SERVFAIL")
+            .minutes(100, 40, 60, fail_every=150)
+            .sorted())
+
+
+def assert_valid_events(events):
+    for event in events:
+        EVENT_SCHEMA.validate(event)
+        assert event["observed"]["failures"] <= event["observed"]["attempts"]
+        assert parse_ts(event["window"]["start"]) <= parse_ts(event["window"]["end"])
+        assert parse_ts(event["since"]) <= parse_ts(event["detected_at"])
+
+
+def test_a_servfail_spike_opens_once_within_a_minute_and_resolves_after_it_ends():
+    events = feed_all(Detector(), servfail_spike())
+    assert_valid_events(events)
+    states = [(e["state"], e["key"]["outcome"]) for e in events]
+    assert states[0] == ("open", "SERVFAIL")
+    assert states[-1] == ("resolved", "SERVFAIL")
+    assert {outcome for _, outcome in states} == {"SERVFAIL"}     # no second page for ALL
+    assert len({e["id"] for e in events}) == 1
+    opened = parse_ts(events[0]["detected_at"])
+    assert at(90) < opened <= at(91)
+    resolved = parse_ts(events[-1]["detected_at"])
+    assert at(100) < resolved <= at(100) + 7 * 60                # hold time 5 min
+    evidence = events[0]["evidence"]
+    assert evidence["resolvers"][0]["value"] == "res-a"
+    assert evidence["sender_domains"][0]["value"] == "auth.bank.example"
+    assert evidence["status_codes"][0]["value"] == "4.4.3"
+    assert len(evidence["sample_message_ids"]) == 5
+    assert events[-1]["observed"]["failures"] == 150               # every SERVFAIL'd delivery
+
+
+def test_updates_come_at_most_once_per_bucket():
+    events = [e for e in feed_all(Detector(), servfail_spike()) if e["state"] == "update"]
+    times = [parse_ts(e["detected_at"]) for e in events]
+    assert all(later - earlier >= 60 for earlier, later in zip(times, times[1:]))
+
+
+def test_an_otp_volume_surge_with_unchanged_failure_rates_raises_nothing():
+    traffic = (Traffic().minutes(0, 90, 60, fail_every=150)
+               .minutes(90, 30, 300, fail_every=150)          # five times the volume
+               .minutes(120, 30, 60, fail_every=150).sorted())
+    assert feed_all(Detector(), traffic) == []
+
+
+def test_one_failure_of_two_at_night_is_not_an_incident():
+    traffic = (Traffic().minutes(0, 90, 20, fail_every=200)
+               .minutes(90, 30, 2, fail_every=10**6)          # the night's trickle
+               .minutes(120, 1, 2, fail_every=2)              # one of its two mails fails
+               .minutes(121, 30, 2, fail_every=10**6)
+               .sorted())
+    assert feed_all(Detector(), traffic) == []
+
+
+def test_nothing_is_raised_during_warm_up():
+    traffic = Traffic().minutes(0, 10, 60, bad_every=2, rcode="SERVFAIL").sorted()
+    assert feed_all(Detector(), traffic) == []
+
+
+def test_a_small_sustained_rise_is_caught_by_the_long_window():
+    traffic = (Traffic().minutes(0, 120, 300, fail_every=100)     # 1 % failures
+               .minutes(120, 30, 300, fail_every=40)              # 2.5 %: no minute shows it
+               .sorted())
+    events = feed_all(Detector(), traffic)
+    opens = [e for e in events if e["state"] == "open"]
+    assert [(e["key"]["outcome"], e["rule"]) for e in opens] == [("NOERROR", "long")]
+    assert at(120) < parse_ts(opens[0]["detected_at"]) <= at(135)
+
+
+def test_non_otp_mail_failures_are_not_counted():
+    traffic = (Traffic().minutes(0, 90, 60, fail_every=150)
+               .minutes(90, 20, 60, bad_every=2, rcode="SERVFAIL", category="newsletter")
+               .sorted())
+    detector = Detector()
+    assert feed_all(detector, traffic) == []
+    assert detector.stats()["not_otp"] == 20 * 60
+
+
+def test_a_logged_dns_outcome_is_used_without_a_join():
+    detector = Detector()
+    line = orjson.dumps({"ts": at(1), "message_id": "m", "status": "deferred", "category": "otp",
+                         "sender": "verify@bank.example", "dns_outcome": "timeout"})
+    detector.feed("mail", [line])
+    detector.close()
+    assert detector.stats()["otp_outcome:TIMEOUT"] == 1
+
+
+@pytest.mark.parametrize("batch", [1, 37, 5000])
+def test_the_same_input_gives_the_same_events_whatever_the_batching(batch):
+    reference = feed_all(Detector(), servfail_spike(), batch=500)
+    assert feed_all(Detector(), servfail_spike(), batch=batch) == reference
+
+
+def test_a_restored_snapshot_continues_exactly_where_it_stopped():
+    traffic = servfail_spike()
+    reference = feed_all(Detector(), traffic)
+    first = Detector()
+    first.add_source("mail")
+    first.add_source("dns")
+    half_mail, half_dns = len(traffic.mail) * 92 // 140, len(traffic.dns) * 92 // 140
+    events = first.feed("dns", traffic.dns[:half_dns], source="dns").events
+    events += first.feed("mail", traffic.mail[:half_mail], source="mail").events
+    state = orjson.loads(orjson.dumps(first.snapshot()))      # through JSON, as a checkpoint is
+    second = Detector(state=state)
+    rest = Traffic(mail=traffic.mail[half_mail:], dns=traffic.dns[half_dns:])
+    events += feed_all(second, rest)
+    assert events == reference
+
+
+def test_late_records_are_rejected_as_late_and_duplicates_are_counted():
+    detector = Detector()
+    detector.add_source("mail")
+    mail = [orjson.dumps({"ts": at(10), "message_id": "a", "status": "delivered", "category": "otp"})]
+    detector.feed("mail", mail, source="mail")
+    old = orjson.dumps({"ts": at(9), "message_id": "b", "status": "delivered", "category": "otp"})
+    result = detector.feed("mail", [mail[0], old], source="mail")
+    assert result.rejected == [(1, "late")]
+    assert detector.stats()["duplicates"] == 1
+
+
+def test_a_clock_far_in_the_future_is_rejected_and_does_not_move_the_watermark():
+    detector = Detector()
+    lines = [orjson.dumps({"ts": at(1) + i, "message_id": f"m{i}", "status": "delivered",
+                           "category": "otp"}) for i in range(20)]
+    lines.append(orjson.dumps({"ts": "9999-01-01T00:00:00Z", "message_id": "x",
+                               "status": "delivered", "category": "otp"}))
+    result = detector.feed("mail", lines)
+    assert result.rejected == [(20, "future_ts")]
+    assert detector.watermark < at(2)
+
+
+def test_bad_lines_are_rejected_with_reasons_and_the_rest_goes_on():
+    detector = Detector()
+    lines = [b"{not json", b"[1]", b'{"ts": "yesterday", "message_id": "m", "status": "failed"}',
+             orjson.dumps({"ts": at(1), "message_id": "ok", "status": "failed", "category": "otp"})]
+    result = detector.feed("mail", lines)
+    assert result.rejected == [(0, "not_json"), (1, "not_object"), (2, "bad_ts")]
+    detector.close()
+    assert detector.stats()["otp_attempts"] == 1
+
+
+def test_config_parameters_change_the_decision():
+    strict = DetectorConfig.from_mapping({"alerts": {"min_failures": 1000}})
+    assert feed_all(Detector(strict), servfail_spike()) == []
