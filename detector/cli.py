@@ -106,5 +106,105 @@ def evaluate(anomalies, truth, as_json) -> None:
         click.echo(format_table(report))
 
 
+def _settings(config_path, overrides):
+    from .settings import load_settings
+
+    try:
+        return load_settings(config_path, overrides=overrides)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@main.command()
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+@click.option("--from", "start_from", metavar="WHERE",
+              help="earliest | latest | committed (default) | an RFC 3339 time.")
+@click.option("--config", "config_path", metavar="PATH", help="TOML configuration file.")
+@click.option("--group-id", metavar="ID", help="Consumer group (default otp-detector).")
+@click.option("--metrics-port", type=int, help="Serve Prometheus metrics and /healthz here.")
+@click.option("--exit-when-idle", type=float, metavar="SECONDS",
+              help="Flush and exit once the input has been idle this long (batch runs).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log line format.")
+def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit_when_idle,
+        log_format) -> None:
+    """Run the stream worker: consume mail-flow and DNS topics, publish anomaly events."""
+    from .logs import configure_logging
+    from .worker import Worker, parse_start_time
+
+    settings = _settings(config_path, {
+        ("kafka", "bootstrap_servers"): bootstrap_servers, ("worker", "start_from"): start_from,
+        ("worker", "group_id"): group_id, ("worker", "metrics_port"): metrics_port,
+        ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format})
+    if settings.worker.start_from not in ("earliest", "latest", "committed"):
+        try:
+            parse_start_time(settings.worker.start_from)
+        except ValueError as err:
+            _fail(str(err))
+    configure_logging(settings.worker.log_level, settings.worker.log_format)
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.WARNING)     # the client's chatter is not ours
+    from .worker_metrics import serve_worker_metrics
+
+    worker = Worker(settings)
+    server = serve_worker_metrics(worker, settings.worker.metrics_host, settings.worker.metrics_port)
+    worker.install_signal_handlers()
+    try:
+        code = worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--topic", required=True, help="Topic to write to.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
+@click.option("--config", "config_path", metavar="PATH", help="TOML configuration file.")
+@click.option("--speed", type=float, help="Replay event time at this multiple of real time.")
+@click.option("--no-key", is_flag=True, help="Send without keys (default: the join key).")
+def produce(topic, files, bootstrap_servers, config_path, speed, no_key) -> None:
+    """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
+    from .io.files import check_readable
+    from .io.produce import produce_files
+
+    settings = _settings(config_path, {("kafka", "bootstrap_servers"): bootstrap_servers})
+    try:
+        for path in files:
+            check_readable(path)
+    except OSError as err:
+        _fail(str(err))
+    sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key)
+    click.echo(f"produced {sent} records to {topic}", err=True)
+
+
+@main.command()
+@click.option("--port", type=int, default=9092, show_default=True, help="Loopback port.")
+def broker(port) -> None:
+    """Run a local Kafka-compatible broker (tansu, memory storage) until Ctrl-C or SIGTERM."""
+    import signal
+    import time
+
+    from .io.broker import LocalBroker
+
+    local = LocalBroker(port=port)
+    try:
+        local.start()
+    except RuntimeError as err:
+        _fail(str(err))
+    click.echo(local.bootstrap)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and local.process.poll() is None:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        local.stop()
+    click.echo("broker stopped", err=True)
+
+
 if __name__ == "__main__":
     main()

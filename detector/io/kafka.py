@@ -1,0 +1,227 @@
+"""The Kafka transport: client construction, topic creation, the assignor, and the state store.
+
+Thin on purpose: the worker decides, this module only talks to Kafka (kafka-python). Values are
+bytes in both directions; decoding is the core's job, never a ``value_deserializer`` (a
+deserializer that raises makes kafka-python's next ``poll()`` hang).
+
+**Assignment.** The detector judges all OTP mail together, so one member of the consumer group
+holds every partition of both input topics and the others are hot standbys (``SingleActiveAssignor``):
+a standby takes over in one rebalance when the active member leaves or dies, restoring the
+active member's last checkpoint. The assignment is sticky: a member joining never takes the
+partitions from a healthy active member.
+
+**State store.** Checkpoints go to a compacted topic. A checkpoint is a manifest (key = the group
+id) and its parts (key = ``<group>#<n>``), gzip-compressed JSON cut into parts that fit in a Kafka
+message. Parts are written and acknowledged before the manifest, so a reader that finds a manifest
+finds its parts; a manifest names its checkpoint id and the parts carry it, so a part of another
+checkpoint is never mixed in.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from kafka.errors import TopicAlreadyExistsError
+from kafka.protocol.consumer.metadata import (ConsumerProtocolAssignment,
+                                              ConsumerProtocolSubscription)
+
+from ..settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+#: A checkpoint part's size: under Kafka's default 1 MB message limit with room for headers.
+STATE_PART_BYTES = 900_000
+STATE_FORMAT = 1
+
+
+def client_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings shared by every client."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",") if s.strip()],
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+        "request_timeout_ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol.startswith("SASL"):
+        config.update(sasl_mechanism=kafka.sasl_mechanism,
+                      sasl_plain_username=kafka.sasl_username,
+                      sasl_plain_password=kafka.sasl_password)
+    if kafka.security_protocol.endswith("SSL"):
+        config.update(ssl_check_hostname=kafka.ssl_check_hostname)
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+            value = getattr(kafka, key)
+            if value:
+                config[key] = value
+    return config
+
+
+def make_consumer(kafka: KafkaSettings, group_id: str | None, assignor=None,
+                  **overrides: Any) -> KafkaConsumer:
+    config = client_config(kafka)
+    config.update(
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        max_poll_records=kafka.max_poll_records,
+    )
+    if assignor is not None:
+        config["partition_assignment_strategy"] = [assignor]
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """acks=all and idempotence: an event is written once per send, and only when every in-sync
+    replica has it. ``max_block_ms`` is short so a broker outage surfaces as a retryable error
+    instead of a minute-long stall."""
+    config = client_config(kafka)
+    config.update(acks="all", linger_ms=kafka.linger_ms, batch_size=262_144,
+                  max_block_ms=10_000, max_request_size=4_000_000)
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def ensure_topics(kafka: KafkaSettings, topics: dict[str, dict[str, str]]) -> list[str]:
+    """Create the named topics that do not exist (``{name: topic configs}``); returns created."""
+    admin = KafkaAdminClient(**client_config(kafka))
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(name, num_partitions=1, replication_factor=kafka.replication_factor,
+                            topic_configs=configs)
+                   for name, configs in topics.items() if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass       # created by another member meanwhile
+        return [t.name for t in missing]
+    finally:
+        admin.close()
+
+
+class SingleActiveAssignor(AbstractPartitionAssignor):
+    """Every partition to one member (sticky), none to the others: active/standby.
+
+    Each member says in its subscription's user data whether it holds partitions now; the group
+    leader keeps that member active if it is still there, otherwise picks the first member by id.
+    """
+
+    name = "otp-single-active"
+    version = 0
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def metadata(self, topics):
+        return ConsumerProtocolSubscription(self.version, sorted(topics),
+                                            b"active" if self.active else b"standby")
+
+    def assign(self, cluster, members):
+        ordered = sorted(members, key=lambda m: m.member_id)
+        chosen = next((m for m in ordered if _user_data(m) == b"active"), ordered[0])
+        topics = sorted({t for m in members for t in m.metadata.topics})
+        owned = []
+        for topic in topics:
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                owned.append((topic, sorted(partitions)))
+        return {m.member_id: ConsumerProtocolAssignment(
+                    self.version, owned if m is chosen else [], b"")
+                for m in members}
+
+    def on_assignment(self, assignment, generation=None):
+        self.active = bool(assignment.partitions())
+
+
+def _user_data(member) -> bytes:
+    data = getattr(member.metadata, "user_data", b"")
+    return bytes(data) if isinstance(data, (bytes, bytearray)) else b""
+
+
+class StateStore:
+    """Checkpoints of the detector's state in a compacted topic (see the module docstring)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, group_id: str) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.group_id = group_id
+
+    def write(self, producer: KafkaProducer, state: dict, offsets: dict[str, int],
+              timeout_s: float = 30.0) -> int:
+        """Write one checkpoint and wait for every part's acknowledgement; returns its size."""
+        blob = gzip.compress(orjson.dumps(state), compresslevel=1)
+        checkpoint_id = f"{time.time_ns():x}-{hashlib.sha1(blob).hexdigest()[:12]}"
+        parts = [blob[i:i + STATE_PART_BYTES] for i in range(0, len(blob), STATE_PART_BYTES)] or [b""]
+        futures = [producer.send(self.topic, key=f"{self.group_id}#{n}".encode(), value=part,
+                                 headers=[("checkpoint", checkpoint_id.encode())])
+                   for n, part in enumerate(parts)]
+        producer.flush(timeout=timeout_s)
+        for future in futures:
+            future.get(timeout=timeout_s)
+        manifest = {"format": STATE_FORMAT, "group": self.group_id, "checkpoint": checkpoint_id,
+                    "parts": len(parts), "sha1": hashlib.sha1(blob).hexdigest(),
+                    "offsets": offsets, "written_at": time.time()}
+        producer.send(self.topic, key=self.group_id.encode(),
+                      value=orjson.dumps(manifest)).get(timeout=timeout_s)
+        return len(blob)
+
+    def read(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> tuple[dict, dict[str, int]] | None:
+        """The newest complete checkpoint of this group: ``(state, offsets)``, or ``None``.
+
+        Reads the whole topic (compaction keeps it small on a real cluster) and keeps the last
+        value per key. It stops at the end offsets *and* after ``idle_s`` without records, because
+        some brokers report end offsets short of the true end.
+        """
+        consumer = make_consumer(self.kafka, None, consumer_timeout_ms=int(idle_s * 1000))
+        latest: dict[bytes, tuple[bytes, dict[str, bytes]]] = {}
+        try:
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            if not tps:
+                return None
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            deadline = time.monotonic() + timeout_s
+            quiet_since = time.monotonic()
+            while time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=200)
+                if batch:
+                    quiet_since = time.monotonic()
+                    for records in batch.values():
+                        for record in records:
+                            if record.key is not None:
+                                latest[record.key] = (record.value, dict(record.headers or []))
+                elif time.monotonic() - quiet_since >= idle_s:
+                    ends = consumer.end_offsets(tps)
+                    if all(consumer.position(tp) >= ends[tp] for tp in tps):
+                        break
+        finally:
+            consumer.close()
+        found = latest.get(self.group_id.encode())
+        if found is None or not found[0]:
+            return None
+        manifest = orjson.loads(found[0])
+        parts = []
+        for n in range(manifest["parts"]):
+            part = latest.get(f"{self.group_id}#{n}".encode())
+            if part is None or part[1].get("checkpoint", b"").decode() != manifest["checkpoint"]:
+                log.warning("checkpoint %s is incomplete (part %d missing); starting fresh",
+                            manifest["checkpoint"], n)
+                return None
+            parts.append(part[0])
+        blob = b"".join(parts)
+        if hashlib.sha1(blob).hexdigest() != manifest["sha1"]:
+            log.warning("checkpoint %s fails its checksum; starting fresh", manifest["checkpoint"])
+            return None
+        return orjson.loads(gzip.decompress(blob)), manifest["offsets"]

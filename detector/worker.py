@@ -1,0 +1,455 @@
+"""The stream worker: Kafka in, the core, Kafka out; commits, checkpoints, signals and metrics.
+
+``Worker.run()`` consumes the mail-flow and DNS topics as one consumer-group member, feeds each
+polled partition batch to the core (the source name is ``topic/partition``), and produces what
+the core returns: anomaly events to ``otp-anomalies`` (key = the event id) and rejected records to
+the dead-letter topic (value = the original bytes; headers = reason and source coordinates).
+
+**Delivery: at-least-once, no loss.** Every ``checkpoint_interval_s`` (and before partitions are
+revoked, and at shutdown) the worker waits until every produced record is acknowledged
+(``acks=all``), writes the core's state with the next offset of every partition to the state topic,
+and only then commits those offsets. A crash therefore resumes from a state and offsets that agree:
+records after the checkpoint are read again and re-derive the same events with the same ids. A
+write that fails is retried with back-off while consumption is paused; nothing is committed past
+it. A producer that keeps failing is closed and rebuilt.
+
+**Event time.** Each partition is a source of the core's watermark, so the watermark follows the
+slowest partition of both topics. A partition with no records for ``idle_timeout_s`` stops holding
+it back. A partition more than ``max_lead_s`` of event time ahead of the watermark is paused until
+the others catch up, which keeps memory bounded when reading history and lets DNS answers reach
+the join before the mail that needed them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from .core.pipeline import DNS, MAIL, Detector
+from .core.records import Rejected, parse_ts
+from .io import kafka as kio
+from .settings import Settings
+
+log = logging.getLogger("detector.worker")
+
+
+@dataclass
+class Outgoing:
+    """A record produced but not yet acknowledged, kept to be re-sent if its write fails."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    future: Any = None
+
+
+@dataclass
+class PartitionProgress:
+    next_offset: int | None = None       # the offset after the last record fed to the core
+    last_data: float = field(default_factory=time.monotonic)
+    idle: bool = False
+    paused: bool = False
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: "Worker") -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        self.worker._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned):
+        self.worker._on_assigned(set(assigned))
+
+
+class Worker:
+    """One consumer-group member running the detector's core (see the module docstring)."""
+
+    def __init__(self, settings: Settings, metrics=None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        topics = settings.topics
+        self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
+        self.detector: Detector | None = None
+        self.progress: dict[TopicPartition, PartitionProgress] = {}
+        self.outgoing: list[Outgoing] = []
+        self.failed_writes = 0
+        self.stopping = threading.Event()
+        self.assignor = kio.SingleActiveAssignor()
+        self.state_store = kio.StateStore(settings.kafka, topics.state, settings.worker.group_id)
+        self.first_assignment = True
+        self.last_checkpoint = time.monotonic()
+        self.consumer = None
+        self.producer = None
+        self.healthy = True
+        self.counts = {"consumed": 0, "produced": 0, "checkpoints": 0}
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def stop(self, *_signal_args) -> None:
+        """Finish the batch, checkpoint, commit and leave the group (signal-safe)."""
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> int:
+        settings = self.settings
+        log.info("starting", extra={"config": settings.describe()})
+        if settings.worker.create_topics:
+            self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
+                settings.topics.anomalies: {}, settings.topics.dead_letter: {},
+                settings.topics.state: {"cleanup.policy": "compact"}}))
+        self.producer = kio.make_producer(settings.kafka)
+        self.consumer = kio.make_consumer(settings.kafka, settings.worker.group_id, self.assignor)
+        self.consumer.subscribe([settings.topics.mail, settings.topics.dns],
+                                listener=_Rebalance(self))
+        idle_exit = settings.worker.exit_when_idle_s
+        try:
+            while not self.stopping.is_set():
+                self._step()
+                if idle_exit and self._all_idle_for(idle_exit):
+                    log.info("input idle: flushing and exiting", extra={"idle_s": idle_exit})
+                    if self.detector is not None:
+                        self._emit(self.detector.close())
+                    break
+            self._checkpoint(final=True)
+            self.detector = None          # checkpointed: closing revokes nothing left to save
+        finally:
+            self._close_clients()
+        log.info("stopped", extra=self.counts)
+        return 0
+
+    def _close_clients(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:                      # noqa: BLE001 - closing best effort
+                log.exception("consumer close failed")
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=10)
+            except Exception:                      # noqa: BLE001
+                log.exception("producer close failed")
+
+    # -------------------------------------------------------------------- loop
+
+    def _step(self) -> None:
+        if self.outgoing and not self._flush_outgoing():
+            self._pause_all()
+            time.sleep(self._backoff())
+            return
+        try:
+            batch = self.consumer.poll(timeout_ms=500)
+        except KafkaError as err:
+            log.warning("poll failed; retrying", extra={"error": repr(err)})
+            time.sleep(self._backoff())
+            return
+        started = time.perf_counter()
+        now_wall = time.time()
+        now = time.monotonic()
+        for tp, records in batch.items():
+            if self.detector is None or not records:
+                continue
+            self._feed(tp, records, now_wall, now)
+        if batch and self.metrics is not None:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        if self.detector is not None:
+            self._mark_idle(now)
+            self._align()
+            self._update_gauges()
+        if now - self.last_checkpoint >= self.settings.worker.checkpoint_interval_s:
+            self._checkpoint()
+
+    def _feed(self, tp: TopicPartition, records: list, now_wall: float, now: float) -> None:
+        detector = self.detector
+        stream = self.stream_of[tp.topic]
+        values = [r.value if r.value is not None else b"" for r in records]
+        before = detector.stats()
+        result = detector.feed(stream, values, source=f"{tp.topic}/{tp.partition}", now=now_wall)
+        for index, reason in result.rejected:
+            record = records[index]
+            self._send(self.settings.topics.dead_letter, None, values[index], [
+                ("reason", reason.encode()), ("source_topic", tp.topic.encode()),
+                ("source_partition", str(tp.partition).encode()),
+                ("source_offset", str(record.offset).encode())])
+        self._emit(result.events)
+        progress = self.progress.setdefault(tp, PartitionProgress())
+        progress.next_offset = records[-1].offset + 1
+        progress.last_data = now
+        progress.idle = False
+        self.counts["consumed"] += len(records)
+        if self.metrics is not None:
+            self.metrics.observe_feed(tp.topic, len(records), before, detector.stats())
+
+    def _emit(self, events: list[dict]) -> None:
+        for event in events:
+            self._send(self.settings.topics.anomalies, event["id"].encode(), orjson.dumps(event), [])
+            log.info("anomaly", extra={"id": event["id"], "state": event["state"],
+                                       "outcome": event["key"]["outcome"],
+                                       "severity": event["severity"]})
+
+    def _send(self, topic: str, key: bytes | None, value: bytes,
+              headers: list[tuple[str, bytes]]) -> None:
+        outgoing = Outgoing(topic, key, value, headers)
+        self._start_send(outgoing)
+        self.outgoing.append(outgoing)
+
+    def _start_send(self, outgoing: Outgoing) -> None:
+        try:
+            outgoing.future = self.producer.send(outgoing.topic, key=outgoing.key,
+                                                 value=outgoing.value, headers=outgoing.headers)
+        except KafkaError as err:               # buffer full, metadata unavailable, closed
+            outgoing.future = err
+
+    def _flush_outgoing(self) -> bool:
+        """Wait for every outstanding write; re-send the failed ones. True when all are acked."""
+        try:
+            self.producer.flush(timeout=30)
+        except KafkaError as err:
+            log.warning("flush failed", extra={"error": repr(err)})
+        failed = []
+        for outgoing in self.outgoing:
+            error = outgoing.future if isinstance(outgoing.future, Exception) else None
+            if error is None:
+                try:
+                    outgoing.future.get(timeout=0)
+                except Exception as err:        # noqa: BLE001 - any failed write is retried
+                    error = err
+            if error is not None:
+                failed.append((outgoing, error))
+        if not failed:
+            self.counts["produced"] += len(self.outgoing)
+            self.outgoing = []
+            self.failed_writes = 0
+            self.healthy = True
+            self._resume_paused_for_writes()
+            return True
+        self.failed_writes += 1
+        self.healthy = False
+        log.warning("writes failed; retrying", extra={"failed": len(failed),
+                                                      "error": repr(failed[0][1]),
+                                                      "attempt": self.failed_writes})
+        if self.metrics is not None:
+            self.metrics.write_failures.inc(len(failed))
+        if self.failed_writes % 5 == 0:
+            self._rebuild_producer()
+        acked = [o for o in self.outgoing if all(o is not f for f, _ in failed)]
+        self.counts["produced"] += len(acked)
+        self.outgoing = [o for o, _ in failed]
+        for outgoing in self.outgoing:
+            self._start_send(outgoing)
+        return False
+
+    def _rebuild_producer(self) -> None:
+        log.warning("rebuilding the producer after repeated failures")
+        try:
+            self.producer.close(timeout=5)
+        except Exception:                          # noqa: BLE001 - it is being replaced
+            pass
+        self.producer = kio.make_producer(self.settings.kafka)
+
+    def _backoff(self) -> float:
+        worker = self.settings.worker
+        return min(worker.retry_backoff_max_s,
+                   worker.retry_backoff_min_s * 2 ** min(self.failed_writes, 10))
+
+    def _with_retry(self, what: str, action) -> Any:
+        delay = self.settings.worker.retry_backoff_min_s
+        while not self.stopping.is_set():
+            try:
+                return action()
+            except KafkaError as err:
+                log.warning(f"{what} failed; retrying", extra={"error": repr(err)})
+                time.sleep(delay)
+                delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
+        return None
+
+    # ------------------------------------------------------------- event time
+
+    def _mark_idle(self, now: float) -> None:
+        timeout = self.settings.worker.idle_timeout_s
+        for tp, progress in self.progress.items():
+            if not progress.idle and not progress.paused and now - progress.last_data >= timeout:
+                progress.idle = True
+                self._emit(self.detector.finish_source(f"{tp.topic}/{tp.partition}"))
+
+    def _all_idle_for(self, seconds: float) -> bool:
+        if not self.progress or self.detector is None:
+            return False
+        now = time.monotonic()
+        return all(now - p.last_data >= seconds for p in self.progress.values())
+
+    def _align(self) -> None:
+        """Pause partitions too far ahead of the watermark; resume them as it catches up."""
+        detector = self.detector
+        lead = self.settings.worker.max_lead_s
+        floor = detector.watermark + detector.config.clock.allowed_lateness_s
+        if floor == -math.inf:
+            return
+        to_pause, to_resume = [], []
+        for tp, progress in self.progress.items():
+            high = detector.clock.high.get(f"{tp.topic}/{tp.partition}", -math.inf)
+            if not progress.paused and high - floor > lead:
+                progress.paused = True
+                to_pause.append(tp)
+            elif progress.paused and high - floor <= lead / 2:
+                progress.paused = False
+                progress.last_data = time.monotonic()
+                to_resume.append(tp)
+        if to_pause:
+            self.consumer.pause(*to_pause)
+        if to_resume:
+            self.consumer.resume(*to_resume)
+
+    def _pause_all(self) -> None:
+        self.consumer.pause(*self.consumer.assignment())
+
+    def _resume_paused_for_writes(self) -> None:
+        assigned = self.consumer.assignment() if self.consumer is not None else set()
+        keep_paused = {tp for tp, p in self.progress.items() if p.paused}
+        resume = [tp for tp in self.consumer.paused() if tp in assigned and tp not in keep_paused] \
+            if self.consumer is not None else []
+        if resume:
+            self.consumer.resume(*resume)
+
+    # ------------------------------------------------------ checkpoint/commit
+
+    def _checkpoint(self, final: bool = False, in_callback: bool = False) -> bool:
+        """Acks for every write, then the state, then the offsets. False when writes failed.
+
+        Inside a rebalance callback the consumer cannot block, so the offsets are committed
+        asynchronously there; the checkpoint carries them anyway and is what a restore trusts.
+        """
+        self.last_checkpoint = time.monotonic()
+        if self.outgoing and not self._flush_outgoing():
+            if final:
+                self._drain_on_exit()
+            return False
+        if self.detector is None:
+            return True
+        offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
+                   for tp, p in self.progress.items() if p.next_offset is not None}
+        try:
+            size = self.state_store.write(self.producer, self.detector.snapshot(), offsets)
+            commit = {tp: OffsetAndMetadata(p.next_offset, "", -1)
+                      for tp, p in self.progress.items() if p.next_offset is not None}
+            if commit and in_callback:
+                self.consumer.commit_async(commit)
+            elif commit:
+                self.consumer.commit(commit)
+        except Exception as err:                   # noqa: BLE001 - retried at the next interval
+            log.warning("checkpoint failed; will retry", extra={"error": repr(err)})
+            self.healthy = False
+            return False
+        self.counts["checkpoints"] += 1
+        if self.metrics is not None:
+            self.metrics.checkpoints.inc()
+            self.metrics.checkpoint_bytes.set(size)
+        return True
+
+    def _drain_on_exit(self) -> None:
+        """At shutdown, keep retrying failed writes for a while before giving up uncommitted."""
+        deadline = time.monotonic() + 30
+        while self.outgoing and time.monotonic() < deadline:
+            time.sleep(self._backoff())
+            if self._flush_outgoing():
+                self._checkpoint()
+                return
+        log.error("exiting with unacknowledged writes; their records were not committed and "
+                  "will be read again", extra={"unacknowledged": len(self.outgoing)})
+
+    # --------------------------------------------------------------- rebalance
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        if self.detector is not None and revoked:
+            log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
+            self._checkpoint(in_callback=True)
+        self.detector = None
+        self.progress = {}
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            log.info("standby: no partitions assigned")
+            return
+        worker = self.settings.worker
+        start = worker.start_from if self.first_assignment else "committed"
+        self.first_assignment = False
+        restored = None
+        if start == "committed":
+            restored = self.state_store.read()
+        if restored is not None:
+            state, offsets = restored
+            try:
+                self.detector = Detector(self.settings.detector, state=state)
+            except (ValueError, KeyError, TypeError) as err:
+                log.warning("checkpoint unusable; starting fresh", extra={"error": repr(err)})
+                self.detector, offsets = Detector(self.settings.detector), {}
+        else:
+            self.detector, offsets = Detector(self.settings.detector), {}
+        self.progress = {tp: PartitionProgress() for tp in assigned}
+        for tp in sorted(assigned):
+            source = f"{tp.topic}/{tp.partition}"
+            self.detector.add_source(source)
+            if source in offsets:
+                self.consumer.seek(tp, offsets[source])
+                self.progress[tp].next_offset = offsets[source]
+            elif start == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            elif start == "latest":
+                self.consumer.seek_to_end(tp)
+            elif start != "committed":
+                self._seek_to_time(tp, start)
+        log.info("partitions assigned", extra={
+            "partitions": len(assigned), "restored": restored is not None, "start": start})
+
+    def _seek_to_time(self, tp: TopicPartition, start: str) -> None:
+        millis = int(parse_start_time(start) * 1000)
+        found = self.consumer.offsets_for_times({tp: millis}).get(tp)
+        if found is None:
+            self.consumer.seek_to_end(tp)
+        else:
+            self.consumer.seek(tp, found.offset)
+
+    # ----------------------------------------------------------------- metrics
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        detector = self.detector
+        self.metrics.watermark.set(detector.watermark if detector.watermark > -math.inf else 0)
+        self.metrics.open_anomalies.set(detector.open_anomalies())
+        for tp in self.progress:
+            try:
+                high = self.consumer.highwater(tp)
+                position = self.progress[tp].next_offset
+            except (KafkaError, AssertionError):
+                continue
+            if high is not None and position is not None:
+                self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, high - position))
+
+    def health(self) -> tuple[bool, dict]:
+        detail = {"healthy": self.healthy, "active": self.detector is not None,
+                  "unacknowledged_writes": len(self.outgoing), **self.counts}
+        return self.healthy, detail
+
+
+def parse_start_time(text: str) -> float:
+    """``--from TIME``: an RFC 3339 time, as in the records."""
+    try:
+        return parse_ts(text)
+    except Rejected:
+        raise ValueError(f"--from: not earliest, latest, committed or an RFC 3339 time: {text!r}") from None

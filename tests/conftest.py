@@ -1,0 +1,107 @@
+"""Shared fixtures: a real local Kafka broker process for the integration tests, and helpers to
+run the worker as users do (the ``detector`` command) and to read topics with confluent-kafka, a
+client this project did not write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from detector.io.broker import LocalBroker  # noqa: E402
+
+DETECTOR = [sys.executable, "-m", "detector.cli"]
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with LocalBroker(log_path=log) as running:
+        yield running
+
+
+class Deployment:
+    """Unique topics and group for one test, its config file, and ways to drive the worker."""
+
+    def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1) -> None:
+        self.broker = broker
+        self.workdir = workdir
+        tag = uuid.uuid4().hex[:8]
+        self.topics = {"mail": f"mail-{tag}", "dns": f"dns-{tag}", "anomalies": f"anom-{tag}",
+                       "dead_letter": f"dlq-{tag}", "state": f"state-{tag}"}
+        self.group = f"group-{tag}"
+        self.config = workdir / "worker.toml"
+        self.config.write_text(
+            "[kafka]\n"
+            # Short group timeouts: this broker holds JoinGroup for half the session timeout.
+            "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n"
+            "[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in self.topics.items()) +
+            "[worker]\n"
+            f'group_id = "{self.group}"\nidle_timeout_s = 3\ncheckpoint_interval_s = 1\n'
+            'log_format = "json"\n')
+        self.create_input_topics(partitions)
+
+    def create_input_topics(self, partitions: int) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
+        futures = admin.create_topics([NewTopic(self.topics[t], partitions, 1)
+                                       for t in ("mail", "dns")])
+        for future in futures.values():
+            future.result(timeout=10)
+
+    def produce_files(self, stream: str, path: Path) -> None:
+        subprocess.run([*DETECTOR, "produce", "--bootstrap-servers", self.broker.bootstrap,
+                        "--topic", self.topics[stream], str(path)], check=True,
+                       capture_output=True, timeout=120)
+
+    def start_worker(self, *args: str, log_name: str = "worker.log") -> subprocess.Popen:
+        log = open(self.workdir / log_name, "ab")
+        return subprocess.Popen(
+            [*DETECTOR, "run", "--bootstrap-servers", self.broker.bootstrap,
+             "--config", str(self.config), *args],
+            stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def run_worker_until_idle(self, *args: str, idle_s: float = 6, timeout: float = 180) -> int:
+        worker = self.start_worker("--exit-when-idle", str(idle_s), *args)
+        return worker.wait(timeout=timeout)
+
+    def read(self, topic_key: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:
+        """Every message of a topic (all partitions), read with confluent-kafka until idle."""
+        return read_topic(self.broker.bootstrap, self.topics[topic_key], idle_s, timeout)
+
+    def log(self, name: str = "worker.log") -> str:
+        return (self.workdir / name).read_text(errors="replace")
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages, deadline, quiet = [], time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet < idle_s:
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            messages.append(message)
+            quiet = time.monotonic()
+        return messages
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+def deployment(broker, tmp_path):
+    return Deployment(broker, tmp_path)

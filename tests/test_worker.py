@@ -1,0 +1,133 @@
+"""The stream worker against a real broker process: same events as a replay, dead letters,
+crash recovery, graceful shutdown. Input is produced and output read with confluent-kafka or the
+``detector`` command, as users do."""
+
+import os
+import signal
+import subprocess
+import time
+
+import orjson
+import pytest
+
+from conftest import DETECTOR
+from traffic import Traffic
+
+pytestmark = pytest.mark.kafka
+
+
+def servfail_spike() -> Traffic:
+    return (Traffic().minutes(0, 90, 60, fail_every=150)
+            .minutes(90, 10, 60, bad_every=4, rcode="SERVFAIL")
+            .minutes(100, 40, 60, fail_every=150).sorted())
+
+
+def write_logs(traffic: Traffic, directory, extra_mail=()):
+    mail, dns = directory / "mail.jsonl", directory / "dns.jsonl"
+    mail.write_bytes(b"\n".join([*traffic.mail, *extra_mail]) + b"\n")
+    dns.write_bytes(b"\n".join(traffic.dns) + b"\n")
+    return mail, dns
+
+
+def replay_events(mail, dns, directory) -> list[dict]:
+    out = directory / "replay.jsonl"
+    subprocess.run([*DETECTOR, "replay", "--mail", str(mail), "--dns", str(dns), "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
+
+
+def anomaly_events(deployment) -> list[dict]:
+    return [orjson.loads(m.value()) for m in deployment.read("anomalies")]
+
+
+def test_a_scenario_through_kafka_gives_the_same_events_as_a_replay(deployment, tmp_path):
+    mail, dns = write_logs(servfail_spike(), tmp_path)
+    expected = replay_events(mail, dns, tmp_path)
+    assert [e["state"] for e in expected] == ["open", "update", "update", "resolved"]
+    deployment.produce_files("dns", dns)
+    deployment.produce_files("mail", mail)
+    assert deployment.run_worker_until_idle() == 0
+    messages = deployment.read("anomalies")
+    assert [orjson.loads(m.value()) for m in messages] == expected
+    assert all(m.key().decode() == orjson.loads(m.value())["id"] for m in messages)
+
+
+def test_input_produced_by_another_client_and_bad_messages_go_to_the_dead_letter_topic(
+        deployment, tmp_path):
+    from confluent_kafka import Producer
+
+    traffic = servfail_spike()
+    producer = Producer({"bootstrap.servers": deployment.broker.bootstrap, "linger.ms": 20})
+    bad = [b"{oops", b"[1, 2]", b'{"ts": "yesterday", "message_id": "x", "status": "failed"}']
+    for line in traffic.dns:
+        producer.produce(deployment.topics["dns"], line)
+    for i, line in enumerate(traffic.mail):
+        producer.produce(deployment.topics["mail"], line)
+        if i == 1000:
+            for junk in bad:
+                producer.produce(deployment.topics["mail"], junk)
+    producer.flush(30)
+    assert deployment.run_worker_until_idle() == 0
+    dead = deployment.read("dead_letter")
+    assert sorted(m.value() for m in dead) == sorted(bad)
+    for message in dead:
+        headers = dict(message.headers())
+        assert headers["source_topic"].decode() == deployment.topics["mail"]
+        assert int(headers["source_offset"]) in (1001, 1002, 1003)
+        assert headers["reason"] in (b"not_json", b"not_object", b"bad_ts")
+    states = [e["state"] for e in anomaly_events(deployment)]
+    assert states[0] == "open" and states[-1] == "resolved"      # the worker went on
+
+
+def test_kill_9_mid_stream_then_restart_loses_no_anomaly_and_changes_no_id(deployment, tmp_path):
+    traffic = Traffic()
+    for hour in range(6):   # six quiet hours with a SERVFAIL spike in each after the first
+        start = hour * 60
+        traffic.minutes(start, 50, 60, fail_every=150)
+        if hour:
+            traffic.minutes(start + 50, 5, 60, bad_every=3, rcode="SERVFAIL")
+        else:
+            traffic.minutes(start + 50, 5, 60, fail_every=150)
+        traffic.minutes(start + 55, 5, 60, fail_every=150)
+    mail, dns = write_logs(traffic.sorted(), tmp_path)
+    expected_ids = {e["id"] for e in replay_events(mail, dns, tmp_path)}
+    assert len({i for i in expected_ids if i.startswith("servfail")}) == 5
+    deployment.produce_files("dns", dns)
+    deployment.produce_files("mail", mail)
+    worker = deployment.start_worker(log_name="first.log")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(anomaly_events(deployment)) < 2:
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=10)
+    seen_before = anomaly_events(deployment)
+    assert seen_before, "the worker produced nothing before it was killed"
+    assert deployment.run_worker_until_idle() == 0
+    events = anomaly_events(deployment)
+    assert {e["id"] for e in events} == expected_ids
+    opens = {}
+    for event in events:                    # an open may be re-sent, but never with another id
+        if event["state"] == "open":
+            assert opens.setdefault(event["id"], event["since"]) == event["since"]
+
+
+def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
+    mail, dns = write_logs(servfail_spike(), tmp_path)
+    deployment.produce_files("dns", dns)
+    deployment.produce_files("mail", mail)
+    worker = deployment.start_worker()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not anomaly_events(deployment):
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    log = [orjson.loads(line) for line in deployment.log().splitlines() if line.startswith("{")]
+    stopped = [line for line in log if line["msg"] == "stopped"]
+    assert stopped and stopped[0]["checkpoints"] >= 1
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": deployment.broker.bootstrap,
+                         "group.id": deployment.group, "enable.auto.commit": False})
+    committed = consumer.committed([TopicPartition(deployment.topics["mail"], 0)], timeout=10)
+    consumer.close()
+    assert committed[0].offset > 0
