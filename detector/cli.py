@@ -80,15 +80,19 @@ def _progress_printer():
 def generate(scenario, outdir, seed, hours) -> None:
     """Write synthetic logs of SCENARIO with labelled incidents (truth.json) to OUTDIR.
 
-    Scenarios: see `detector generate --list` or the README.
+    Scenarios: seed-incident, resolver-timeout, nxdomain-deleted, downstream-reject,
+    decoy-volume-surge, decoy-dns-storm, decoy-bounce-wave, decoy-tiny-tenant, mixed (72 h, all
+    of them). See the README.
     """
     from .synth import SCENARIOS, generate as run_generate
 
     if scenario not in SCENARIOS:
         _fail(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
     Path(outdir).mkdir(parents=True, exist_ok=True)
-    summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours)
-    click.echo(f"{scenario}: {summary}", err=True)
+    summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours).to_dict()
+    click.echo(f"{scenario} (seed {seed}): {summary['start']} to {summary['end']}, "
+               f"{summary['mail_records']} mail and {summary['dns_records']} DNS records, "
+               f"{summary['incidents']} incidents, {summary['decoys']} decoys -> {outdir}", err=True)
 
 
 @main.command()

@@ -1,0 +1,130 @@
+"""Score a detector's anomaly events against a scenario's ``truth.json``.
+
+The rules are the contract's. An incident is detected by an ``open`` event whose ``key.outcome``
+is the incident's outcome (any case) and whose ``detected_at`` lies in [start, end + 5 min]; its
+delay is the earliest such ``detected_at`` minus the incident's start. An ``open`` event outside
+every incident's [start, end + 30 min] is a false alarm, whatever its outcome, and is attributed to
+the decoy whose [start, end + 30 min] holds it, if any (a decoy's alarm lags it as an incident's
+does). Only ``open`` events count; ``update`` and ``resolved`` events are only tallied.
+"""
+
+from __future__ import annotations
+
+import gzip
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+
+DETECT_SLACK = timedelta(minutes=5)
+ALARM_SLACK = timedelta(minutes=30)
+
+
+def load_events(path: str | Path) -> list[dict]:
+    """Anomaly events from a JSON-lines file (``.gz`` too); blank lines are skipped."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as lines:
+        return [orjson.loads(line) for line in lines if line.strip()]
+
+
+def parse_time(value: str | int | float) -> datetime:
+    """RFC 3339 (``Z`` or an offset; none means UTC) or epoch seconds/milliseconds, as UTC."""
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, timezone.utc)
+    moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def evaluate(events: Iterable[dict], truth: dict) -> dict:
+    """A JSON-able report: per incident, recall, false alarms (with decoys), delays, event counts."""
+    events = list(events)
+    by_state = Counter(str(event.get("state", "")).lower() for event in events)
+    opens = sorted(((_detected_at(event), _outcome(event), event) for event in events
+                    if str(event.get("state", "")).lower() == "open"), key=lambda item: item[0])
+    incidents = [(parse_time(i["start"]), parse_time(i["end"]), i) for i in truth.get("incidents", [])]
+    decoys = [(parse_time(d["start"]), parse_time(d["end"]), d) for d in truth.get("decoys", [])]
+
+    rows = []
+    for start, end, incident in incidents:
+        wanted = str(incident["outcome"]).upper()
+        hits = [(at, event.get("id")) for at, outcome, event in opens
+                if outcome == wanted and start <= at <= end + DETECT_SLACK]
+        rows.append({
+            "outcome": wanted, "start": incident["start"], "end": incident["end"],
+            "desc": incident.get("desc", ""), "detected": bool(hits),
+            "detected_at": _rfc3339(hits[0][0]) if hits else None,
+            "delay_s": (hits[0][0] - start).total_seconds() if hits else None,
+            "anomaly_id": hits[0][1] if hits else None,
+        })
+
+    false_alarms, per_decoy = [], Counter()
+    for at, outcome, event in opens:
+        if any(start <= at <= end + ALARM_SLACK for start, end, _ in incidents):
+            continue
+        decoy = next((n for n, (start, end, _) in enumerate(decoys) if start <= at <= end + ALARM_SLACK), None)
+        per_decoy[decoy] += 1
+        false_alarms.append({"id": event.get("id"), "outcome": outcome, "detected_at": _rfc3339(at),
+                             "decoy": None if decoy is None else decoys[decoy][2].get("desc", "")})
+
+    delays = [row["delay_s"] for row in rows if row["detected"]]
+    detected = len(delays)
+    return {
+        "scenario": truth.get("scenario"),
+        "incidents": rows,
+        "detected": detected,
+        "total_incidents": len(rows),
+        "recall": detected / len(rows) if rows else None,
+        "false_alarm_count": len(false_alarms),
+        "false_alarms": false_alarms,
+        "decoys": [{"start": d["start"], "end": d["end"], "desc": d.get("desc", ""),
+                    "false_alarms": per_decoy[n]} for n, (_, _, d) in enumerate(decoys)],
+        "median_delay_s": statistics.median(delays) if delays else None,
+        "max_delay_s": max(delays) if delays else None,
+        "events_by_state": {state: by_state.get(state, 0) for state in ("open", "update", "resolved")},
+    }
+
+
+def format_table(report: dict) -> str:
+    """The report as a table for people."""
+    recall = "n/a" if report["recall"] is None else f"{report['recall']:.0%}"
+    width = max([7] + [len(str(row["anomaly_id"])) for row in report["incidents"]])
+    lines = [f"Incidents: {report['detected']} of {report['total_incidents']} detected, recall {recall}",
+             f"  {'outcome':<9} {'start':<20} {'end':<20} {'detected':<8} {'delay':>7}  {'anomaly':<{width}}  desc"]
+    for row in report["incidents"]:
+        lines.append(f"  {row['outcome']:<9} {row['start']:<20} {row['end']:<20} "
+                     f"{'yes' if row['detected'] else 'NO':<8} {_seconds(row['delay_s']):>7}  "
+                     f"{str(row['anomaly_id'] or '-'):<{width}}  {row['desc']}")
+    lines.append(f"False alarms: {report['false_alarm_count']}")
+    for alarm in report["false_alarms"]:
+        lines.append(f"  {alarm['detected_at']:<20} {alarm['outcome'] or '?':<9} {alarm['id']}"
+                     f"  decoy: {alarm['decoy'] or '-'}")
+    lines.append(f"Delay: median {_seconds(report['median_delay_s'])}, max {_seconds(report['max_delay_s'])}")
+    lines.append("Events: " + ", ".join(f"{state} {n}" for state, n in report["events_by_state"].items()))
+    return "\n".join(lines)
+
+
+def _detected_at(event: dict) -> datetime:
+    try:
+        return parse_time(event["detected_at"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ValueError(f"anomaly event {event.get('id')!r}: detected_at "
+                         f"{event.get('detected_at')!r} is not an RFC 3339 time") from None
+
+
+def _outcome(event: dict) -> str | None:
+    key = event.get("key")
+    outcome = key.get("outcome") if isinstance(key, dict) else None
+    return str(outcome).upper() if outcome is not None else None
+
+
+def _rfc3339(moment: datetime) -> str:
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return text + (f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else "Z")
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} s"
