@@ -53,8 +53,9 @@ def main() -> int:
     logging.getLogger("kafka").setLevel(logging.ERROR)
     OUT.mkdir(exist_ok=True)
     say("generating the seed-incident scenario (SPF lookups SERVFAIL for one OTP sender)")
-    summary = generate("seed-incident", OUT, seed=7)
-    say(str(summary))
+    summary = generate("seed-incident", OUT, seed=7).to_dict()
+    say(f"{summary['mail_records']} mail and {summary['dns_records']} DNS records, "
+        f"{summary['start']} to {summary['end']}")
     with LocalBroker(log_path=OUT / "broker.log") as broker:
         say(f"local broker on {broker.bootstrap}")
         settings = load_settings(environ={}, overrides={

@@ -48,6 +48,9 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     request_timeout_ms: int = 30_000
     max_poll_records: int = 5_000
+    #: KIP-227 incremental fetch sessions (Kafka >= 1.1). Some Kafka-compatible brokers stop
+    #: returning a partition that was paused and resumed within a session; turn this off there.
+    incremental_fetch_sessions: bool = True
     #: Batch produced records for up to 20 ms: anomaly events are few, dead letters come in bursts.
     linger_ms: int = 20
     #: Topic creation for missing output/state topics (-1: the broker's default replication).
@@ -73,8 +76,10 @@ class WorkerSettings:
     #: A partition with no records for this long stops holding the watermark back.
     idle_timeout_s: float = 30.0
     #: Partitions more than this far ahead of the watermark (event time) are paused while the
-    #: others catch up, so history is read in step and memory stays bounded.
-    max_lead_s: float = 60.0
+    #: others catch up, so history is read in step and memory stays bounded (to about this much
+    #: traffic). Ten minutes is larger than what one poll brings of a partition, so partitions
+    #: are not paused and resumed at every poll.
+    max_lead_s: float = 600.0
     #: State checkpoint and offset commit interval (wall clock).
     checkpoint_interval_s: float = 5.0
     #: Create missing output, dead-letter and state topics at start.

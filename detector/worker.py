@@ -152,6 +152,7 @@ class Worker:
             time.sleep(self._backoff())
             return
         try:
+            kio.release_parked_fetches(self.consumer)
             batch = self.consumer.poll(timeout_ms=500)
         except KafkaError as err:
             log.warning("poll failed; retrying", extra={"error": repr(err)})
@@ -280,17 +281,29 @@ class Worker:
     # ------------------------------------------------------------- event time
 
     def _mark_idle(self, now: float) -> None:
+        """A partition is idle when it has been read to its end and no record came for
+        ``idle_timeout_s``; a partition with a backlog is slow, not idle, and keeps holding the
+        watermark (its records would be late otherwise)."""
         timeout = self.settings.worker.idle_timeout_s
         for tp, progress in self.progress.items():
-            if not progress.idle and not progress.paused and now - progress.last_data >= timeout:
+            if progress.idle or progress.paused or now - progress.last_data < timeout:
+                continue
+            if self._caught_up(tp, progress):
                 progress.idle = True
+                log.debug("partition idle", extra={"partition": f"{tp.topic}/{tp.partition}"})
                 self._emit(self.detector.finish_source(f"{tp.topic}/{tp.partition}"))
+
+    def _caught_up(self, tp: TopicPartition, progress: PartitionProgress) -> bool:
+        end = self.consumer.highwater(tp)
+        if end is None:          # no fetch answered yet: the end is unknown
+            return False
+        return (progress.next_offset or 0) >= end
 
     def _all_idle_for(self, seconds: float) -> bool:
         if not self.progress or self.detector is None:
             return False
         now = time.monotonic()
-        return all(now - p.last_data >= seconds for p in self.progress.values())
+        return all(p.idle and now - p.last_data >= seconds for p in self.progress.values())
 
     def _align(self) -> None:
         """Pause partitions too far ahead of the watermark; resume them as it catches up."""
@@ -310,8 +323,12 @@ class Worker:
                 progress.last_data = time.monotonic()
                 to_resume.append(tp)
         if to_pause:
+            log.debug("pausing partitions ahead of the watermark",
+                      extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in to_pause]})
             self.consumer.pause(*to_pause)
         if to_resume:
+            log.debug("resuming partitions", extra={
+                "partitions": [f"{tp.topic}/{tp.partition}" for tp in to_resume]})
             self.consumer.resume(*to_resume)
 
     def _pause_all(self) -> None:

@@ -14,6 +14,7 @@ from the key and the onset, so a replay of the same input gives the same ids.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 
 from .config import AlertConfig
@@ -76,6 +77,9 @@ class AlertBook:
         self.config = config
         self.bucket_s = bucket_s
         self.open: dict[str, Alert] = {}
+        # Per key, the end of its last resolved anomaly: the long window may open the key again
+        # only on evidence that came after it, not on the tail of the incident just resolved.
+        self.resolved_until: dict[str, float] = {}
 
     def severity(self, judgement: Judgement) -> str:
         excess = judgement.rate - judgement.expected_rate
@@ -91,7 +95,8 @@ class AlertBook:
                 return None
             # The long window opens only while the newest minute is still above the baseline: it
             # must not re-open an incident that has just ended from the evidence it still holds.
-            long_opens = long.fires and _still_high(short, config.long_min_lift)
+            long_opens = (long.fires and _still_high(short, config.long_min_lift)
+                          and long.start >= self._evidence_floor(key))
             judgement = short if short.fires else long if long_opens else None
             if judgement is None:
                 return None
@@ -112,6 +117,7 @@ class AlertBook:
         if not elevated:
             if end - alert.last_elevated_end >= config.resolve_hold_s:
                 del self.open[key]
+                self.resolved_until[key] = alert.last_elevated_end
                 return "resolved", alert, judgement
             return None
         alert.last_elevated_end = end
@@ -123,17 +129,25 @@ class AlertBook:
             return "update", alert, judgement
         return None
 
-    def snapshot(self) -> list:
+    def _evidence_floor(self, key: str) -> float:
+        """Event time before which the long window holds a resolved anomaly's failures: those of
+        the key itself, and for ``ALL`` those of every key (they are all in ALL's counts)."""
+        if key == "ALL":
+            return max(self.resolved_until.values(), default=-math.inf)
+        return self.resolved_until.get(key, -math.inf)
+
+    def snapshot(self) -> dict:
         rows = []
         for alert in self.open.values():
             row = asdict(alert)
             row["evidence"] = {str(f): dict(v) for f, v in alert.evidence.items()}
             rows.append(row)
-        return rows
+        return {"open": rows, "resolved_until": dict(self.resolved_until)}
 
-    def restore(self, rows: list) -> None:
+    def restore(self, state: dict) -> None:
         self.open = {}
-        for row in rows:
+        self.resolved_until = {k: float(v) for k, v in state["resolved_until"].items()}
+        for row in state["open"]:
             row = dict(row)
             row["evidence"] = {int(f): dict(v) for f, v in row["evidence"].items()}
             self.open[row["key"]] = Alert(**row)

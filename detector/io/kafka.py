@@ -74,6 +74,7 @@ def make_consumer(kafka: KafkaSettings, group_id: str | None, assignor=None,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
         max_poll_records=kafka.max_poll_records,
+        enable_incremental_fetch_sessions=kafka.incremental_fetch_sessions,
     )
     if assignor is not None:
         config["partition_assignment_strategy"] = [assignor]
@@ -90,6 +91,22 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
                   max_block_ms=10_000, max_request_size=4_000_000)
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+def release_parked_fetches(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0 fetcher bug before each ``poll()``.
+
+    Records fetched for a partition that is then paused are parked, and given back on resume
+    only when the fetcher's in-line slot is ``None``; but a drained slot keeps its empty
+    ``PartitionRecords`` object, so a resumed partition stays parked and is never fetched again
+    (the worker stalls while reading history with paused partitions). Emptying a drained slot is
+    what the fetcher does itself when it parks, so this changes nothing else. A no-op on client
+    versions without these attributes.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    current = getattr(fetcher, "_next_partition_records", None)
+    if current is not None and not current and getattr(fetcher, "_paused_partition_records", None):
+        fetcher._next_partition_records = None
 
 
 def ensure_topics(kafka: KafkaSettings, topics: dict[str, dict[str, str]]) -> list[str]:
