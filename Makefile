@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-faults demo bench clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not faults"
+
+# Fault injection against the broker (crashes, member moves, outages, refused writes): minutes.
+test-faults: setup
+	$(BIN)/python -m pytest -q -m faults
 
 demo: setup
 	$(BIN)/python -m detector.demo

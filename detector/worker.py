@@ -42,6 +42,9 @@ from .settings import Settings
 
 log = logging.getLogger("detector.worker")
 
+#: How long one attempt waits for acknowledgements before it counts as failed and is retried.
+WRITE_TIMEOUT_S = 10.0
+
 
 @dataclass
 class Outgoing:
@@ -85,10 +88,13 @@ class Worker:
         self.progress: dict[TopicPartition, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
         self.failed_writes = 0
+        self.writes_failing = False
+        self.send_blocked: Exception | None = None
         self.stopping = threading.Event()
         self.assignor = kio.SingleActiveAssignor()
         self.state_store = kio.StateStore(settings.kafka, topics.state, settings.worker.group_id)
         self.first_assignment = True
+        self.pending_assignment: set[TopicPartition] | None = None
         self.last_checkpoint = time.monotonic()
         self.consumer = None
         self.producer = None
@@ -147,8 +153,9 @@ class Worker:
     # -------------------------------------------------------------------- loop
 
     def _step(self) -> None:
-        if self.outgoing and not self._flush_outgoing():
-            self._pause_all()
+        if self.pending_assignment:
+            self._restore(self.pending_assignment)
+        if self.writes_failing and not self._checkpoint():
             time.sleep(self._backoff())
             return
         try:
@@ -209,16 +216,23 @@ class Worker:
         self.outgoing.append(outgoing)
 
     def _start_send(self, outgoing: Outgoing) -> None:
+        if self.send_blocked is not None:
+            # A send already blocked and failed in this round (no metadata, buffer full): the
+            # others would block just as long, one after another. They wait for the retry.
+            outgoing.future = self.send_blocked
+            return
         try:
             outgoing.future = self.producer.send(outgoing.topic, key=outgoing.key,
                                                  value=outgoing.value, headers=outgoing.headers)
         except KafkaError as err:               # buffer full, metadata unavailable, closed
-            outgoing.future = err
+            outgoing.future = self.send_blocked = err
 
     def _flush_outgoing(self) -> bool:
-        """Wait for every outstanding write; re-send the failed ones. True when all are acked."""
+        """Wait for every outstanding write; start again the ones that failed. True when all
+        are acknowledged."""
+        self.send_blocked = None
         try:
-            self.producer.flush(timeout=30)
+            self.producer.flush(timeout=WRITE_TIMEOUT_S)
         except KafkaError as err:
             log.warning("flush failed", extra={"error": repr(err)})
         failed = []
@@ -230,29 +244,17 @@ class Worker:
                 except Exception as err:        # noqa: BLE001 - any failed write is retried
                     error = err
             if error is not None:
-                failed.append((outgoing, error))
-        if not failed:
-            self.counts["produced"] += len(self.outgoing)
-            self.outgoing = []
-            self.failed_writes = 0
-            self.healthy = True
-            self._resume_paused_for_writes()
-            return True
-        self.failed_writes += 1
-        self.healthy = False
-        log.warning("writes failed; retrying", extra={"failed": len(failed),
-                                                      "error": repr(failed[0][1]),
-                                                      "attempt": self.failed_writes})
-        if self.metrics is not None:
-            self.metrics.write_failures.inc(len(failed))
-        if self.failed_writes % 5 == 0:
-            self._rebuild_producer()
-        acked = [o for o in self.outgoing if all(o is not f for f, _ in failed)]
-        self.counts["produced"] += len(acked)
-        self.outgoing = [o for o, _ in failed]
-        for outgoing in self.outgoing:
-            self._start_send(outgoing)
-        return False
+                failed.append(outgoing)
+        self.counts["produced"] += len(self.outgoing) - len(failed)
+        self.outgoing = failed
+        if failed:
+            log.warning("writes failed", extra={"failed": len(failed),
+                                                "error": repr(_error_of(failed[0]))})
+            if self.metrics is not None:
+                self.metrics.write_failures.inc(len(failed))
+            for outgoing in failed:
+                self._start_send(outgoing)
+        return not failed
 
     def _rebuild_producer(self) -> None:
         log.warning("rebuilding the producer after repeated failures")
@@ -295,9 +297,15 @@ class Worker:
 
     def _caught_up(self, tp: TopicPartition, progress: PartitionProgress) -> bool:
         end = self.consumer.highwater(tp)
-        if end is None:          # no fetch answered yet: the end is unknown
-            return False
-        return (progress.next_offset or 0) >= end
+        if end is None:          # nothing fetched since the assignment: ask the broker
+            try:
+                end = self.consumer.end_offsets([tp]).get(tp)
+            except KafkaError:
+                return False
+        position = progress.next_offset
+        if position is None:
+            position = self.consumer.position(tp)
+        return end is not None and position >= end
 
     def _all_idle_for(self, seconds: float) -> bool:
         if not self.progress or self.detector is None:
@@ -334,11 +342,10 @@ class Worker:
     def _pause_all(self) -> None:
         self.consumer.pause(*self.consumer.assignment())
 
-    def _resume_paused_for_writes(self) -> None:
-        assigned = self.consumer.assignment() if self.consumer is not None else set()
-        keep_paused = {tp for tp, p in self.progress.items() if p.paused}
-        resume = [tp for tp in self.consumer.paused() if tp in assigned and tp not in keep_paused] \
-            if self.consumer is not None else []
+    def _resume_after_writes(self) -> None:
+        """Resume what ``_pause_all`` paused, except partitions paused for being ahead."""
+        ahead = {tp for tp, p in self.progress.items() if p.paused}
+        resume = [tp for tp in self.consumer.paused() if tp not in ahead]
         if resume:
             self.consumer.resume(*resume)
 
@@ -347,29 +354,48 @@ class Worker:
     def _checkpoint(self, final: bool = False, in_callback: bool = False) -> bool:
         """Acks for every write, then the state, then the offsets. False when writes failed.
 
-        Inside a rebalance callback the consumer cannot block, so the offsets are committed
-        asynchronously there; the checkpoint carries them anyway and is what a restore trusts.
+        While writes fail, consumption is paused (the backlog stays in Kafka, not in memory),
+        nothing is committed, and each step retries with back-off; a producer that keeps failing
+        is rebuilt. Inside a rebalance callback the consumer cannot block, so the offsets are
+        committed asynchronously there; the checkpoint carries them and is what a restore trusts.
         """
         self.last_checkpoint = time.monotonic()
-        if self.outgoing and not self._flush_outgoing():
-            if final:
-                self._drain_on_exit()
-            return False
+        if (not self.outgoing or self._flush_outgoing()) and self._save(in_callback):
+            if self.writes_failing:
+                log.info("writes recovered; resuming consumption",
+                         extra={"attempts": self.failed_writes})
+                self._resume_after_writes()
+            self.writes_failing, self.failed_writes, self.healthy = False, 0, True
+            return True
+        self.failed_writes += 1
+        self.healthy = False
+        if not self.writes_failing and not in_callback:
+            log.warning("writes failing: consumption paused, nothing committed, retrying")
+            self._pause_all()
+        self.writes_failing = True
+        if self.failed_writes % 5 == 0:
+            self._rebuild_producer()
+        if final:
+            self._drain_on_exit()
+        return False
+
+    def _save(self, in_callback: bool) -> bool:
+        """The state with its offsets to the state topic, then the offsets to the group."""
         if self.detector is None:
             return True
         offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
                    for tp, p in self.progress.items() if p.next_offset is not None}
         try:
-            size = self.state_store.write(self.producer, self.detector.snapshot(), offsets)
+            size = self.state_store.write(self.producer, self.detector.snapshot(), offsets,
+                                          timeout_s=WRITE_TIMEOUT_S)
             commit = {tp: OffsetAndMetadata(p.next_offset, "", -1)
                       for tp, p in self.progress.items() if p.next_offset is not None}
             if commit and in_callback:
                 self.consumer.commit_async(commit)
             elif commit:
                 self.consumer.commit(commit)
-        except Exception as err:                   # noqa: BLE001 - retried at the next interval
-            log.warning("checkpoint failed; will retry", extra={"error": repr(err)})
-            self.healthy = False
+        except Exception as err:                   # noqa: BLE001 - retried with back-off
+            log.warning("checkpoint failed", extra={"error": repr(err)})
             return False
         self.counts["checkpoints"] += 1
         if self.metrics is not None:
@@ -380,10 +406,9 @@ class Worker:
     def _drain_on_exit(self) -> None:
         """At shutdown, keep retrying failed writes for a while before giving up uncommitted."""
         deadline = time.monotonic() + 30
-        while self.outgoing and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             time.sleep(self._backoff())
-            if self._flush_outgoing():
-                self._checkpoint()
+            if self._checkpoint():
                 return
         log.error("exiting with unacknowledged writes; their records were not committed and "
                   "will be read again", extra={"unacknowledged": len(self.outgoing)})
@@ -396,11 +421,20 @@ class Worker:
             self._checkpoint(in_callback=True)
         self.detector = None
         self.progress = {}
+        self.pending_assignment = None
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Runs on the client's IO thread, which must not block (heartbeats): pause the new
+        partitions and leave reading the checkpoint to the main loop (``_restore``)."""
         if not assigned:
             log.info("standby: no partitions assigned")
             return
+        self.consumer.pause(*assigned)
+        self.pending_assignment = set(assigned)
+
+    def _restore(self, assigned: set[TopicPartition]) -> None:
+        """Become active: restore the last checkpoint, seek to its offsets, resume."""
+        self.pending_assignment = None
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
         self.first_assignment = False
@@ -429,6 +463,7 @@ class Worker:
                 self.consumer.seek_to_end(tp)
             elif start != "committed":
                 self._seek_to_time(tp, start)
+        self.consumer.resume(*assigned)
         log.info("partitions assigned", extra={
             "partitions": len(assigned), "restored": restored is not None, "start": start})
 
@@ -462,6 +497,12 @@ class Worker:
         detail = {"healthy": self.healthy, "active": self.detector is not None,
                   "unacknowledged_writes": len(self.outgoing), **self.counts}
         return self.healthy, detail
+
+
+def _error_of(outgoing: Outgoing) -> Exception | None:
+    if isinstance(outgoing.future, Exception):
+        return outgoing.future
+    return outgoing.future.exception if outgoing.future is not None else None
 
 
 def parse_start_time(text: str) -> float:

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -30,7 +31,9 @@ def broker(tmp_path_factory):
 class Deployment:
     """Unique topics and group for one test, its config file, and ways to drive the worker."""
 
-    def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1) -> None:
+    def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1,
+                 kafka: str = "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n",
+                 worker: dict | None = None) -> None:
         self.broker = broker
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
@@ -39,13 +42,12 @@ class Deployment:
         self.group = f"group-{tag}"
         self.config = workdir / "worker.toml"
         self.config.write_text(
-            "[kafka]\n"
             # Short group timeouts: this broker holds JoinGroup for half the session timeout.
-            "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n"
+            "[kafka]\n" + kafka +
             "[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in self.topics.items()) +
-            "[worker]\n"
-            f'group_id = "{self.group}"\nidle_timeout_s = 3\ncheckpoint_interval_s = 1\n'
-            'log_format = "json"\n')
+            "[worker]\n" + "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in {
+                "group_id": self.group, "idle_timeout_s": 3, "checkpoint_interval_s": 1,
+                "log_format": "json", **(worker or {})}.items()))
         self.create_input_topics(partitions)
 
     def create_input_topics(self, partitions: int) -> None:
@@ -62,6 +64,12 @@ class Deployment:
                         "--topic", self.topics[stream], str(path)], check=True,
                        capture_output=True, timeout=120)
 
+    def produce_paced(self, stream: str, path: Path, speed: float) -> subprocess.Popen:
+        """Produce a file at ``speed`` times its event time, in the background."""
+        return subprocess.Popen([*DETECTOR, "produce", "--bootstrap-servers", self.broker.bootstrap,
+                                 "--topic", self.topics[stream], "--speed", str(speed), str(path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def start_worker(self, *args: str, log_name: str = "worker.log") -> subprocess.Popen:
         log = open(self.workdir / log_name, "ab")
         return subprocess.Popen(
@@ -71,14 +79,44 @@ class Deployment:
 
     def run_worker_until_idle(self, *args: str, idle_s: float = 6, timeout: float = 180) -> int:
         worker = self.start_worker("--exit-when-idle", str(idle_s), *args)
-        return worker.wait(timeout=timeout)
+        try:
+            return worker.wait(timeout=timeout)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
 
     def read(self, topic_key: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:
         """Every message of a topic (all partitions), read with confluent-kafka until idle."""
         return read_topic(self.broker.bootstrap, self.topics[topic_key], idle_s, timeout)
 
     def log(self, name: str = "worker.log") -> str:
-        return (self.workdir / name).read_text(errors="replace")
+        path = self.workdir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(self, text: str, name: str = "worker.log", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log(name):
+            if time.monotonic() > deadline or "detector: error" in self.log(name):
+                raise AssertionError(f"{text!r} not in {name} after {timeout} s:\n{self.log(name)[-3000:]}")
+            time.sleep(0.1)
+
+    def anomalies(self) -> list[dict]:
+        return [orjson.loads(m.value()) for m in self.read("anomalies")]
+
+
+def write_logs(traffic, directory: Path, extra_mail=()) -> tuple[Path, Path]:
+    mail, dns = directory / "mail.jsonl", directory / "dns.jsonl"
+    mail.write_bytes(b"\n".join([*traffic.mail, *extra_mail]) + b"\n")
+    dns.write_bytes(b"\n".join(traffic.dns) + b"\n")
+    return mail, dns
+
+
+def replay_events(mail: Path, dns: Path, directory: Path) -> list[dict]:
+    """What ``detector replay`` makes of the same files: the reference for the worker."""
+    out = directory / "replay.jsonl"
+    subprocess.run([*DETECTOR, "replay", "--mail", str(mail), "--dns", str(dns), "--out", str(out)],
+                   check=True, capture_output=True, timeout=300)
+    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
 
 
 def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:

@@ -2,16 +2,14 @@
 crash recovery, graceful shutdown. Input is produced and output read with confluent-kafka or the
 ``detector`` command, as users do."""
 
-import os
 import signal
-import subprocess
 import time
 
 import orjson
 import pytest
 
-from conftest import DETECTOR
-from traffic import Traffic
+from conftest import replay_events, write_logs
+from traffic import Traffic, hourly_servfail_spikes
 
 pytestmark = pytest.mark.kafka
 
@@ -20,24 +18,6 @@ def servfail_spike() -> Traffic:
     return (Traffic().minutes(0, 90, 60, fail_every=150)
             .minutes(90, 10, 60, bad_every=4, rcode="SERVFAIL")
             .minutes(100, 40, 60, fail_every=150).sorted())
-
-
-def write_logs(traffic: Traffic, directory, extra_mail=()):
-    mail, dns = directory / "mail.jsonl", directory / "dns.jsonl"
-    mail.write_bytes(b"\n".join([*traffic.mail, *extra_mail]) + b"\n")
-    dns.write_bytes(b"\n".join(traffic.dns) + b"\n")
-    return mail, dns
-
-
-def replay_events(mail, dns, directory) -> list[dict]:
-    out = directory / "replay.jsonl"
-    subprocess.run([*DETECTOR, "replay", "--mail", str(mail), "--dns", str(dns), "--out", str(out)],
-                   check=True, capture_output=True, timeout=120)
-    return [orjson.loads(line) for line in out.read_bytes().splitlines()]
-
-
-def anomaly_events(deployment) -> list[dict]:
-    return [orjson.loads(m.value()) for m in deployment.read("anomalies")]
 
 
 def test_a_scenario_through_kafka_gives_the_same_events_as_a_replay(deployment, tmp_path):
@@ -75,35 +55,26 @@ def test_input_produced_by_another_client_and_bad_messages_go_to_the_dead_letter
         assert headers["source_topic"].decode() == deployment.topics["mail"]
         assert int(headers["source_offset"]) in (1001, 1002, 1003)
         assert headers["reason"] in (b"not_json", b"not_object", b"bad_ts")
-    states = [e["state"] for e in anomaly_events(deployment)]
+    states = [e["state"] for e in deployment.anomalies()]
     assert states[0] == "open" and states[-1] == "resolved"      # the worker went on
 
 
 def test_kill_9_mid_stream_then_restart_loses_no_anomaly_and_changes_no_id(deployment, tmp_path):
-    traffic = Traffic()
-    for hour in range(6):   # six quiet hours with a SERVFAIL spike in each after the first
-        start = hour * 60
-        traffic.minutes(start, 50, 60, fail_every=150)
-        if hour:
-            traffic.minutes(start + 50, 5, 60, bad_every=3, rcode="SERVFAIL")
-        else:
-            traffic.minutes(start + 50, 5, 60, fail_every=150)
-        traffic.minutes(start + 55, 5, 60, fail_every=150)
-    mail, dns = write_logs(traffic.sorted(), tmp_path)
+    mail, dns = write_logs(hourly_servfail_spikes(6), tmp_path)
     expected_ids = {e["id"] for e in replay_events(mail, dns, tmp_path)}
     assert len({i for i in expected_ids if i.startswith("servfail")}) == 5
     deployment.produce_files("dns", dns)
     deployment.produce_files("mail", mail)
     worker = deployment.start_worker(log_name="first.log")
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(anomaly_events(deployment)) < 2:
+    while time.monotonic() < deadline and len(deployment.anomalies()) < 2:
         time.sleep(0.5)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
-    seen_before = anomaly_events(deployment)
+    seen_before = deployment.anomalies()
     assert seen_before, "the worker produced nothing before it was killed"
     assert deployment.run_worker_until_idle() == 0
-    events = anomaly_events(deployment)
+    events = deployment.anomalies()
     assert {e["id"] for e in events} == expected_ids
     opens = {}
     for event in events:                    # an open may be re-sent, but never with another id
@@ -117,7 +88,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     deployment.produce_files("mail", mail)
     worker = deployment.start_worker()
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not anomaly_events(deployment):
+    while time.monotonic() < deadline and not deployment.anomalies():
         time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0

@@ -58,6 +58,21 @@ class Traffic:
         return self
 
 
+def hourly_servfail_spikes(hours: int, otp_per_min: int = 60) -> Traffic:
+    """``hours`` hours of quiet OTP mail; from the second hour on, five minutes of each hour in
+    which a third of the mails' lookups SERVFAIL (one anomaly an hour, resolved before the next)."""
+    traffic = Traffic()
+    for hour in range(hours):
+        start = hour * 60
+        traffic.minutes(start, 50, otp_per_min, fail_every=150)
+        if hour:
+            traffic.minutes(start + 50, 5, otp_per_min, bad_every=3, rcode="SERVFAIL")
+        else:
+            traffic.minutes(start + 50, 5, otp_per_min, fail_every=150)
+        traffic.minutes(start + 55, 5, otp_per_min, fail_every=150)
+    return traffic.sorted()
+
+
 def feed_all(detector, traffic: Traffic, batch: int = 500) -> list[dict]:
     """Feed both streams in alternating batches (aligned by position), then close."""
     events: list[dict] = []

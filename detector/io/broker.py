@@ -33,22 +33,26 @@ class LocalBroker:
     """A tansu process on ``127.0.0.1:port``; a context manager that stops it on exit."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1",
-                 log_path: str | Path | None = None) -> None:
+                 log_path: str | Path | None = None, advertised_port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        #: Clients are told to connect here (a fault-injecting proxy in front, in tests).
+        self.advertised_port = advertised_port or self.port
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"
 
     def start(self, timeout_s: float = 10.0) -> "LocalBroker":
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.process = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+             advertised],
             stdout=output, stderr=output, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -60,7 +64,7 @@ class LocalBroker:
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"broker did not listen on {self.bootstrap} within {timeout_s} s")
+        raise RuntimeError(f"broker did not listen on port {self.port} within {timeout_s} s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -11,10 +11,11 @@ active member's last checkpoint. The assignment is sticky: a member joining neve
 partitions from a healthy active member.
 
 **State store.** Checkpoints go to a compacted topic. A checkpoint is a manifest (key = the group
-id) and its parts (key = ``<group>#<n>``), gzip-compressed JSON cut into parts that fit in a Kafka
-message. Parts are written and acknowledged before the manifest, so a reader that finds a manifest
-finds its parts; a manifest names its checkpoint id and the parts carry it, so a part of another
-checkpoint is never mixed in.
+id) and its parts (key = ``<group>#<slot>#<n>``), gzip-compressed JSON cut into parts that fit in a
+Kafka message. Checkpoints alternate between two slots and the manifest, written last, names the
+slot, so a worker killed while writing a checkpoint leaves the previous one whole; the parts carry
+the checkpoint id, so a part of another checkpoint is never mixed in. Compaction keeps the topic at
+two checkpoints per group.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: A checkpoint part's size: under Kafka's default 1 MB message limit with room for headers.
 STATE_PART_BYTES = 900_000
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
     instead of a minute-long stall."""
     config = client_config(kafka)
     config.update(acks="all", linger_ms=kafka.linger_ms, batch_size=262_144,
-                  max_block_ms=10_000, max_request_size=4_000_000)
+                  max_block_ms=5_000, max_request_size=4_000_000)
     config.update(overrides)
     return KafkaProducer(**config)
 
@@ -173,6 +174,7 @@ class StateStore:
         self.kafka = kafka
         self.topic = topic
         self.group_id = group_id
+        self.slot = 0            # the slot of the newest complete checkpoint
 
     def write(self, producer: KafkaProducer, state: dict, offsets: dict[str, int],
               timeout_s: float = 30.0) -> int:
@@ -180,18 +182,23 @@ class StateStore:
         blob = gzip.compress(orjson.dumps(state), compresslevel=1)
         checkpoint_id = f"{time.time_ns():x}-{hashlib.sha1(blob).hexdigest()[:12]}"
         parts = [blob[i:i + STATE_PART_BYTES] for i in range(0, len(blob), STATE_PART_BYTES)] or [b""]
-        futures = [producer.send(self.topic, key=f"{self.group_id}#{n}".encode(), value=part,
+        slot = 1 - self.slot
+        futures = [producer.send(self.topic, key=self._part_key(slot, n), value=part,
                                  headers=[("checkpoint", checkpoint_id.encode())])
                    for n, part in enumerate(parts)]
         producer.flush(timeout=timeout_s)
         for future in futures:
             future.get(timeout=timeout_s)
         manifest = {"format": STATE_FORMAT, "group": self.group_id, "checkpoint": checkpoint_id,
-                    "parts": len(parts), "sha1": hashlib.sha1(blob).hexdigest(),
+                    "slot": slot, "parts": len(parts), "sha1": hashlib.sha1(blob).hexdigest(),
                     "offsets": offsets, "written_at": time.time()}
         producer.send(self.topic, key=self.group_id.encode(),
                       value=orjson.dumps(manifest)).get(timeout=timeout_s)
+        self.slot = slot
         return len(blob)
+
+    def _part_key(self, slot: int, n: int) -> bytes:
+        return f"{self.group_id}#{slot}#{n}".encode()
 
     def read(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> tuple[dict, dict[str, int]] | None:
         """The newest complete checkpoint of this group: ``(state, offsets)``, or ``None``.
@@ -229,9 +236,10 @@ class StateStore:
         if found is None or not found[0]:
             return None
         manifest = orjson.loads(found[0])
+        self.slot = manifest["slot"]
         parts = []
         for n in range(manifest["parts"]):
-            part = latest.get(f"{self.group_id}#{n}".encode())
+            part = latest.get(self._part_key(manifest["slot"], n))
             if part is None or part[1].get("checkpoint", b"").decode() != manifest["checkpoint"]:
                 log.warning("checkpoint %s is incomplete (part %d missing); starting fresh",
                             manifest["checkpoint"], n)

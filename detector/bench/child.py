@@ -1,0 +1,146 @@
+"""One measurement in a fresh process: ``python -m detector.bench.child KIND 'JSON args'``.
+
+Each measurement runs alone in its own interpreter so that none inherits another's heap, caches or
+imported modules, and its peak RSS is its own. The clock starts after the imports and stops when
+the work is done; the last line on stdout is a JSON object with ``records``, ``seconds`` and
+``max_rss_kib`` (and what else the kind reports). Kinds:
+
+- ``read``: the bare cost of the input: gzip and ``orjson.loads`` of every line, nothing else.
+- ``replay``: ``detector.replay.replay`` of the files, anomaly events to a file.
+- ``naive``: ``naive.run_naive`` of the files, events to a file.
+- ``consume``: kafka-python's bare consumer over topics until ``expected`` records have come;
+  timed from the first non-empty ``poll()`` to the one that completes the count.
+- ``worker``: the stream worker (``Worker``) over the topics; timed from its first fed batch to
+  the batch that completes the count, the idle wait before it exits left out.
+"""
+
+from __future__ import annotations
+
+import gzip
+import resource
+import sys
+import time
+
+import orjson
+
+
+def max_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def bare_read(paths: list[str]) -> dict:
+    started = time.perf_counter()
+    count = 0
+    loads, error = orjson.loads, orjson.JSONDecodeError
+    for path in paths:
+        with gzip.open(path, "rb") as lines:
+            for line in lines:
+                count += 1
+                try:
+                    loads(line)
+                except error:
+                    pass
+    return {"records": count, "seconds": time.perf_counter() - started}
+
+
+def replay_files(mail: str, dns: str, out: str) -> dict:
+    from ..io.files import JsonLinesSink
+    from ..replay import replay
+
+    started = time.perf_counter()
+    sink = JsonLinesSink(out)
+    try:
+        summary = replay([mail], [dns], sink)
+    finally:
+        sink.close()
+    return {"records": summary.total_records, "seconds": time.perf_counter() - started,
+            "anomalies": summary.anomalies}
+
+
+def naive_files(mail: str, dns: str, out: str) -> dict:
+    from .naive import run_naive
+
+    started = time.perf_counter()
+    events, count = run_naive([mail], [dns])
+    with open(out, "wb") as sink:
+        sink.write(b"".join(orjson.dumps(event) + b"\n" for event in events))
+    return {"records": count, "seconds": time.perf_counter() - started}
+
+
+def bare_consume(bootstrap: str, topics: list[str], expected: int, group: str,
+                 timeout_s: float = 300.0) -> dict:
+    """kafka-python as BROKER.md measured it: a group member, ``poll()`` batches, crc32c."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_poll_records=5000)
+    consumer.subscribe(topics)
+    count, first, last = 0, None, None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while count < expected and time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            got = sum(len(records) for records in batch.values())
+            if got:
+                now = time.perf_counter()
+                first = now if first is None else first
+                count += got
+                last = now
+    finally:
+        consumer.close(autocommit=False)
+    return {"records": count, "seconds": (last - first) if first is not None else 0.0}
+
+
+def worker_run(settings_overrides: dict, expected: int) -> dict:
+    """The worker as ``detector run --exit-when-idle`` runs it, its fed batches timed."""
+    import logging
+
+    from ..core import pipeline
+    from ..logs import configure_logging
+    from ..settings import load_settings
+    from ..worker import Worker
+
+    configure_logging("WARNING", "json")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    overrides = {tuple(key.split(".", 1)): value for key, value in settings_overrides.items()}
+    settings = load_settings(environ={}, overrides=overrides)
+    timing = {"first": None, "last": None, "fed": 0}
+    feed = pipeline.Detector.feed
+
+    def timed_feed(self, stream, lines, source=None, now=None):
+        if timing["first"] is None:
+            timing["first"] = time.perf_counter()
+        result = feed(self, stream, lines, source=source, now=now)
+        timing["fed"] += len(lines)
+        if timing["fed"] <= expected:
+            timing["last"] = time.perf_counter()
+        return result
+
+    pipeline.Detector.feed = timed_feed
+    worker = Worker(settings)
+    worker.run()
+    seconds = (timing["last"] - timing["first"]) if timing["first"] is not None else 0.0
+    return {"records": timing["fed"], "seconds": seconds, "consumed": worker.counts["consumed"]}
+
+
+KINDS = {
+    "read": lambda a: bare_read(a["paths"]),
+    "replay": lambda a: replay_files(a["mail"], a["dns"], a["out"]),
+    "naive": lambda a: naive_files(a["mail"], a["dns"], a["out"]),
+    "consume": lambda a: bare_consume(a["bootstrap"], a["topics"], a["expected"], a["group"]),
+    "worker": lambda a: worker_run(a["settings"], a["expected"]),
+}
+
+
+def main(argv: list[str]) -> int:
+    kind, args = argv[0], orjson.loads(argv[1])
+    result = KINDS[kind](args)
+    result["max_rss_kib"] = max_rss_kib()
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""``detector bench``: the click command (registered by ``detector.cli`` with ``add_command``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+import orjson
+
+from .harness import SECTIONS, run_bench
+from .table import format_report
+
+
+@click.command()
+@click.option("--out-dir", default="bench-out", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="Generated inputs (cached here), work files and the last results.")
+@click.option("--quick", is_flag=True, help="Small inputs and one repetition (smoke test, CI).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--only", "sections", multiple=True, type=click.Choice(SECTIONS),
+              help="Run only this section (repeatable; default: all).")
+@click.option("--repeat", type=click.IntRange(1), help="Timed runs per measurement, best kept "
+              "(default 3, quick 1).")
+@click.option("--seed", "seeds", multiple=True, type=int,
+              help="Scenario seed for the quality section (repeatable; default 1).")
+@click.option("--latency-runs", type=click.IntRange(1),
+              help="Spikes timed for the latency (default 5, quick 1).")
+@click.option("--pace", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Event time per wall second while a spike is produced (1 = real time).")
+def bench(out_dir, quick, as_json, sections, repeat, seeds, latency_runs, pace) -> None:
+    """Throughput, latency, memory and detection quality, against baselines run alongside.
+
+    Every speed figure is a ratio to a baseline measured in the same run on the same input: the
+    bare read of the files, kafka-python's bare consumer, and a naive per-record detector.
+    Progress goes to stderr; the table (or JSON) to stdout, and both to OUT_DIR.
+    """
+    command = " ".join(["detector bench", *(["--quick"] if quick else []),
+                        *(f"--only {s}" for s in sections),
+                        *([f"--repeat {repeat}"] if repeat else []),
+                        *(f"--seed {s}" for s in seeds),
+                        *([f"--latency-runs {latency_runs}"] if latency_runs else []),
+                        *([f"--pace {pace:g}"] if pace != 10.0 else []),
+                        *([f"--out-dir {out_dir}"] if out_dir != "bench-out" else []),
+                        *(["--json"] if as_json else [])])
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        click.echo(f"bench [{time.monotonic() - started:6.1f} s] {text}", err=True)
+
+    root = Path(out_dir)
+    result = run_bench(root, quick=quick, sections=tuple(sections) or SECTIONS, repeat=repeat,
+                       seeds=list(seeds) or None, latency_runs=latency_runs, latency_pace=pace,
+                       command=command, say=say)
+    text = format_report(result)
+    stem = "bench-quick" if quick else "bench"
+    (root / f"{stem}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    (root / f"{stem}.txt").write_text(text + "\n")
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        click.echo(text)

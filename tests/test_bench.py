@@ -1,0 +1,121 @@
+"""``detector bench`` on small inputs: it runs, its table has every row, ``--json`` parses, and the
+naive per-record detector it compares against finds an obvious spike. Nothing here asserts a
+speed: these machines are too noisy for wall-clock limits, which is why the benchmark reports
+ratios to baselines measured alongside."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from detector.bench.cli import bench
+from detector.bench.naive import run_naive
+from detector.evaluate import evaluate
+
+
+def write_gz(path: Path, records: list[dict]) -> str:
+    with gzip.open(path, "wb") as out:
+        out.write(b"".join(orjson.dumps(record) + b"\n" for record in records))
+    return str(path)
+
+
+def quiet_hour_then_a_servfail_minute(minutes: int = 40, spike_minute: int = 35):
+    """Ten OTP mails a minute from bank.example, each after its SPF lookup; in one minute the
+    lookups SERVFAIL and eight of the ten mails are deferred."""
+    mail, dns = [], []
+    for minute in range(minutes):
+        for n in range(10):
+            ts = 1_795_766_400 + minute * 60 + n * 6
+            failing = minute == spike_minute and n < 8
+            dns.append({"ts": ts, "qname": "auth.bank.example", "qtype": "TXT",
+                        "rcode": "SERVFAIL" if failing else "NOERROR", "resolver": "res-a"})
+            mail.append({"ts": ts + 0.5, "message_id": f"<{minute}-{n}@mx1>",
+                         "status": "deferred" if failing else "delivered",
+                         "sender": "verify@auth.bank.example", "category": "otp"})
+    return mail, dns
+
+
+def test_the_naive_detector_opens_on_an_obvious_servfail_spike(tmp_path):
+    mail, dns = quiet_hour_then_a_servfail_minute()
+    events, count = run_naive([write_gz(tmp_path / "mail.jsonl.gz", mail)],
+                              [write_gz(tmp_path / "dns.jsonl.gz", dns)])
+    assert count == len(mail) + len(dns)
+    opens = [(e["key"]["outcome"], e["detected_at"]) for e in events if e["state"] == "open"]
+    assert ("SERVFAIL", "2026-11-27T08:36:00Z") in opens
+    truth = {"incidents": [{"outcome": "SERVFAIL", "start": "2026-11-27T08:35:00Z",
+                            "end": "2026-11-27T08:36:00Z"}], "decoys": []}
+    report = evaluate(events, truth)
+    assert report["recall"] == 1.0 and report["false_alarm_count"] == 0
+    assert report["median_delay_s"] == 60.0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``detector bench --quick --json`` without the Kafka section, shared by the tests."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(bench, ["--quick", "--json", "--out-dir", str(out_dir),
+                                        "--only", "replay", "--only", "memory",
+                                        "--only", "quality"])
+    assert result.exit_code == 0, result.output
+    return out_dir, result
+
+
+def test_quick_bench_json_parses_and_holds_every_section(quick_run):
+    out_dir, result = quick_run
+    report = orjson.loads(result.stdout)
+    assert report["quick"] is True
+    assert report["machine"]["cores"] >= 1 and report["machine"]["python"]
+    replay = report["replay"]
+    for rate in ("bare_read_rate", "pipeline_rate", "naive_rate"):
+        assert replay[rate] > 0
+    assert replay["pipeline_over_bare"] > 0 and replay["project_over_naive"] > 0
+    assert [row["factor"] for row in report["memory"]["rows"]] == [1, 4, 10]
+    assert all(row["max_rss_kib"] > 0 for row in report["memory"]["rows"])
+    scenarios = [row["scenario"] for row in report["quality"]["rows"]]
+    assert scenarios == ["seed-incident", "decoy-volume-surge", "mixed"]
+    seed = report["quality"]["rows"][0]
+    assert seed["project"]["detected"] == 1 and seed["naive"]["detected"] == 1
+    assert orjson.loads((out_dir / "bench-quick.json").read_bytes())["command"] == report["command"]
+
+
+def test_quick_bench_table_has_every_row(quick_run):
+    out_dir, _ = quick_run
+    table = (out_dir / "bench-quick.txt").read_text()
+    for row in ("command:  detector bench --quick", "machine:", "1. Replay throughput",
+                "bare read: gzip + orjson.loads per line", "replay: the full pipeline",
+                "naive per-record detector", "3. Memory", "1x (0.25 h)", "4x (1 h)",
+                "10x (2.5 h)", "4. Detection quality", "seed-incident", "decoy-volume-surge",
+                "total", "project / naive"):
+        assert row in table, row
+
+
+def test_a_rerun_reuses_the_generated_inputs(quick_run):
+    out_dir, _ = quick_run
+    before = {path: path.stat().st_mtime_ns for path in (out_dir / "data").rglob("*.gz")}
+    result = CliRunner().invoke(bench, ["--quick", "--out-dir", str(out_dir), "--only", "memory"])
+    assert result.exit_code == 0, result.output
+    assert "3. Memory" in result.stdout
+    assert {path: path.stat().st_mtime_ns for path in (out_dir / "data").rglob("*.gz")} == before
+
+
+@pytest.mark.kafka
+def test_quick_bench_through_kafka_measures_throughput_and_an_open_events_latency(tmp_path):
+    result = CliRunner().invoke(bench, ["--quick", "--json", "--out-dir", str(tmp_path),
+                                        "--only", "kafka"])
+    assert result.exit_code == 0, result.output
+    kafka = orjson.loads(result.stdout)["kafka"]
+    throughput = kafka["throughput"]
+    assert throughput["bare_consume_rate"] > 0 and throughput["worker_rate"] > 0
+    assert throughput["worker_detection"][0]["false_alarms"] == 0
+    latency = kafka["latency"]
+    assert latency["n"] == 1 and latency["wall_s"]["p50"] > 0
+    assert latency["runs"][0]["outcome"] == "SERVFAIL"
+    assert latency["detection_delay_s"]["p50"] >= 0
+    table = (tmp_path / "bench-quick.txt").read_text()
+    for row in ("2. Through Kafka", "kafka-python bare consumer", "one worker",
+                "wall clock, records produced at 10x real time", "real time: delay + lateness"):
+        assert row in table, row
