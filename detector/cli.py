@@ -10,6 +10,10 @@ import orjson
 
 from .core.config import ConfigError
 
+# The format names, without importing the adapters for every command (kept in step by a test).
+MAIL_FORMATS = ("json", "postfix", "m365", "zeek-smtp")
+DNS_FORMATS = ("json", "zeek-dns", "unbound", "bind", "coredns")
+
 
 def _fail(message: str) -> None:
     """One clear line on stderr and exit status 2: a usage or configuration problem."""
@@ -32,7 +36,12 @@ def main() -> None:
 @click.option("--config", "config_path", metavar="PATH", help="TOML configuration file.")
 @click.option("--state", "state_path", metavar="PATH",
               help="Load the detector's state from PATH if it exists, save it there at the end.")
-def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path) -> None:
+@click.option("--mail-format", default="json", show_default=True,
+              type=click.Choice([*MAIL_FORMATS, "auto"]), help="Format of the --mail files.")
+@click.option("--dns-format", default="json", show_default=True,
+              type=click.Choice([*DNS_FORMATS, "auto"]), help="Format of the --dns files.")
+def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mail_format,
+           dns_format) -> None:
     """Replay historical logs in event-time order and write anomaly events."""
     from .config import load_detector_config
     from .io.files import JsonLinesSink, check_readable
@@ -51,7 +60,8 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path) -> 
     dead = JsonLinesSink(dead_letter) if dead_letter else None
     try:
         summary = run_replay(list(mail_paths), list(dns_paths), sink, dead, config,
-                             state_path=state_path, progress=progress)
+                             state_path=state_path, progress=progress, mail_format=mail_format,
+                             dns_format=dns_format, announce=lambda text: click.echo(text, err=True))
     finally:
         sink.close()
         if dead is not None:
@@ -168,8 +178,12 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
 @click.option("--config", "config_path", metavar="PATH", help="TOML configuration file.")
 @click.option("--speed", type=float, help="Replay event time at this multiple of real time.")
 @click.option("--no-key", is_flag=True, help="Send without keys (default: the join key).")
-def produce(topic, files, bootstrap_servers, config_path, speed, no_key) -> None:
+@click.option("--format", "format_name", default="json", show_default=True,
+              type=click.Choice([*MAIL_FORMATS, *DNS_FORMATS[1:]]),
+              help="Convert lines of this log format to contract records before sending.")
+def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_name) -> None:
     """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
+    from .formats import ADAPTERS, make_adapter
     from .io.files import check_readable
     from .io.produce import produce_files
 
@@ -179,8 +193,52 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key) -> None
             check_readable(path)
     except OSError as err:
         _fail(str(err))
-    sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key)
+    adapter = (make_adapter(format_name, ADAPTERS[format_name].stream)
+               if format_name != "json" else None)
+    sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key,
+                         adapter=adapter)
     click.echo(f"produced {sent} records to {topic}", err=True)
+
+
+@main.command()
+@click.option("--format", "format_name", required=True,
+              type=click.Choice([*MAIL_FORMATS[1:], *DNS_FORMATS[1:], "auto-mail", "auto-dns"]),
+              help="The file's log format (auto-mail/auto-dns: recognise it).")
+@click.argument("file")
+def convert(format_name, file) -> None:
+    """Print the contract records FILE turns into: what the detector sees of it."""
+    from .formats import ADAPTERS, SNIFF_LINES, detect, make_adapter
+    from .io.files import LineSource, check_readable
+
+    try:
+        check_readable(file)
+    except OSError as err:
+        _fail(str(err))
+    source = LineSource(file, "any")
+    if format_name.startswith("auto-"):
+        stream = format_name.split("-", 1)[1]
+        format_name, score = detect(source.peek(SNIFF_LINES), stream)
+        click.echo(f"{file}: {stream} format {format_name} (score {score:.2f})", err=True)
+        if format_name == "json":
+            _fail("the file is already in the contract's JSON form")
+    adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
+    output = click.get_binary_stream("stdout")
+    rejected, records, skipped = {}, 0, 0
+    while True:
+        lines, numbers = source.read_chunk()
+        converted = adapter.feed(lines) if lines else adapter.flush()
+        for record in converted.records:
+            output.write(record + b"\n")
+        records += len(converted.records)
+        skipped += converted.skipped
+        for index, reason in converted.rejected:
+            rejected[reason] = rejected.get(reason, 0) + 1
+            click.echo(f"{file}:{numbers[index]}: rejected ({reason})", err=True)
+        if not lines:
+            break
+    source.close()
+    click.echo(f"{records} records, {skipped} lines skipped, rejected: "
+               + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"), err=True)
 
 
 @main.command()

@@ -64,6 +64,10 @@ class TopicSettings:
     anomalies: str = "otp-anomalies"
     dead_letter: str = "detector-dead-letter"
     state: str = "detector-state"
+    #: The log format of each input topic: "json" (the contract's records) or an adapter's name
+    #: (postfix, m365, zeek-smtp; zeek-dns, unbound, bind, coredns).
+    mail_format: str = "json"
+    dns_format: str = "json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,11 @@ class Settings:
             raise ConfigError(f"kafka.security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}")
         if kafka.security_protocol.startswith("SASL") and kafka.sasl_mechanism not in SASL_MECHANISMS:
             raise ConfigError(f"kafka.sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}")
+        from .formats import FORMATS
+
+        for stream, name in (("mail", self.topics.mail_format), ("dns", self.topics.dns_format)):
+            if name not in FORMATS[stream]:
+                raise ConfigError(f"topics.{stream}_format must be one of {', '.join(FORMATS[stream])}")
         if self.worker.log_format not in ("json", "text"):
             raise ConfigError("worker.log_format must be 'json' or 'text'")
         if not kafka.bootstrap_servers.strip():

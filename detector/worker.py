@@ -37,6 +37,7 @@ from kafka.structs import OffsetAndMetadata
 
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
+from .formats import CONTRACT, make_adapter
 from .io import kafka as kio
 from .settings import Settings
 
@@ -84,6 +85,8 @@ class Worker:
         self.metrics = metrics
         topics = settings.topics
         self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
+        self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
+        self.adapters: dict[str, object] = {}
         self.detector: Detector | None = None
         self.progress: dict[TopicPartition, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
@@ -184,15 +187,24 @@ class Worker:
     def _feed(self, tp: TopicPartition, records: list, now_wall: float, now: float) -> None:
         detector = self.detector
         stream = self.stream_of[tp.topic]
+        source = f"{tp.topic}/{tp.partition}"
         values = [r.value if r.value is not None else b"" for r in records]
+        offsets = [r.offset for r in records]
         before = detector.stats()
-        result = detector.feed(stream, values, source=f"{tp.topic}/{tp.partition}", now=now_wall)
+        adapter = self.adapters.get(source)
+        converted_from = None
+        if adapter is not None:
+            # A log format of its own: lines the adapter rejects are dead-lettered as they came;
+            # the records it makes carry the offset range of the batch they came from.
+            converted = adapter.feed(values)
+            for index, reason in converted.rejected:
+                self._dead_letter(tp, values[index], reason, str(offsets[index]))
+            converted_from = f"{offsets[0]}-{offsets[-1]}"
+            values, offsets = converted.records, None
+        result = detector.feed(stream, values, source=source, now=now_wall)
         for index, reason in result.rejected:
-            record = records[index]
-            self._send(self.settings.topics.dead_letter, None, values[index], [
-                ("reason", reason.encode()), ("source_topic", tp.topic.encode()),
-                ("source_partition", str(tp.partition).encode()),
-                ("source_offset", str(record.offset).encode())])
+            self._dead_letter(tp, values[index], reason,
+                              str(offsets[index]) if offsets is not None else converted_from)
         self._emit(result.events)
         progress = self.progress.setdefault(tp, PartitionProgress())
         progress.next_offset = records[-1].offset + 1
@@ -201,6 +213,14 @@ class Worker:
         self.counts["consumed"] += len(records)
         if self.metrics is not None:
             self.metrics.observe_feed(tp.topic, len(records), before, detector.stats())
+
+    def _dead_letter(self, tp: TopicPartition, value: bytes, reason: str, offset: str) -> None:
+        headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
+                   ("source_partition", str(tp.partition).encode()),
+                   ("source_offset", offset.encode())]
+        if self.formats[tp.topic] != CONTRACT:
+            headers.append(("format", self.formats[tp.topic].encode()))
+        self._send(self.settings.topics.dead_letter, None, value, headers)
 
     def _emit(self, events: list[dict]) -> None:
         for event in events:
@@ -386,7 +406,9 @@ class Worker:
         offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
                    for tp, p in self.progress.items() if p.next_offset is not None}
         try:
-            size = self.state_store.write(self.producer, self.detector.snapshot(), offsets,
+            state = {"detector": self.detector.snapshot(),
+                     "adapters": {source: a.snapshot() for source, a in self.adapters.items()}}
+            size = self.state_store.write(self.producer, state, offsets,
                                           timeout_s=WRITE_TIMEOUT_S)
             commit = {tp: OffsetAndMetadata(p.next_offset, "", -1)
                       for tp, p in self.progress.items() if p.next_offset is not None}
@@ -444,16 +466,23 @@ class Worker:
         if restored is not None:
             state, offsets = restored
             try:
-                self.detector = Detector(self.settings.detector, state=state)
+                self.detector = Detector(self.settings.detector, state=state["detector"])
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("checkpoint unusable; starting fresh", extra={"error": repr(err)})
                 self.detector, offsets = Detector(self.settings.detector), {}
         else:
             self.detector, offsets = Detector(self.settings.detector), {}
         self.progress = {tp: PartitionProgress() for tp in assigned}
+        saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
+        self.adapters = {}
         for tp in sorted(assigned):
             source = f"{tp.topic}/{tp.partition}"
             self.detector.add_source(source)
+            adapter = make_adapter(self.formats[tp.topic], self.stream_of[tp.topic])
+            if adapter is not None:
+                if source in saved_adapters:
+                    adapter.restore(saved_adapters[source])
+                self.adapters[source] = adapter
             if source in offsets:
                 self.consumer.seek(tp, offsets[source])
                 self.progress[tp].next_offset = offsets[source]

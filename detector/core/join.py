@@ -37,9 +37,11 @@ class DnsJoin:
     ('UNMATCHED', None)
     """
 
-    def __init__(self, before_s: float, after_s: float, max_buffered: int = 2_000_000) -> None:
+    def __init__(self, before_s: float, after_s: float, max_buffered: int = 2_000_000,
+                 match_client: bool = True) -> None:
         self.before_s = before_s
         self.after_s = after_s
+        self.match_client = match_client
         self.max_buffered = max_buffered
         self._by_name: dict[str, list[Entry]] = {}
         self._arrivals: deque[tuple[float, str]] = deque()
@@ -86,6 +88,8 @@ class DnsJoin:
         entries = self._by_name.get(qname)
         if not entries:
             return None
+        if not self.match_client:
+            server = None
         lo = bisect_left(entries, ts - self.before_s, key=_entry_ts)
         hi = bisect_right(entries, ts + self.after_s, key=_entry_ts)
         split = bisect_right(entries, ts, lo, hi, key=_entry_ts)

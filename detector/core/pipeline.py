@@ -63,7 +63,7 @@ class Detector:
         self.clock = EventClock(config.clock.allowed_lateness_s)
         self.dedup = Deduplicator(config.clock.dedup_horizon_s)
         self.join = DnsJoin(config.join.window_before_s, config.join.window_after_s,
-                            config.join.max_buffered_dns)
+                            config.join.max_buffered_dns, config.join.match_client)
         self.windows = SlidingCounts(self.steps_per_bucket, model.long_window_s // model.step_s)
         self.baseline = Baseline(N_KEYS, model.half_life_s, model.bucket_s,
                                  (model.prior_failures, model.prior_successes))

@@ -28,6 +28,7 @@ class LineSource:
         self.stream = stream
         self.line_no = 0
         self.size = 0
+        self._peeked: list[tuple[bytes, int]] = []
         self._raw: BinaryIO
         if path == "-":
             self._raw = sys.stdin.buffer
@@ -38,8 +39,21 @@ class LineSource:
             magic = self._raw.peek(2)[:2] if hasattr(self._raw, "peek") else b""
             self._file = gzip.GzipFile(fileobj=self._raw) if magic == b"\x1f\x8b" else self._raw
 
+    def peek(self, lines: int) -> list[bytes]:
+        """The next ``lines`` non-blank lines, left to be read again by ``read_chunk``."""
+        if not self._peeked:
+            chunk, numbers = self._read(lines)
+            self._peeked = list(zip(chunk, numbers))
+        return [line for line, _ in self._peeked]
+
     def read_chunk(self, lines: int = CHUNK_LINES) -> tuple[list[bytes], list[int]]:
         """Up to ``lines`` non-blank lines and their 1-based line numbers; empty at the end."""
+        if self._peeked:
+            peeked, self._peeked = self._peeked, []
+            return [line for line, _ in peeked], [number for _, number in peeked]
+        return self._read(lines)
+
+    def _read(self, lines: int) -> tuple[list[bytes], list[int]]:
         chunk: list[bytes] = []
         numbers: list[int] = []
         readline = self._file.readline

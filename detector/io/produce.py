@@ -41,8 +41,12 @@ def join_key(line: bytes) -> tuple[bytes | None, float | None]:
 
 
 def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: float | None = None,
-                  keyed: bool = True) -> int:
-    """Send every non-blank line of ``paths`` to ``topic``; returns the number sent."""
+                  keyed: bool = True, adapter=None) -> int:
+    """Send every non-blank line of ``paths`` to ``topic``; returns the number sent.
+
+    With an ``adapter`` (a log format of its own), the records it makes of the lines are sent
+    instead, in the contract's JSON form; lines it rejects are not sent (``convert`` shows them).
+    """
     producer = make_producer(kafka, batch_size=1_048_576, linger_ms=20)
     sent = 0
     first_ts = started = None
@@ -52,9 +56,10 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
             try:
                 while True:
                     lines, _ = source.read_chunk()
-                    if not lines:
-                        break
-                    for line in lines:
+                    batch = lines
+                    if adapter is not None:
+                        batch = (adapter.feed(lines) if lines else adapter.flush()).records
+                    for line in batch:
                         key, ts = join_key(line) if (keyed or speed) else (None, None)
                         if speed and ts is not None:
                             if first_ts is None:
@@ -65,6 +70,8 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
                                 time.sleep(delay)
                         producer.send(topic, key=key if keyed else None, value=line)
                         sent += 1
+                    if not lines:
+                        break
             finally:
                 source.close()
         producer.flush()

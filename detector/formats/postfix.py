@@ -1,0 +1,542 @@
+"""Postfix maillog lines in, one mail-flow record per delivery attempt out.
+
+Postfix spreads a message over several lines that share a queue id: cleanup logs its
+``message-id=``, qmgr its envelope sender (``from=<...>, size=..., nrcpt=...``), then a delivery
+agent (smtp, lmtp, local, virtual, pipe, error, ...) one line per recipient with ``status=``, and
+qmgr ``removed`` at the end. The adapter remembers sender and message-id per queue id (at most
+``max_queue_ids``, the oldest dropped first and counted in ``evicted``; forgotten at ``removed``)
+and emits a record at each delivery line, so ``flush()`` has nothing to add. Syslog headers may be
+classic BSD (``Nov 27 10:15:02 mx1 postfix/smtp[1234]:``, no year: the ``year`` argument, a new
+year when the month falls back from December to January, local time in ``tz``), RFC 5424
+(``<22>1 2026-11-27T10:15:02.123+00:00 mx1 postfix/smtp 1234 - - ...``) or rsyslog's ISO time
+(``2026-11-27T10:15:02.123456+00:00 mx1 postfix/smtp[1234]:``); a Solaris ``[ID 197553 mail.info]``
+tag is dropped, and any ``postfix/<service>``, ``postfix-<instance>/<service>`` program counts.
+
+Field mapping:
+
+| record field  | from the maillog |
+|---------------|------------------|
+| `ts`          | the syslog header's time, as RFC 3339 UTC |
+| `message_id`  | cleanup's `message-id=<...>` for the queue id (`<queue id>@<host>` when never seen), then `/<recipient>`: one message has one record per recipient, and the contract de-duplicates by (message_id, status) |
+| `status`      | `status=sent` delivered, `deferred` deferred, `bounced` and `expired` failed; a reject's 4xx deferred, 5xx failed |
+| `sender`      | qmgr's `from=<...>` for the queue id (`""` for the null sender); omitted when that line was never seen (a rotated or sampled log); a reject's own `from=<...>` |
+| `recipient`   | `to=<...>` |
+| `server`      | the syslog host |
+| `direction`   | `outbound` for the smtp/relay client to a relay that is not loopback (`relay=none` too), `inbound` for local, virtual and lmtp; omitted otherwise (pipe, content filters, rejects) |
+| `status_code` | `dsn=` (a reject's enhanced code) |
+| `detail`      | the text in parentheses after `status=` (a reject's reply) |
+| `dns_outcome` | from `detail`, the rules below; omitted when the text names no DNS verdict, so the core joins the delivery with resolver logs |
+
+DNS verdicts, first match wins (``dns_outcome_of_detail``):
+
+- A remote server's reply (``host ... said: ...``) and a reject's reply are read by the reply rules
+  (``dns_outcome_of_reply``, below); a connection failure (``connect to ...``, ``conversation
+  with ...``, ``lost connection with ...``) names none: the name resolved, the host did not answer.
+- Postfix's own resolver (``Name service error for name=... type=...: <h_errno text>``):
+  ``Host not found, try again`` (TRY_AGAIN: the resolver got no answer) is SERVFAIL; ``Host not
+  found`` is NXDOMAIN; ``Host found but no data record of requested type`` is NODATA;
+  ``Non-recoverable error`` (the server answered REFUSED, FORMERR or NOTIMP; REFUSED is by far the
+  usual one) is REFUSED.
+- The native resolver (``unable to look up host X: <gai_strerror>``): ``Temporary failure in name
+  resolution`` is SERVFAIL, not TIMEOUT: it is glibc's EAI_AGAIN, the same TRY_AGAIN condition as
+  above (a SERVFAIL and a timeout both give it), and one resolver condition should not split into
+  two anomaly keys by which lookup path Postfix took. ``Name or service not known`` is NXDOMAIN,
+  ``No address associated with hostname`` and ``X: host not found`` (no address of a usable
+  family) are NODATA.
+- Reply rules: a null MX (``nullMX``, X.7.27) is NOERROR (DNS answered; the domain takes no
+  mail); an rcode named in capitals (``NXDOMAIN``, ``SERVFAIL``, ...) is that rcode; a DNS lookup
+  that timed out (``DNS Timeout``, ``query timed out``, ``exceeded max query lookup time``) is
+  TIMEOUT; an SPF/DKIM/DMARC temperror (``4.7.24``, ``temperror``, policyd-spf's ``SPF Temporary
+  Error``) is SERVFAIL (RFC 7208 2.6.6: a transient DNS error while checking; TIMEOUT when it says
+  timeout; a permerror, 5.7.24, is a broken record, not a failed lookup: none); a 5xx ``rejected:
+  Domain not found`` / ``Host not found`` (reject_unknown_sender_domain and kin) is NXDOMAIN;
+  ``Malformed DNS server reply`` is OTHER. A 4xx ``Domain not found`` gets none: Postfix's default
+  unknown_address_reject_code is 450 for a missing domain and a temporary failure alike.
+  Reverse-DNS rejects (X.7.25, ``cannot find your hostname``) get none: they do not say whether
+  the PTR was missing or mismatched.
+
+Lines and what they become:
+
+- a delivery line: a record (an address-verification probe, ``status=deliverable`` or
+  ``undeliverable``, is skipped); qmgr's ``from=<...>, status=expired, returned to sender``: a
+  ``failed`` record for the message (``message_id`` without a recipient part);
+- ``reject:`` / ``milter-reject:`` with an envelope (``from=<...>``), NOQUEUE or with a queue id: a
+  record, because a rejected attempt is a failed delivery (an OTP from a sender whose domain does
+  not resolve dies exactly here). NOQUEUE has no message id, so it is
+  ``NOQUEUE@<host>/<ts>/<sender>/<recipient>``: distinct per attempt and the same on a replay;
+- connect/disconnect, anvil, ``warning:``, TLS, pickup, ``reject_warning:`` and rejects without an
+  envelope (CONNECT, EHLO): skipped; so is a well-formed syslog line from another program
+  (dovecot, opendkim, policyd-spf, ... share the maillog; dead-lettering them would bury the
+  real rejects);
+- rejected: ``not_postfix`` (no syslog header at all), ``truncated`` (a header or delivery line cut
+  short: no ``status=``, an unclosed ``(``; a cut text could change the verdict), ``bad_ts`` (a
+  header time that is not a date), ``bad_value:status`` (an unknown ``status=`` word),
+  ``too_large`` (over the contract's line limit).
+
+Example:
+
+>>> adapter = PostfixAdapter(year=2026)
+>>> batch = adapter.feed([
+...     b"Nov 27 10:15:01 mx1 postfix/qmgr[88]: 4F1B2C3D: from=<otp@bank.example>, size=1200, "
+...     b"nrcpt=1 (queue active)",
+...     b"Nov 27 10:15:02 mx1 postfix/smtp[91]: 4F1B2C3D: to=<ann@mail.example>, relay=none, "
+...     b"delay=1, delays=0/0/1/0, dsn=4.4.3, status=deferred (Host or domain name not found. "
+...     b"Name service error for name=mail.example type=MX: Host not found, try again)"])
+>>> import orjson; record = orjson.loads(batch.records[0])
+>>> record["ts"], record["status"], record["sender"], record["dns_outcome"]
+('2026-11-27T10:15:02Z', 'deferred', 'otp@bank.example', 'SERVFAIL')
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from ..core.records import (MAX_EPOCH_MS, MAX_FIELD_CHARS, MAX_LINE_BYTES, Rejected, format_ts,
+                            parse_ts)
+from .base import Adapter, Converted
+
+#: RFC 3339 text of a record's time; a log writes many records in the same second.
+rfc3339 = lru_cache(maxsize=4096)(format_ts)
+_MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
+#: Syslog times outside this span cannot be written back as RFC 3339 (or are not mail logs).
+_LAST_SECOND = MAX_EPOCH_MS / 1000.0
+
+# Syslog headers. Classic and ISO: optional <PRI>, time, host, "program[pid]: message".
+_CLASSIC = re.compile(
+    r"(?:<\d{1,3}>)?([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(\.\d+)? (.*)", re.S)
+_ISO = re.compile(r"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d(?:\.\d+)?)"
+                  r"(Z|z|[+-]\d\d:?\d\d)? (.*)", re.S)
+_RFC5424 = re.compile(r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) (\S+) ?(.*)", re.S)
+_HEADER_START = re.compile(
+    r"(?:<\d{1,3}>(?:1 )?)?(?:[A-Z][a-z]{2} {1,2}\d|\d{4}-\d\d-\d\d[T ]\d)")
+_HOST_PROGRAM = re.compile(r"(\S+) ([^\s\[\]:]+)(?:\[\d+\])?: ?(.*)", re.S)
+_PROGRAM = re.compile(r"([^\s\[\]:]+)(?:\[\d+\])?: ?(.*)", re.S)
+_POSTFIX_PROGRAM = re.compile(r"postfix(?:-[\w.-]+)?(?:/[\w.-]+)*")
+_SOLARIS_TAG = re.compile(r"\[ID \d+ [\w.]+\] ")
+
+# Message bodies. Short queue ids are hex; long ones (enable_long_queue_ids) use a vowel-free
+# alphabet, which keeps "warning:", "fatal:", "statistics:" from passing for a queue id.
+_QUEUE_LINE = re.compile(
+    r"(NOQUEUE|[0-9A-F]{5,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}): (.*)", re.S)
+_DELIVERY = re.compile(r"to=<([^>]*)>,(.*?) status=([a-z]*)(.*)", re.S)
+_RELAY = re.compile(r" relay=([^,\s]+)")
+_DSN = re.compile(r" dsn=(\d\.\d{1,3}\.\d{1,3})")
+_QMGR = re.compile(r"from=<([^>]*)>, (size=\d+, nrcpt=\d+|status=expired)")
+_REJECT = re.compile(r"(?:milter-)?reject: ([A-Z][A-Z-]*) from (\S+?): (.*?); from=<([^>]*)>"
+                     r"(?: to=<([^>]*)>)? proto=", re.S)
+_REJECT_STAGE = re.compile(r"(?:milter-)?reject: [A-Z][A-Z-]* from ")
+_REPLY_CODES = re.compile(r"\s*(?:([245])\d\d[ -])?(?:([245]\.\d{1,3}\.\d{1,3})\b)?")
+
+_STATUSES = {"sent": "delivered", "deferred": "deferred", "bounced": "failed", "expired": "failed"}
+_PROBE_STATUSES = frozenset({"deliverable", "undeliverable"})
+_OUTBOUND_SERVICES = frozenset({"smtp", "relay"})
+_INBOUND_SERVICES = frozenset({"local", "virtual", "lmtp"})
+_LOOPBACK_RELAY = re.compile(r"(?:localhost|127\.|\[?::1\]?|private/|public/)")
+
+# --- DNS verdicts in delivery and reply texts (see the module docstring) -------------------------
+_CONNECTION_FAILURE = ("connect to ", "conversation with ", "lost connection with ")
+#: Postfix's resolver error, then the h_errno text; the native resolver's, then gai_strerror().
+_RESOLVER_ERRORS = (
+    (re.compile(r"Name service error for name=\S* type=\S*: "), (
+        ("Host not found, try again", "SERVFAIL"),
+        ("Host found but no data record", "NODATA"),
+        ("Host not found", "NXDOMAIN"),
+        ("Non-recoverable error", "REFUSED"))),
+    (re.compile(r"unable to look up host \S+: "), (
+        ("Temporary failure in name resolution", "SERVFAIL"),
+        ("Name or service not known", "NXDOMAIN"),
+        ("No address associated with hostname", "NODATA"))),
+)
+_NO_USABLE_ADDRESS = re.compile(r"\S+: host not found")
+_NULL_MX = re.compile(r"(?i)\bnull ?MX\b|\b[45]\.7\.27\b")
+_RCODE_NAMED = re.compile(r"\b(NXDOMAIN|SERVFAIL|REFUSED|NODATA|FORMERR|NOTIMP)\b")
+_DNS_TIMEOUT = re.compile(
+    r"(?i)\b(?:dns|resolver|name ?server|lookup|query)\b[^;()\[\]]{0,60}?"
+    r"\b(?:timed out|time-?out|lookup time)\b"
+    r"|\b(?:timed out|time-?out)\b[^;()\[\]]{0,30}?\b(?:dns|resolver|lookup|query)\b")
+_AUTH_TEMPERROR = re.compile(r"(?i)\b4\.7\.24\b|\btemp ?error\b"
+                             r"|\b(?:spf|dkim|dmarc)\b[^;]{0,40}?\btemporary (?:error|failure)\b")
+_PERMANENT_REPLY = re.compile(r"\s*(?:5\d\d[ -]|5\.\d{1,3}\.\d{1,3}\s)")
+_NOT_FOUND_REJECT = re.compile(r"rejected: (?:Domain|Host) not found\b")
+_MALFORMED_REPLY = re.compile(r"(?i)malformed (?:DNS|name) server reply")
+
+
+def dns_outcome_of_reply(reply: str) -> str | None:
+    """The DNS verdict an SMTP reply or policy text names, or ``None`` (rules in the docstring).
+
+    Not Postfix-specific: the M365 adapter reads Exchange's texts with these rules too.
+
+    >>> dns_outcome_of_reply("451 4.7.24 SPF Temporary Error: DNS Timeout")
+    'TIMEOUT'
+    >>> dns_outcome_of_reply("550 5.1.8 <a@b.example>: Sender address rejected: Domain not found")
+    'NXDOMAIN'
+    >>> print(dns_outcome_of_reply("450 4.1.8 <a@b.example>: Sender address rejected: "
+    ...                            "Domain not found"))
+    None
+    """
+    # Each costly pattern runs only after a cheap test for a word it cannot match without.
+    lowered = reply.lower()
+    if ("null" in lowered or "7.27" in reply) and _NULL_MX.search(reply):
+        return "NOERROR"
+    named = _RCODE_NAMED.search(reply)
+    if named:
+        return named.group(1)
+    if "time" in lowered and _DNS_TIMEOUT.search(reply):
+        return "TIMEOUT"
+    if ("temp" in lowered or "4.7.24" in reply) and _AUTH_TEMPERROR.search(reply):
+        return "SERVFAIL"
+    if ("not found" in reply and _NOT_FOUND_REJECT.search(reply)
+            and _PERMANENT_REPLY.match(reply)):
+        return "NXDOMAIN"
+    if "malformed" in lowered and _MALFORMED_REPLY.search(reply):
+        return "OTHER"
+    return None
+
+
+def dns_outcome_of_detail(detail: str) -> str | None:
+    """The DNS verdict in a delivery line's parenthesised text, or ``None``.
+
+    >>> dns_outcome_of_detail("Host or domain name not found. Name service error for "
+    ...                       "name=bank.example type=MX: Host not found")
+    'NXDOMAIN'
+    >>> dns_outcome_of_detail("connect to mx.dns-host.example[192.0.2.7]:25: "
+    ...                       "Connection timed out") is None
+    True
+    """
+    said = detail.find(" said: ")
+    if said >= 0:
+        return dns_outcome_of_reply(detail[said + 7:])
+    body = detail.removeprefix("delivery temporarily suspended: ")
+    if body.startswith(_CONNECTION_FAILURE):
+        return None
+    for pattern, texts in _RESOLVER_ERRORS:
+        found = pattern.search(body)
+        if found:
+            for text, outcome in texts:
+                if body.startswith(text, found.end()):
+                    return outcome
+    if _NO_USABLE_ADDRESS.fullmatch(body):
+        return "NODATA"
+    return dns_outcome_of_reply(body)
+
+
+def _split_header(text: str) -> tuple[tuple, str | None, str, str]:
+    """``(stamp, host, program, message)`` of one syslog line, or raise ``Rejected``.
+
+    ``stamp`` is ``("classic", month name, day, hour, minute, second, fraction)`` or
+    ``("iso", RFC 3339 text)``; the caller turns it into seconds (classic needs the year state).
+    """
+    if text.startswith("<") and (match := _RFC5424.match(text)):
+        stamp_text, host, program, _procid, _msgid, rest = match.groups()
+        return ("iso", stamp_text), None if host == "-" else host, program, _rfc5424_message(rest)
+    if match := _CLASSIC.match(text):
+        month, day, hour, minute, second, fraction, rest = match.groups()
+        stamp = ("classic", month, day, hour, minute, second, fraction)
+    elif match := _ISO.match(text):
+        date, clock, offset, rest = match.groups()
+        if offset and offset not in "Zz" and ":" not in offset:
+            offset = f"{offset[:3]}:{offset[3:]}"
+        stamp = ("iso", f"{date}T{clock}{offset or ''}")
+    elif _HEADER_START.match(text):
+        raise Rejected("truncated")
+    else:
+        raise Rejected("not_postfix")
+    first = rest.partition(" ")[0]
+    if first.endswith(":") and (tagged := _PROGRAM.match(rest)):  # no host in the header
+        return stamp, None, tagged.group(1), tagged.group(2)
+    tagged = _HOST_PROGRAM.match(rest)
+    if tagged is None:
+        raise Rejected("truncated" if ": " not in rest else "not_postfix")
+    return stamp, tagged.group(1), tagged.group(2), tagged.group(3)
+
+
+def _rfc5424_message(rest: str) -> str:
+    """The MSG after RFC 5424 STRUCTURED-DATA (``-`` or ``[id k="v"]...``)."""
+    if rest.startswith("-"):
+        return rest[2:]
+    if not rest.startswith("["):
+        raise Rejected("not_postfix")
+    position, quoted, length = 0, False, len(rest)
+    while position < length:
+        char = rest[position]
+        if quoted:
+            if char == "\\":
+                position += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "]" and (position + 1 == length or rest[position + 1] != "["):
+            return rest[position + 2:]
+        position += 1
+    raise Rejected("truncated")
+
+
+def clip_field(value: str) -> str:
+    """A string kept in a record: cut where the core cuts it anyway, so no record is too large."""
+    return value[:MAX_FIELD_CHARS]
+
+
+class PostfixAdapter(Adapter):
+    """Postfix maillog to mail-flow records, correlating a queue id's lines.
+
+    Parameters: ``year`` for classic headers (default: the current UTC year, or the previous one
+    when the first line's month is later than the current month, as when December's log is read
+    in January); ``tz``, the zone classic headers are written in (default ``"UTC"``; ISO and
+    RFC 5424 headers carry their offset); ``max_queue_ids``, the bound on remembered queue ids.
+    """
+
+    name = "postfix"
+    stream = "mail"
+
+    def __init__(self, year: int | None = None, tz: str = "UTC",
+                 max_queue_ids: int = 100_000) -> None:
+        self.max_pending = max_queue_ids
+        self._zone = None if tz.upper() == "UTC" else ZoneInfo(tz)
+        self._year = year
+        self._last_month = 0
+        self._hour_starts: dict[tuple, float] = {}
+        #: queue id -> [sender, message-id], oldest first.
+        self._queue: dict[str, list[str | None]] = {}
+        self.evicted = 0
+
+    # --- the protocol --------------------------------------------------------------------------
+    def feed(self, lines: list[bytes]) -> Converted:
+        out = Converted()
+        for index, raw in enumerate(lines):
+            try:
+                self._line(raw, out)
+            except Rejected as rejected:
+                out.rejected.append((index, rejected.reason))
+        return out
+
+    @classmethod
+    def sniff(cls, lines: list[bytes]) -> float:
+        """The share of syslog lines from a Postfix program among the first lines."""
+        seen = postfix = 0
+        for raw in lines[:50]:
+            text = line_text(raw)
+            if not text.strip():
+                continue
+            seen += 1
+            try:
+                _stamp, _host, program, _message = _split_header(text)
+            except Rejected:
+                continue
+            if _POSTFIX_PROGRAM.fullmatch(program):
+                postfix += 1
+        if not postfix:
+            return 0.0
+        return 0.5 + 0.5 * postfix / seen
+
+    def snapshot(self) -> dict:
+        return {"year": self._year, "last_month": self._last_month, "evicted": self.evicted,
+                "queue": [[queue_id, *entry] for queue_id, entry in self._queue.items()]}
+
+    def restore(self, state: dict) -> None:
+        self._year = state.get("year", self._year)
+        self._last_month = state.get("last_month", 0)
+        self.evicted = state.get("evicted", 0)
+        self._queue = {queue_id: [sender, message_id]
+                       for queue_id, sender, message_id in state.get("queue", [])}
+
+    # --- one line ----------------------------------------------------------------------------
+    def _line(self, raw: bytes, out: Converted) -> None:
+        if len(raw) > MAX_LINE_BYTES:
+            raise Rejected("too_large")
+        text = line_text(raw)
+        if not text.strip():
+            out.skipped += 1
+            return
+        stamp, host, program, message = _split_header(text)
+        seconds = self._seconds(stamp)
+        if not _POSTFIX_PROGRAM.fullmatch(program):
+            out.skipped += 1
+            return
+        if message.startswith("[ID "):
+            message = _SOLARIS_TAG.sub("", message, count=1)
+        queue_line = _QUEUE_LINE.match(message)
+        if queue_line is None:
+            out.skipped += 1
+            return
+        queue_id, body = queue_line.groups()
+        service = program.rpartition("/")[2]
+        if body.startswith("to=<"):
+            record = self._delivery(seconds, host, service, queue_id, body)
+        elif body.startswith(("reject: ", "milter-reject: ")):
+            record = self._reject(seconds, host, queue_id, body)
+        elif queue_id == "NOQUEUE":
+            record = None
+        elif body.startswith("from=<"):
+            record = self._envelope(seconds, host, queue_id, body)
+        elif body.startswith("message-id="):
+            message_id = body[11:].strip()
+            if message_id and message_id != "<>":
+                self._remember(queue_id)[1] = message_id
+            record = None
+        elif body == "removed":
+            self._queue.pop(queue_id, None)
+            record = None
+        else:
+            record = None
+        if record is None:
+            out.skipped += 1
+        else:
+            out.add(record)
+
+    def _seconds(self, stamp: tuple) -> float:
+        if stamp[0] == "iso":
+            seconds = parse_ts(stamp[1])
+        else:
+            seconds = self._classic_seconds(*stamp[1:])
+        if not 0 <= seconds <= _LAST_SECOND:
+            raise Rejected("bad_ts")
+        return seconds
+
+    def _classic_seconds(self, month_name: str, day: str, hour: str, minute: str, second: str,
+                         fraction: str | None) -> float:
+        month = _MONTHS.get(month_name)
+        if month is None:
+            raise Rejected("bad_ts")
+        if self._year is None:
+            now = datetime.now(timezone.utc)
+            self._year = now.year - (month > now.month)
+        year = self._year
+        if self._last_month and month < self._last_month - 6:  # December to January: a new year
+            self._year = year = year + 1
+            self._last_month = month
+        elif self._last_month and month > self._last_month + 6:  # a late line from last December
+            year -= 1
+        else:
+            self._last_month = max(self._last_month, month)
+        minutes, secs = int(minute), int(second)
+        if minutes > 59 or secs > 60:
+            raise Rejected("bad_ts")
+        key = (year, month, day, hour)
+        hour_start = self._hour_starts.get(key)
+        if hour_start is None:
+            hour_start = self._hour_start(year, month, int(day), int(hour))
+            if len(self._hour_starts) >= 4096:
+                self._hour_starts.clear()
+            self._hour_starts[key] = hour_start
+        seconds = hour_start + minutes * 60 + min(secs, 59)
+        return seconds + float(fraction) if fraction else seconds
+
+    def _hour_start(self, year: int, month: int, day: int, hour: int) -> float:
+        """Epoch seconds at the start of a classic header's hour (a log has few distinct hours)."""
+        if not (1 <= year <= 9999 and 1 <= day <= calendar.monthrange(year, month)[1]
+                and hour < 24):
+            raise Rejected("bad_ts")
+        if self._zone is None:
+            return float(calendar.timegm((year, month, day, hour, 0, 0)))
+        return datetime(year, month, day, hour, tzinfo=self._zone).timestamp()
+
+    # --- line kinds -----------------------------------------------------------------------------
+    def _remember(self, queue_id: str) -> list[str | None]:
+        entry = self._queue.get(queue_id)
+        if entry is None:
+            if len(self._queue) >= self.max_pending:
+                del self._queue[next(iter(self._queue))]
+                self.evicted += 1
+            entry = self._queue[queue_id] = [None, None]
+        return entry
+
+    def _message_id(self, queue_id: str, host: str | None) -> tuple[str, str | None]:
+        """(message id, sender) known for a queue id."""
+        sender, message_id = self._queue.get(queue_id) or (None, None)
+        return message_id or f"{queue_id}@{host or 'localhost'}", sender
+
+    def _delivery(self, seconds: float, host: str | None, service: str, queue_id: str,
+                  body: str) -> dict | None:
+        match = _DELIVERY.match(body)
+        if match is None:
+            raise Rejected("truncated")
+        recipient, fields, word, rest = match.groups()
+        rest = rest.rstrip()
+        if word in _PROBE_STATUSES:
+            return None
+        status = _STATUSES.get(word)
+        if status is None:
+            raise Rejected("bad_value:status" if rest else "truncated")
+        if rest and not (rest.startswith(" (") and rest.endswith(")")):
+            raise Rejected("truncated")
+        detail = rest[2:-1] if rest else None
+        message_id, sender = self._message_id(queue_id, host)
+        record = {"ts": rfc3339(seconds), "message_id": clip_field(f"{message_id}/{recipient}"),
+                  "status": status, "recipient": clip_field(recipient)}
+        if sender is not None:
+            record["sender"] = clip_field(sender)
+        if host:
+            record["server"] = clip_field(host)
+        relay = _RELAY.search(fields)
+        loopback = relay is not None and _LOOPBACK_RELAY.match(relay.group(1))
+        if service in _OUTBOUND_SERVICES and not loopback:
+            record["direction"] = "outbound"
+        elif service in _INBOUND_SERVICES:
+            record["direction"] = "inbound"
+        dsn = _DSN.search(fields)
+        if dsn:
+            record["status_code"] = dsn.group(1)
+        if detail:
+            record["detail"] = clip_field(detail)
+            outcome = dns_outcome_of_detail(detail)
+            if outcome:
+                record["dns_outcome"] = outcome
+        return record
+
+    def _envelope(self, seconds: float, host: str | None, queue_id: str,
+                  body: str) -> dict | None:
+        match = _QMGR.match(body)
+        if match is None:  # qmgr writes only these two shapes: anything else was cut short
+            raise Rejected("truncated")
+        sender, what = match.groups()
+        self._remember(queue_id)[0] = sender
+        if what != "status=expired":
+            return None
+        message_id, _ = self._message_id(queue_id, host)
+        record = {"ts": rfc3339(seconds), "message_id": clip_field(message_id), "status": "failed",
+                  "sender": clip_field(sender), "detail": "expired, returned to sender"}
+        if host:
+            record["server"] = clip_field(host)
+        return record
+
+    def _reject(self, seconds: float, host: str | None, queue_id: str, body: str) -> dict | None:
+        match = _REJECT.match(body)
+        if match is None:
+            if _REJECT_STAGE.match(body) and "; from=<" in body:
+                raise Rejected("truncated")
+            return None  # CONNECT, EHLO, header/body checks: no envelope to count
+        stage, _client, reply, sender, recipient = match.groups()
+        codes = _REPLY_CODES.match(reply)
+        reply_class, dsn = codes.group(1), codes.group(2)
+        status = "deferred" if (reply_class or (dsn or "5")[0]) == "4" else "failed"
+        stamp = rfc3339(seconds)
+        if queue_id == "NOQUEUE":
+            message_id = f"NOQUEUE@{host or 'localhost'}/{stamp}/{sender}/{recipient or ''}"
+        else:
+            message_id, _ = self._message_id(queue_id, host)
+            message_id = f"{message_id}/{recipient}" if recipient else message_id
+            if stage in ("DATA", "END-OF-MESSAGE"):
+                self._queue.pop(queue_id, None)  # the whole message is refused: no more lines
+        record = {"ts": stamp, "message_id": clip_field(message_id), "status": status,
+                  "sender": clip_field(sender), "detail": clip_field(reply)}
+        if recipient is not None:
+            record["recipient"] = clip_field(recipient)
+        if host:
+            record["server"] = clip_field(host)
+        if dsn:
+            record["status_code"] = dsn
+        outcome = dns_outcome_of_reply(reply)
+        if outcome:
+            record["dns_outcome"] = outcome
+        return record
+
+
+def line_text(raw: bytes | str) -> str:
+    """One line as text: invalid UTF-8 replaced, no line end, no byte-order mark."""
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    return text.rstrip("\r\n").lstrip("\ufeff")
