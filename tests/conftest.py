@@ -33,7 +33,8 @@ class Deployment:
 
     def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1,
                  kafka: str = "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n",
-                 worker: dict | None = None) -> None:
+                 worker: dict | None = None, formats: dict | None = None,
+                 tables: str = "") -> None:
         self.broker = broker
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
@@ -44,10 +45,11 @@ class Deployment:
         self.config.write_text(
             # Short group timeouts: this broker holds JoinGroup for half the session timeout.
             "[kafka]\n" + kafka +
-            "[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in self.topics.items()) +
+            "[topics]\n" + "".join(f'{k} = "{v}"\n' for k, v in {**self.topics,
+                                                                **(formats or {})}.items()) +
             "[worker]\n" + "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in {
                 "group_id": self.group, "idle_timeout_s": 3, "checkpoint_interval_s": 1,
-                "log_format": "json", **(worker or {})}.items()))
+                "log_format": "json", **(worker or {})}.items()) + tables)
         self.create_input_topics(partitions)
 
     def create_input_topics(self, partitions: int) -> None:

@@ -82,6 +82,23 @@ def test_kill_9_mid_stream_then_restart_loses_no_anomaly_and_changes_no_id(deplo
             assert opens.setdefault(event["id"], event["since"]) == event["since"]
 
 
+def test_a_topic_of_postfix_lines_and_one_of_zeek_dns_lines_give_the_expected_anomaly(
+        broker, tmp_path):
+    from conftest import Deployment
+    from test_formats_e2e import spf_lookups_servfail_for_ten_minutes
+
+    maillog, dnslog = spf_lookups_servfail_for_ten_minutes(tmp_path)
+    deployment = Deployment(broker, tmp_path, formats={"mail_format": "postfix",
+                                                       "dns_format": "zeek-dns"},
+                            tables="[join]\nmatch_client = false\n")
+    deployment.produce_files("dns", dnslog)
+    deployment.produce_files("mail", maillog)
+    assert deployment.run_worker_until_idle() == 0
+    events = deployment.anomalies()
+    assert [(e["state"], e["key"]["outcome"]) for e in events][0] == ("open", "SERVFAIL")
+    assert events[-1]["state"] == "resolved"
+
+
 def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     mail, dns = write_logs(servfail_spike(), tmp_path)
     deployment.produce_files("dns", dns)

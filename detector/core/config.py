@@ -26,9 +26,14 @@ class ClockConfig:
     #: Exact duplicates (message_id, status) are recognised this long: upstream re-sends after a
     #: shipper retry arrive within minutes.
     dedup_horizon_s: float = 600.0
-    #: A record more than this ahead of the watermark is rejected (``future_ts``), so one host
-    #: with a wrong clock cannot drag the watermark and make everyone else late.
+    #: A record more than this ahead of the rest of its batch (or of the wall clock, in the
+    #: worker) is rejected (``future_ts``), so one host with a wrong clock cannot drag the
+    #: watermark and make everyone else late.
     max_future_skew_s: float = 300.0
+    #: Bound on remembered (message_id, status) pairs, oldest evicted first (counted): ten
+    #: minutes of a large provider's mail fit with room to spare; a flood of distinct ids
+    #: cannot grow memory past it.
+    dedup_max_entries: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

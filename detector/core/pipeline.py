@@ -61,7 +61,7 @@ class Detector:
         self.rules = OtpRules(config.otp.sender_allowlist, config.otp.sender_patterns,
                               config.otp.subject_patterns)
         self.clock = EventClock(config.clock.allowed_lateness_s)
-        self.dedup = Deduplicator(config.clock.dedup_horizon_s)
+        self.dedup = Deduplicator(config.clock.dedup_horizon_s, config.clock.dedup_max_entries)
         self.join = DnsJoin(config.join.window_before_s, config.join.window_after_s,
                             config.join.max_buffered_dns, config.join.match_client)
         self.windows = SlidingCounts(self.steps_per_bucket, model.long_window_s // model.step_s)
