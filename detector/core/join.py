@@ -17,8 +17,9 @@ from collections import deque
 from .outcomes import RANK
 from .records import DnsRecord, MailRecord
 
-# A buffered resolver answer: (ts, qtype, client, outcome, resolver).
-Entry = tuple[float, str | None, str | None, str, str | None]
+# A buffered resolver answer is the parsed ``DnsRecord`` itself:
+# (ts, qname, qtype, outcome, resolver, client).
+Entry = DnsRecord
 
 
 def _entry_ts(entry: Entry) -> float:
@@ -49,15 +50,15 @@ class DnsJoin:
         self.evicted = 0
 
     def add(self, record: DnsRecord) -> None:
-        entry = (record.ts, record.qtype, record.client, record.outcome, record.resolver)
-        entries = self._by_name.get(record.qname)
+        ts, qname = record[0], record[1]
+        entries = self._by_name.get(qname)
         if entries is None:
-            self._by_name[record.qname] = [entry]
-        elif entries[-1][0] <= record.ts:
-            entries.append(entry)
+            self._by_name[qname] = [record]
+        elif entries[-1][0] <= ts:
+            entries.append(record)
         else:
-            insort(entries, entry, key=_entry_ts)
-        self._arrivals.append((record.ts, record.qname))
+            insort(entries, record, key=_entry_ts)
+        self._arrivals.append((ts, qname))
         self.size += 1
         if self.size > self.max_buffered:
             ts, _ = self._arrivals[0]
@@ -134,9 +135,7 @@ class DnsJoin:
 
     def snapshot(self) -> list:
         """Buffered records as plain lists, oldest first (the arrival order is rebuilt from ts)."""
-        flat = [[ts, qname, qtype, client, outcome, resolver]
-                for qname, entries in self._by_name.items()
-                for ts, qtype, client, outcome, resolver in entries]
+        flat = [list(entry) for entries in self._by_name.values() for entry in entries]
         flat.sort(key=lambda row: (row[0], row[1]))
         return flat
 
@@ -144,13 +143,14 @@ class DnsJoin:
         self._by_name.clear()
         self._arrivals.clear()
         self.size = 0
-        for ts, qname, qtype, client, outcome, resolver in rows:
-            self._by_name.setdefault(qname, []).append((ts, qtype, client, outcome, resolver))
-            self._arrivals.append((ts, qname))
+        for row in rows:
+            record = DnsRecord(*row)
+            self._by_name.setdefault(record.qname, []).append(record)
+            self._arrivals.append((record.ts, record.qname))
             self.size += 1
 
 
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:
-    if qtype is not None and entry[1] is not None and entry[1] != qtype:
+    if qtype is not None and entry[2] is not None and entry[2] != qtype:
         return False
-    return server is None or entry[2] is None or entry[2] == server
+    return server is None or entry[5] is None or entry[5] == server

@@ -30,7 +30,7 @@ from .otp import OtpRules
 from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS
 from .windows import SlidingCounts, StepCounts, top_counted, top_values
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 EVIDENCE_FIELDS = ("sender_domains", "resolvers", "tenants", "status_codes")
 SAMPLES_FIELD = 4
 #: An open anomaly keeps at most this many distinct values per evidence field (and samples).

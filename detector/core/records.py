@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timezone
 
 import orjson
@@ -72,9 +73,8 @@ class MailRecord:
     dns_outcome: str | None       # upper case outcome when the mail system logged one
 
 
-@dataclass(slots=True)
-class DnsRecord:
-    """One resolver answer (or give-up), validated."""
+class DnsRecord(NamedTuple):
+    """One resolver answer (or give-up), validated. A tuple: the join buffers it as it is."""
 
     ts: float
     qname: str                    # lower case, no trailing dot
@@ -82,6 +82,9 @@ class DnsRecord:
     outcome: str                  # rcode mapped to an outcome (NOERROR with no answers: NODATA)
     resolver: str | None
     client: str | None            # lower case
+
+
+_new_tuple = tuple.__new__        # builds a DnsRecord without NamedTuple's keyword handling
 
 
 def parse_ts(value: object) -> float:
@@ -175,6 +178,8 @@ def load_object(raw: bytes | str) -> dict:
 
 def _required_str(obj: dict, name: str) -> str:
     value = obj.get(name)
+    if type(value) is str and value:
+        return value
     if value is None:
         raise Rejected(f"missing_field:{name}")
     if not isinstance(value, str):
@@ -186,6 +191,8 @@ def _required_str(obj: dict, name: str) -> str:
 
 def _required_ts(obj: dict) -> float:
     value = obj.get("ts")
+    if type(value) is str:
+        return parse_ts(value)
     if value is None:
         raise Rejected("missing_field:ts")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -261,7 +268,7 @@ def dns_from_object(obj: dict) -> DnsRecord:
         value = get(name)
         if value is not None and type(value) is not str:
             raise Rejected(f"wrong_type:{name}")
-    answers = obj.get("answers")
+    answers = get("answers")
     if answers is None:
         count = None
     elif isinstance(answers, list):
@@ -273,23 +280,23 @@ def dns_from_object(obj: dict) -> DnsRecord:
         count = int(answers)
     else:
         raise Rejected("wrong_type:answers")
-    latency = obj.get("latency_ms")
+    latency = get("latency_ms")
     if latency is not None:
         if isinstance(latency, bool) or not isinstance(latency, (int, float)):
             raise Rejected("wrong_type:latency_ms")
         if not latency >= 0:
             raise Rejected("bad_value:latency_ms")
-    qtype = obj.get("qtype")
-    resolver = obj.get("resolver")
-    client = obj.get("client")
-    return DnsRecord(
-        ts=ts,
-        qname=normalize_name(qname),
-        qtype=qtype.upper() if qtype else None,
-        outcome=outcome_of_rcode(rcode, count),
-        resolver=resolver[:MAX_FIELD_CHARS] if resolver else None,
-        client=client.lower()[:MAX_FIELD_CHARS] if client else None,
-    )
+    qtype = get("qtype")
+    resolver = get("resolver")
+    client = get("client")
+    return _new_tuple(DnsRecord, (
+        ts,
+        normalize_name(qname),
+        qtype.upper() if qtype else None,
+        outcome_of_rcode(rcode, count),
+        resolver[:MAX_FIELD_CHARS] if resolver else None,
+        client.lower()[:MAX_FIELD_CHARS] if client else None,
+    ))
 
 
 def parse_mail(raw: bytes | str) -> MailRecord:
