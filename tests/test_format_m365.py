@@ -1,15 +1,15 @@
 """The Microsoft 365 message trace adapter: given these trace rows, these contract records.
 
-``convert`` (from the Postfix tests) checks every record against the parser and the schema.
+``convert`` (``formats_helpers``) checks every record against the parser and the schema.
 """
 
 import json
 
 import orjson
 import pytest
+from formats_helpers import convert, fixture_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_format_postfix import convert, fixture_lines
 
 from detector.formats.m365 import M365Adapter, dns_outcome_of_exchange
 from detector.formats.postfix import PostfixAdapter

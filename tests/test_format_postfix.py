@@ -1,43 +1,19 @@
 """The Postfix maillog adapter: given these maillog lines, these contract records.
 
 Every record an adapter emits must pass the project's own parser and the contract's schema, so
-each test converts through ``convert`` which checks both.
+each test converts through ``convert`` (``formats_helpers``) which checks both.
 """
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
-import orjson
 import pytest
+from formats_helpers import convert, fixture_lines
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 
-from detector.core.records import parse_mail
 from detector.formats.m365 import M365Adapter
 from detector.formats.postfix import PostfixAdapter, dns_outcome_of_detail
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "formats"
-MAIL_SCHEMA = Draft202012Validator(
-    json.loads((ROOT / "schemas" / "mail-flow-record.schema.json").read_text()))
-
-
-def fixture_lines(name):
-    return (FIXTURES / name).read_bytes().splitlines()
-
-
-def convert(adapter, lines):
-    """Feed ``lines``; return (records as dicts, rejected, skipped), every record contract-valid."""
-    batch = adapter.feed(lines)
-    records = []
-    for raw in batch.records:
-        parse_mail(raw)
-        record = orjson.loads(raw)
-        MAIL_SCHEMA.validate(record)
-        records.append(record)
-    return records, batch.rejected, batch.skipped
 
 
 def by_recipient(records):

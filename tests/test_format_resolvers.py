@@ -1,39 +1,25 @@
 """Resolver logs (Unbound, BIND, CoreDNS): given these lines, these contract records.
 
-Every record an adapter emits goes through the project's own parser (``parse_dns``), so "the
-adapter produced it" always means "the core accepts it"."""
+Every record an adapter emits goes through the project's own parser (``parse_dns``, in
+``formats_helpers.feed_and_flush``), so "the adapter produced it" always means "the core accepts
+it"."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
+from formats_helpers import (ALL_ADAPTERS, CONTRACT_LINES, feed_and_flush, fixture_lines,
+                             sniff_scores)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.records import parse_dns
 from detector.formats.bind import Bind
 from detector.formats.coredns import CoreDns, go_duration
-from detector.formats.unbound import LogTime, Unbound
-from detector.formats.zeek import ZeekDns, ZeekSmtp
+from detector.formats.logtime import LogTime
+from detector.formats.unbound import Unbound
 
-FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 T0 = 1795774502.0            # 2026-11-27T10:15:02Z
-ALL_ADAPTERS = (ZeekDns, ZeekSmtp, Unbound, Bind, CoreDns)
-
-
-def lines_of(name: str) -> list[bytes]:
-    return (FIXTURES / name).read_bytes().splitlines()
-
-
-def convert(adapter, lines: list[bytes]):
-    """Feed and flush; return the records as dicts (each one checked by the core's parser)."""
-    out = adapter.feed(lines)
-    tail = adapter.flush()
-    for raw in out.records + tail.records:
-        parse_dns(raw)
-    return [orjson.loads(r) for r in out.records + tail.records], out
 
 
 def summary(records: list[dict]) -> list[tuple]:
@@ -45,7 +31,7 @@ def summary(records: list[dict]) -> list[tuple]:
 # -- Unbound ----------------------------------------------------------------------------------------
 
 def test_unbound_replies_and_servfail_reasons_give_every_outcome_unbound_can_express():
-    records, out = convert(Unbound(year=2026), lines_of("unbound.log"))
+    records, out = feed_and_flush(Unbound(year=2026), fixture_lines("unbound.log"))
     assert out.rejected == []
     assert summary(records) == [
         ("bank.example", "TXT", "NOERROR", "10.0.0.5"),
@@ -73,7 +59,8 @@ def test_unbound_replies_and_servfail_reasons_give_every_outcome_unbound_can_exp
 
 
 def test_the_resolver_argument_wins_over_the_syslog_host():
-    records, _ = convert(Unbound(resolver="unbound-a", year=2026), lines_of("unbound.log")[-3:])
+    records, _ = feed_and_flush(Unbound(resolver="unbound-a", year=2026),
+                                fixture_lines("unbound.log")[-3:])
     assert {r["resolver"] for r in records} == {"unbound-a"}
 
 
@@ -81,7 +68,7 @@ def test_a_servfail_reason_only_explains_replies_for_the_same_question_soon_afte
     lines = [b"[1795774502] unbound[811:0] error: SERVFAIL <bank.example. TXT IN>: upstream server timeout",
              b"[1795774502] unbound[811:0] reply: 10.0.0.5 bank.example. MX IN SERVFAIL 1.000000 0 41",
              b"[1795774510] unbound[811:0] reply: 10.0.0.5 bank.example. TXT IN SERVFAIL 1.000000 0 41"]
-    records, _ = convert(Unbound(), lines)
+    records, _ = feed_and_flush(Unbound(), lines)
     assert [o for _, _, o, _ in summary(records)] == ["TIMEOUT", "SERVFAIL", "SERVFAIL"]
 
 
@@ -91,14 +78,14 @@ def test_unbound_keeps_recent_reasons_across_batches_and_a_restore():
                 b"all servers for this domain failed, at zone bank.example. upstream server timeout"])
     second = Unbound()
     second.restore(orjson.loads(orjson.dumps(first.snapshot())))
-    records, _ = convert(second, [b"[1795774503] unbound[811:0] reply: 10.0.0.5 bank.example. TXT IN "
-                                  b"SERVFAIL 1.000000 0 41"])
+    records, _ = feed_and_flush(second, [b"[1795774503] unbound[811:0] reply: 10.0.0.5 "
+                                         b"bank.example. TXT IN SERVFAIL 1.000000 0 41"])
     assert summary(records) == [("bank.example", "TXT", "TIMEOUT", "10.0.0.5")]
 
 
 def test_unbound_time_forms_log_time_ascii_and_the_year_rollover():
     adapter = Unbound(year=2026)
-    records, out = convert(adapter, [
+    records, out = feed_and_flush(adapter, [
         b"Dec 31 23:59:59 unbound[811:0] info: 10.0.0.5 bank.example. TXT IN NOERROR 0.001000 0 98",
         b"Jan  1 00:00:01 unbound[811:0] info: 10.0.0.5 bank.example. TXT IN NOERROR 0.001000 0 98",
     ])
@@ -118,7 +105,7 @@ def test_unbound_time_forms_log_time_ascii_and_the_year_rollover():
     (b"x" * 70_000, "too_large"),
 ])
 def test_malformed_unbound_lines_are_rejected_with_a_reason(line, reason):
-    _, out = convert(Unbound(year=2026), [line])
+    _, out = feed_and_flush(Unbound(year=2026), [line])
     assert out.rejected == [(0, reason)]
 
 
@@ -126,7 +113,7 @@ def test_malformed_unbound_lines_are_rejected_with_a_reason(line, reason):
 
 def test_bind_query_errors_and_denials_give_every_outcome_bind_logs():
     adapter = Bind(year=2026)
-    records, out = convert(adapter, lines_of("bind.log"))
+    records, out = feed_and_flush(adapter, fixture_lines("bind.log"))
     assert out.rejected == []
     assert summary(records) == [
         ("sel1._domainkey.bank.example", "TXT", "TIMEOUT", "10.0.0.6"),   # (timed out)
@@ -147,8 +134,8 @@ def test_bind_query_errors_and_denials_give_every_outcome_bind_logs():
 
 def test_a_query_log_alone_says_nothing_about_outcomes_and_gives_no_records():
     adapter = Bind()
-    query_log = [line for line in lines_of("bind.log") if b" query: " in line]
-    records, out = convert(adapter, query_log)
+    query_log = [line for line in fixture_lines("bind.log") if b" query: " in line]
+    records, out = feed_and_flush(adapter, query_log)
     assert records == [] and out.skipped == len(query_log) == 2
     assert adapter.skipped_by_kind["query_log"] == 2
 
@@ -156,11 +143,11 @@ def test_a_query_log_alone_says_nothing_about_outcomes_and_gives_no_records():
 def test_bind_local_times_follow_tz_and_iso_times_their_offset():
     line = (b"27-Nov-2026 11:15:02.000 query-errors: info: client @0x7f 10.0.0.5#1 (bank.example): "
             b"query failed (SERVFAIL) for bank.example/IN/TXT at query.c:7742")
-    records, _ = convert(Bind(tz="Europe/Berlin"), [line])
+    records, _ = feed_and_flush(Bind(tz="Europe/Berlin"), [line])
     assert records[0]["ts"] == T0                               # CET is UTC+1 in November
     iso = (b"2026-11-27T10:15:02.000Z client 10.0.0.5#1: query failed (SERVFAIL) for "
            b"bank.example/IN/TXT at query.c:7742")
-    records, _ = convert(Bind(tz="Europe/Berlin"), [iso])
+    records, _ = feed_and_flush(Bind(tz="Europe/Berlin"), [iso])
     assert records[0]["ts"] == T0 and records[0]["client"] == "10.0.0.5"
 
 
@@ -179,14 +166,14 @@ def test_bind_local_times_follow_tz_and_iso_times_their_offset():
     (b"\xff\xfe\x00garbage", "not_bind"),
 ])
 def test_malformed_bind_lines_are_rejected_with_a_reason(line, reason):
-    _, out = convert(Bind(year=2026), [line])
+    _, out = feed_and_flush(Bind(year=2026), [line])
     assert out.rejected == [(0, reason)]
 
 
 # -- CoreDNS ----------------------------------------------------------------------------------------
 
 def test_coredns_log_and_errors_plugins_give_one_record_per_failure():
-    records, out = convert(CoreDns(), lines_of("coredns.log"))
+    records, out = feed_and_flush(CoreDns(), fixture_lines("coredns.log"))
     assert out.rejected == []
     assert summary(records) == [
         ("bank.example", "TXT", "NOERROR", "10.0.0.5"),
@@ -205,7 +192,7 @@ def test_coredns_log_and_errors_plugins_give_one_record_per_failure():
 
 
 def test_the_2017_log_format():
-    records, out = convert(CoreDns(), lines_of("coredns_2017.log"))
+    records, out = feed_and_flush(CoreDns(), fixture_lines("coredns_2017.log"))
     assert out.rejected == []
     assert summary(records) == [("bank.example", "TXT", "NOERROR", "10.0.0.5"),
                                 ("bank.example", "TXT", "SERVFAIL", "10.0.0.6"),
@@ -261,7 +248,7 @@ def test_coredns_wrappers_docker_json_go_log_and_syslog():
         b'Nov 27 10:15:04 dns-1 coredns[811]: [INFO] 10.0.0.5:1 - 9 "TXT IN bank.example. udp 41 '
         b'false 1232" REFUSED qr,rd 41 0.001s',
     ]
-    records, out = convert(CoreDns(year=2026), lines)
+    records, out = feed_and_flush(CoreDns(year=2026), lines)
     assert out.rejected == []
     assert [(r["ts"], r["rcode"], r.get("resolver")) for r in records] == [
         (T0 + 0.5, "NOERROR", None), (T0 + 1, "NXDOMAIN", None), (T0 + 2, "REFUSED", "dns-1")]
@@ -270,9 +257,9 @@ def test_coredns_wrappers_docker_json_go_log_and_syslog():
 def test_a_line_without_a_time_is_bad_ts_unless_a_clock_is_given_for_live_tailing():
     bare = (b'[INFO] 10.0.0.5:41234 - 1001 "TXT IN bank.example. udp 41 false 1232" NOERROR '
             b'qr,rd,ra 131 0.012s')
-    _, out = convert(CoreDns(), [bare])
+    _, out = feed_and_flush(CoreDns(), [bare])
     assert out.rejected == [(0, "bad_ts")]
-    records, _ = convert(CoreDns(clock=lambda: T0), [bare])
+    records, _ = feed_and_flush(CoreDns(clock=lambda: T0), [bare])
     assert records[0]["ts"] == T0
 
 
@@ -290,7 +277,7 @@ def test_a_line_without_a_time_is_bad_ts_unless_a_clock_is_given_for_live_tailin
     (b'{"ts": 1795774502, "qname": "bank.example", "rcode": "SERVFAIL"}', "not_coredns"),
 ])
 def test_malformed_coredns_lines_are_rejected_with_a_reason(line, reason):
-    _, out = convert(CoreDns(), [line])
+    _, out = feed_and_flush(CoreDns(), [line])
     assert out.rejected == [(0, reason)]
 
 
@@ -331,16 +318,14 @@ def test_without_a_year_a_month_still_to_come_is_last_years():
     ("coredns_2017.log", "coredns"),
 ])
 def test_sniff_picks_the_resolver_log_it_is(fixture, expected):
-    scores = {cls.name: cls.sniff(lines_of(fixture)[:50]) for cls in ALL_ADAPTERS}
+    scores = sniff_scores(fixture)
     assert max(scores, key=scores.get) == expected
     assert scores[expected] >= 0.7
     assert sorted(scores.values())[-2] <= 0.1
 
 
 def test_contract_json_and_other_resolvers_lines_score_low():
-    contract = [b'{"ts": "2026-11-27T10:15:02Z", "qname": "bank.example", "rcode": "SERVFAIL"}',
-                b'{"ts": 1795774502, "message_id": "m1", "status": "deferred"}']
-    assert all(cls.sniff(contract) <= 0.1 for cls in ALL_ADAPTERS)
+    assert all(cls.sniff(CONTRACT_LINES) <= 0.1 for cls in ALL_ADAPTERS)
     assert all(cls.sniff([]) == 0.0 for cls in ALL_ADAPTERS)
 
 
@@ -357,7 +342,8 @@ PREFIXES = [b"[1795774502] unbound[811:0] reply: ", b"[1795774502] unbound[811:0
     st.text(max_size=300).map(str.encode),
     st.builds(lambda prefix, tail: prefix + tail.encode("utf-8", "surrogatepass"),
               st.sampled_from(PREFIXES), st.text(max_size=200)),
-    st.sampled_from(lines_of("unbound.log") + lines_of("bind.log") + lines_of("coredns.log")),
+    st.sampled_from(fixture_lines("unbound.log") + fixture_lines("bind.log")
+                    + fixture_lines("coredns.log")),
 ), max_size=30))
 def test_no_input_makes_a_resolver_adapter_raise_and_every_record_parses(lines):
     for adapter in (Unbound(year=2026), Bind(year=2026), CoreDns(year=2026)):

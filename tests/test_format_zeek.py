@@ -1,33 +1,26 @@
 """Zeek dns.log and smtp.log, TSV and JSON: given these lines, these contract records.
 
-Every record an adapter emits goes through the project's own parser (``parse_dns``/``parse_mail``),
-so "the adapter produced it" always means "the core accepts it"."""
+Every record an adapter emits goes through the project's own parser (``parse_dns``/``parse_mail``,
+in ``formats_helpers.feed_and_flush``), so "the adapter produced it" always means "the core accepts
+it"."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
+from formats_helpers import (ALL_ADAPTERS, CONTRACT_LINES, feed_and_flush, fixture_lines,
+                             sniff_scores)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core.records import parse_dns, parse_mail
-from detector.formats.bind import Bind
-from detector.formats.coredns import CoreDns
-from detector.formats.unbound import Unbound
 from detector.formats.zeek import DNS_DEFAULT_FIELDS, ZeekDns, ZeekSmtp, status_of_reply
 
-FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 T = "\t"
 DNS_HEADER = [
     "#separator \\x09", "#set_separator\t,", "#empty_field\t(empty)", "#unset_field\t-",
     "#path\tdns", "#open\t2026-11-27-10-00-00", "#fields\t" + T.join(DNS_DEFAULT_FIELDS),
 ]
-
-
-def lines_of(name: str) -> list[bytes]:
-    return (FIXTURES / name).read_bytes().splitlines()
 
 
 def encode(lines: list[str]) -> list[bytes]:
@@ -42,16 +35,6 @@ def dns_row(ts="1795774502.000000", query="bank.example", qtype="TXT", rcode="0"
                    "-", rejected])
 
 
-def convert(adapter, lines: list[bytes]):
-    """Feed and flush; return the records as dicts (each one checked by the core's parser)."""
-    out = adapter.feed(lines)
-    tail = adapter.flush()
-    parse = parse_dns if adapter.stream == "dns" else parse_mail
-    for raw in out.records + tail.records:
-        parse(raw)
-    return [orjson.loads(r) for r in out.records + tail.records], out
-
-
 def outcomes(records: list[dict]) -> list[str]:
     return [parse_dns(orjson.dumps(r)).outcome for r in records]
 
@@ -59,7 +42,7 @@ def outcomes(records: list[dict]) -> list[str]:
 # -- dns.log ----------------------------------------------------------------------------------------
 
 def test_dns_tsv_gives_every_outcome_the_log_can_express():
-    records, out = convert(ZeekDns(), lines_of("zeek_dns.log"))
+    records, out = feed_and_flush(ZeekDns(), fixture_lines("zeek_dns.log"))
     assert outcomes(records) == ["NOERROR", "NOERROR", "NODATA", "NXDOMAIN", "SERVFAIL", "REFUSED",
                                  "TIMEOUT", "NOERROR", "SERVFAIL"]
     assert out.rejected == []
@@ -70,7 +53,7 @@ def test_dns_tsv_gives_every_outcome_the_log_can_express():
 
 
 def test_dns_json_gives_the_same_records_with_epoch_or_iso_times_and_nested_ids():
-    records, out = convert(ZeekDns(), lines_of("zeek_dns.json"))
+    records, out = feed_and_flush(ZeekDns(), fixture_lines("zeek_dns.json"))
     assert out.rejected == []
     assert outcomes(records) == ["NOERROR", "NODATA", "SERVFAIL", "TIMEOUT", "NXDOMAIN"]
     assert records[1]["ts"] == pytest.approx(1795774503.0205)   # ISO ts + rtt
@@ -78,7 +61,7 @@ def test_dns_json_gives_the_same_records_with_epoch_or_iso_times_and_nested_ids(
 
 
 def test_the_answer_time_is_the_query_time_plus_rtt_and_an_unanswered_query_keeps_its_time():
-    records, _ = convert(ZeekDns(), encode(DNS_HEADER + [
+    records, _ = feed_and_flush(ZeekDns(), encode(DNS_HEADER + [
         dns_row(rtt="0.250000"), dns_row(rtt="-", rcode="-", rcode_name="-", answers="-")]))
     assert records[0]["ts"] == pytest.approx(1795774502.25)
     assert records[0]["latency_ms"] == 250.0
@@ -88,7 +71,7 @@ def test_the_answer_time_is_the_query_time_plus_rtt_and_an_unanswered_query_keep
 
 def test_zeeks_rejected_flag_never_overrides_the_logged_rcode():
     # Zeek sets rejected=T for any reply without records: a SERVFAIL, or a NODATA without SOA.
-    records, _ = convert(ZeekDns(), encode(DNS_HEADER + [
+    records, _ = feed_and_flush(ZeekDns(), encode(DNS_HEADER + [
         dns_row(rcode="2", rcode_name="SERVFAIL", answers="-", rejected="T"),
         dns_row(rcode="0", rcode_name="NOERROR", answers="-", rejected="T"),
         dns_row(rcode="5", rcode_name="-", answers="-", rejected="T"),  # only the number: REFUSED
@@ -98,13 +81,13 @@ def test_zeeks_rejected_flag_never_overrides_the_logged_rcode():
 
 
 def test_multicast_and_netbios_name_queries_are_skipped_not_read_as_timeouts():
-    records, out = convert(ZeekDns(), encode(DNS_HEADER + [
+    records, out = feed_and_flush(ZeekDns(), encode(DNS_HEADER + [
         dns_row(rcode="-", rcode_name="-", answers="-", resp="224.0.0.251", resp_p="5353"),
         dns_row(rcode="-", rcode_name="-", answers="-", resp="224.0.0.252", resp_p="5355"),
         dns_row(rcode="-", rcode_name="-", answers="-", resp="10.0.0.255", resp_p="137"),
     ]))
     assert records == [] and out.skipped == len(DNS_HEADER) + 3
-    kept, _ = convert(ZeekDns(skip_ports=frozenset()), encode(DNS_HEADER + [
+    kept, _ = feed_and_flush(ZeekDns(skip_ports=frozenset()), encode(DNS_HEADER + [
         dns_row(rcode="-", rcode_name="-", answers="-", resp="224.0.0.251", resp_p="5353")]))
     assert outcomes(kept) == ["TIMEOUT"]
 
@@ -114,7 +97,7 @@ def test_a_new_header_mid_file_remaps_the_columns():
     lines = DNS_HEADER + [dns_row(query="first.example"), "#close\t2026-11-27-11-00-00",
                           "#separator \\x09", "#fields\t" + T.join(moved),
                           T.join(["second.example", "1795778102.0", "NXDOMAIN", "10.0.0.9"])]
-    records, out = convert(ZeekDns(), encode(lines))
+    records, out = feed_and_flush(ZeekDns(), encode(lines))
     assert [(r["qname"], r.get("client")) for r in records] == [("first.example", "10.0.0.5"),
                                                                  ("second.example", "10.0.0.9")]
     assert outcomes(records) == ["NOERROR", "NXDOMAIN"]
@@ -127,12 +110,14 @@ def test_the_header_survives_between_batches_and_through_snapshot_and_restore():
     second = ZeekDns()
     second.restore(orjson.loads(orjson.dumps(first.snapshot())))
     for adapter in (first, second):
-        records, _ = convert(adapter, encode([T.join(["bank.example", "1795774502.0", "SERVFAIL"])]))
+        records, _ = feed_and_flush(
+            adapter, encode([T.join(["bank.example", "1795774502.0", "SERVFAIL"])]))
         assert outcomes(records) == ["SERVFAIL"]
 
 
 def test_rows_before_any_header_are_read_in_zeeks_default_order_only_when_they_fit_it():
-    records, out = convert(ZeekDns(), encode([dns_row(), T.join(["bank.example", "1795774502.0"])]))
+    records, out = feed_and_flush(
+        ZeekDns(), encode([dns_row(), T.join(["bank.example", "1795774502.0"])]))
     assert outcomes(records) == ["NOERROR"]
     assert out.rejected == [(1, "no_header")]
 
@@ -142,7 +127,7 @@ def test_separators_and_escapes_follow_the_header():
              "#fields|ts|query|rcode_name|answers",
              "1795774502.0|tab\\x09name.example|NOERROR|v=spf1 a\\x3bb;192.0.2.1",
              "1795774503.0|empty.example|NOERROR|(empty)"]
-    records, out = convert(ZeekDns(), encode(lines))
+    records, out = feed_and_flush(ZeekDns(), encode(lines))
     assert out.rejected == []
     assert records[0]["qname"] == "tab\tname.example"
     assert records[0]["answers"] == ["v=spf1 a;b", "192.0.2.1"]
@@ -163,12 +148,12 @@ def test_separators_and_escapes_follow_the_header():
     ("[1, 2, 3]", "not_zeek_dns"),
 ])
 def test_malformed_dns_lines_are_rejected_with_a_reason(line, reason):
-    _, out = convert(ZeekDns(), encode(DNS_HEADER + [line]))
+    _, out = feed_and_flush(ZeekDns(), encode(DNS_HEADER + [line]))
     assert out.rejected == [(len(DNS_HEADER), reason)]
 
 
 def test_an_smtp_log_fed_as_dns_is_not_zeek_dns_and_a_huge_line_is_too_large():
-    _, out = convert(ZeekDns(), lines_of("zeek_smtp.log") + [b"x" * 70_000])
+    _, out = feed_and_flush(ZeekDns(), fixture_lines("zeek_smtp.log") + [b"x" * 70_000])
     reasons = {reason for _, reason in out.rejected}
     assert reasons == {"not_zeek_dns", "too_large"}
 
@@ -176,14 +161,14 @@ def test_an_smtp_log_fed_as_dns_is_not_zeek_dns_and_a_huge_line_is_too_large():
 def test_invalid_utf8_in_a_name_still_gives_a_record_the_core_accepts():
     raw = DNS_HEADER + [dns_row(query="b\udcffank.example")]
     lines = [line.encode("utf-8", "surrogateescape") for line in raw]
-    records, out = convert(ZeekDns(), lines)
+    records, out = feed_and_flush(ZeekDns(), lines)
     assert out.rejected == [] and records[0]["qname"] == "b\ufffdank.example"
 
 
 # -- smtp.log ---------------------------------------------------------------------------------------
 
 def test_smtp_tsv_one_record_per_recipient_with_the_status_of_the_last_reply():
-    records, out = convert(ZeekSmtp(), lines_of("zeek_smtp.log"))
+    records, out = feed_and_flush(ZeekSmtp(), fixture_lines("zeek_smtp.log"))
     assert out.rejected == []
     assert [(r["recipient"], r["status"], r.get("status_code")) for r in records] == [
         ("alice@corp.example", "delivered", "2.0.0"),
@@ -203,7 +188,7 @@ def test_smtp_tsv_one_record_per_recipient_with_the_status_of_the_last_reply():
 
 
 def test_smtp_json_falls_back_to_the_connection_and_transaction_for_the_message_id():
-    records, out = convert(ZeekSmtp(), lines_of("zeek_smtp.json"))
+    records, out = feed_and_flush(ZeekSmtp(), fixture_lines("zeek_smtp.json"))
     assert out.rejected == []
     assert [r["message_id"] for r in records] == ["<a1@bank.example>/alice@corp.example",
                                                   "CjM1b-1/bob@corp.example",
@@ -214,7 +199,7 @@ def test_smtp_json_falls_back_to_the_connection_and_transaction_for_the_message_
 def test_a_transaction_without_a_reply_is_pending_and_without_recipients_keeps_the_base_id():
     line = orjson.dumps({"ts": 1795774502.0, "uid": "CjM9", "trans_depth": 3,
                          "id.resp_h": "10.0.0.5", "mailfrom": "otp@bank.example"})
-    records, _ = convert(ZeekSmtp(), [line])
+    records, _ = feed_and_flush(ZeekSmtp(), [line])
     assert records == [{"ts": 1795774502.0, "status": "pending", "sender": "otp@bank.example",
                         "server": "10.0.0.5", "message_id": "CjM9-3"}]
 
@@ -236,24 +221,19 @@ def test_reply_classes(reply, status):
 
 # -- sniffing and robustness ------------------------------------------------------------------------
 
-ALL_ADAPTERS = (ZeekDns, ZeekSmtp, Unbound, Bind, CoreDns)
-
-
 @pytest.mark.parametrize("fixture,expected", [
     ("zeek_dns.log", "zeek-dns"), ("zeek_dns.json", "zeek-dns"),
     ("zeek_smtp.log", "zeek-smtp"), ("zeek_smtp.json", "zeek-smtp"),
 ])
 def test_sniff_picks_the_zeek_log_it_is(fixture, expected):
-    scores = {cls.name: cls.sniff(lines_of(fixture)[:50]) for cls in ALL_ADAPTERS}
+    scores = sniff_scores(fixture)
     assert max(scores, key=scores.get) == expected
     assert scores[expected] >= 0.8
     assert sorted(scores.values())[-2] <= 0.1
 
 
 def test_contract_json_lines_are_not_mistaken_for_zeek():
-    contract = [b'{"ts": "2026-11-27T10:15:02Z", "qname": "bank.example", "rcode": "SERVFAIL"}',
-                b'{"ts": 1795774502, "message_id": "m1", "status": "deferred"}']
-    assert all(cls.sniff(contract) <= 0.1 for cls in ALL_ADAPTERS)
+    assert all(cls.sniff(CONTRACT_LINES) <= 0.1 for cls in ALL_ADAPTERS)
 
 
 @settings(max_examples=300, deadline=None)
@@ -263,7 +243,7 @@ def test_contract_json_lines_are_not_mistaken_for_zeek():
     st.builds(lambda tail: ("1795774502.0\t" + tail).encode(), st.text(max_size=200)),
     st.builds(lambda tail: ('{"ts": 1795774502, "uid": "C", "query": ' + tail).encode(),
               st.text(max_size=100)),
-    st.sampled_from(encode(DNS_HEADER) + lines_of("zeek_smtp.log")[:8]),
+    st.sampled_from(encode(DNS_HEADER) + fixture_lines("zeek_smtp.log")[:8]),
 ), max_size=30))
 def test_no_input_makes_a_zeek_adapter_raise_and_every_record_parses(lines):
     for adapter in (ZeekDns(), ZeekSmtp()):

@@ -30,7 +30,7 @@ found, while the client was answered SERVFAIL: the record says the cause. ``skip
 counts the skipped lines by kind (``query_log``, ``fetch_completed``, ``refused_after_denied``,
 ``other``), so a file of query-log lines with no error lines is visible as such. BIND's time prefix
 is local time in ``tz`` unless it carries an offset; syslog's ``Mon DD`` takes ``year`` (see
-``unbound.LogTime``). Rejections: ``truncated``, ``bad_ts``, ``too_large``, ``not_bind``.
+``logtime``). Rejections: ``truncated``, ``bad_ts``, ``too_large``, ``not_bind``.
 
 >>> bind = Bind(resolver="ns1")
 >>> out = bind.feed([b"27-Nov-2026 10:15:02.123 query-errors: info: client @0x7f3a2c0 10.0.0.5#53211 "
@@ -46,13 +46,13 @@ from collections import Counter
 
 from ..core.outcomes import RCODES
 from .base import Converted
-from .unbound import (BSD_TIME, CAUSE_WINDOW_S, ISO_TIME, MONTHS, LineAdapter, LogTime,
-                      dns_record, rcode_of, remember, says_timeout)
+from .dnsverdict import CAUSE_WINDOW_S, dns_record, rcode_of, remember, says_timeout
+from .lines import LineAdapter
+from .logtime import BIND_TIME, BSD_TIME, ISO_TIME, LogTime
 
 _PREFIX = re.compile(
     r"(?:<\d{1,3}>)?"
-    r"(?:(?P<bday>\d{2})-(?P<bmon>[A-Z][a-z]{2})-(?P<byear>\d{4}) "
-    r"(?P<bhms>\d\d:\d\d:\d\d(?:\.\d+)?) "
+    rf"(?:{BIND_TIME} "
     rf"|{ISO_TIME} (?:(?P<ihost>\S+) named(?:\[\d+\])?: )?"
     rf"|{BSD_TIME} (?P<host>\S+) named(?:\[\d+\])?: )?"
     r"(?:(?P<category>[a-z][a-z0-9-]*): )?"                                # print-category
@@ -119,7 +119,7 @@ class Bind(LineAdapter):
                 return "truncated"
             self._skip(out, "other")
             return None
-        ts = self._time(match)
+        ts = self.clock.of_match(match)
         if ts is None:
             return "bad_ts"
         if failed is not None:
@@ -150,16 +150,6 @@ class Bind(LineAdapter):
         resolver = self.resolver or match.group("host") or match.group("ihost")
         out.add(dns_record(ts, qname, rcode, qtype, ip, resolver))
         return None
-
-    def _time(self, match: re.Match) -> float | None:
-        if match.group("byear"):
-            month = MONTHS.get(match.group("bmon"))
-            hms = match.group("bhms")
-            if month is None:
-                return None
-            return self.clock.wall(int(match.group("byear")), month, int(match.group("bday")),
-                                   int(hms[0:2]), int(hms[3:5]), float(hms[6:]))
-        return self.clock.of_match(match)
 
     @staticmethod
     def _outcome(why: str) -> str:

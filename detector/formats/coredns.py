@@ -55,16 +55,16 @@ from collections.abc import Callable
 
 import orjson
 
-from ..core.records import EPOCH_MS_THRESHOLD as MAX_EPOCH_S
 from .base import Converted
-from .unbound import (BSD_TIME, CAUSE_WINDOW_S, ISO_TIME, MONTHS, LineAdapter, LogTime,
-                      dns_record, rcode_of, says_timeout)
+from .dnsverdict import CAUSE_WINDOW_S, RCODE_NAMES, dns_record, rcode_of, says_timeout
+from .lines import LineAdapter
+from .logtime import BSD_TIME, GO_TIME, ISO_TIME, MAX_EPOCH_S, LogTime
 
 _PREFIX = re.compile(
     r"(?:<\d{1,3}>)?"
     r"(?:"
     rf"{ISO_TIME} (?:(?:stdout|stderr) [FP] )?(?:(?P<ihost>\S+) coredns(?:\[\d+\])?: )?"
-    r"|(?P<golog>\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(?:\.\d+)?) "
+    rf"|{GO_TIME} "
     rf"|{BSD_TIME} (?P<host>\S+) coredns(?:\[\d+\])?: "
     r")?(?P<body>.*)")
 _QUERY = re.compile(
@@ -77,11 +77,9 @@ _ERROR = re.compile(
 _ERROR_START = re.compile(r"\[ERROR\] (?:plugin/errors: )?\d+ \S+")
 _OTHER = re.compile(r"\[(?:INFO|WARNING|ERROR|DEBUG|FATAL)\] .*"
                     r"|(?:[a-z]+://)?[\w.-]*\.:\d+|CoreDNS-\S+|\S+/\S+, go\S+, \S*")  # banners
-_WHEN = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
            "h": 3600.0}
-_RCODE_NUMBERS = {1: "FORMERR", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
 
 def go_duration(text: str) -> float | None:
@@ -177,22 +175,9 @@ class CoreDns(LineAdapter):
         return "not_coredns"
 
     def _stamp(self, match: re.Match, wrapped_ts: float | None, when: str | None) -> float | None:
-        ts = wrapped_ts
-        if ts is None:
-            if match.group("golog"):
-                g = match.group("golog")
-                ts = self.time.wall(int(g[0:4]), int(g[5:7]), int(g[8:10]), int(g[11:13]),
-                                    int(g[14:16]), float(g[17:]))
-            else:
-                ts = self.time.of_match(match)
+        ts = wrapped_ts if wrapped_ts is not None else self.time.of_match(match)
         if ts is None and when:
-            parts = _WHEN.fullmatch(when)
-            month = MONTHS.get(parts.group(2)) if parts else None
-            if parts and month:
-                day, _, year, hour, minute, second, sign, oh, om = parts.groups()
-                offset_s = (int(oh) * 3600 + int(om) * 60) * (1 if sign == "+" else -1)
-                ts = self.time.wall(int(year), month, int(day), int(hour), int(minute),
-                                    float(second), offset_s)
+            ts = self.time.common_log(when)
         if ts is None and self.clock is not None and not (match.group("iso") or when):
             clock_ts = float(self.clock())
             ts = clock_ts if 0.0 <= clock_ts <= MAX_EPOCH_S else None
@@ -240,7 +225,9 @@ class CoreDns(LineAdapter):
         if says_timeout(error.group("err")):
             outcome = "TIMEOUT"
         else:
-            outcome = _RCODE_NUMBERS.get(int(error.group("rc")[:3]), "SERVFAIL")
+            number = int(error.group("rc")[:3])
+            # An errors line with rcode 0 still failed the query: it is no NOERROR.
+            outcome = RCODE_NAMES.get(number, "SERVFAIL") if number else "SERVFAIL"
         key = (qname.lower(), qtype.upper())
         for i, (pending_ts, pending_qname, pending_qtype, record) in enumerate(self._pending):
             if (pending_qname, pending_qtype) == key and abs(ts - pending_ts) <= CAUSE_WINDOW_S:

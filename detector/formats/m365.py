@@ -40,8 +40,8 @@ DNS verdicts in ``Detail`` (Exchange's NDR codes and DnsStatus names), first mat
   NXDOMAIN;
 - ``InfoNoRecords`` (the name exists, no record of the type): NODATA;
 - ``ErrorTimeout``: TIMEOUT;
-- the generic reply rules of ``postfix.dns_outcome_of_reply`` (an rcode named in capitals, a DNS
-  lookup that timed out, an SPF/DKIM/DMARC temperror or 4.7.24, a null MX, a 5xx ``Domain not
+- the generic reply rules of ``dnsverdict.dns_outcome_of_reply`` (an rcode named in capitals, a
+  DNS lookup that timed out, an SPF/DKIM/DMARC temperror or 4.7.24, a null MX, a 5xx ``Domain not
   found``);
 - X.4.312 ``DNS query failed``, ``ErrorRetry``, ``ServerFailure``: SERVFAIL (the resolver gave no
   usable answer and Exchange will retry).
@@ -73,9 +73,11 @@ from datetime import datetime, timezone
 
 import orjson
 
-from ..core.records import MAX_EPOCH_MS, Rejected, parse_ts
+from ..core.records import Rejected, parse_ts
 from .base import Adapter, Converted
-from .postfix import clip_field, dns_outcome_of_reply, line_text, rfc3339
+from .dnsverdict import dns_outcome_of_reply
+from .lines import clip_field, line_text
+from .logtime import LAST_RFC3339_SECOND, rfc3339
 
 _STATUSES = {"delivered": "delivered", "failed": "failed", "quarantined": "quarantined",
              "filteredasspam": "filtered", "pending": "pending", "gettingstatus": "getting_status",
@@ -161,7 +163,7 @@ def received_seconds(value: object, column: str = "Received") -> float:
         if _ISO_WITH_SPACE.match(text):
             text = text.replace(" ", "T", 1)
         seconds = parse_ts(text)
-    if not 0 <= seconds <= MAX_EPOCH_MS / 1000.0:
+    if not 0 <= seconds <= LAST_RFC3339_SECOND:
         raise Rejected("bad_ts")
     return seconds
 

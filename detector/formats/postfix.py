@@ -7,10 +7,11 @@ qmgr ``removed`` at the end. The adapter remembers sender and message-id per que
 ``max_queue_ids``, the oldest dropped first and counted in ``evicted``; forgotten at ``removed``)
 and emits a record at each delivery line, so ``flush()`` has nothing to add. Syslog headers may be
 classic BSD (``Nov 27 10:15:02 mx1 postfix/smtp[1234]:``, no year: the ``year`` argument, a new
-year when the month falls back from December to January, local time in ``tz``), RFC 5424
-(``<22>1 2026-11-27T10:15:02.123+00:00 mx1 postfix/smtp 1234 - - ...``) or rsyslog's ISO time
-(``2026-11-27T10:15:02.123456+00:00 mx1 postfix/smtp[1234]:``); a Solaris ``[ID 197553 mail.info]``
-tag is dropped, and any ``postfix/<service>``, ``postfix-<instance>/<service>`` program counts.
+year when the month falls back from December to January, local time in ``tz``; see ``logtime``),
+RFC 5424 (``<22>1 2026-11-27T10:15:02.123+00:00 mx1 postfix/smtp 1234 - - ...``) or rsyslog's ISO
+time (``2026-11-27T10:15:02.123456+00:00 mx1 postfix/smtp[1234]:``); a Solaris ``[ID 197553
+mail.info]`` tag is dropped, and any ``postfix/<service>``, ``postfix-<instance>/<service>``
+program counts.
 
 Field mapping:
 
@@ -30,8 +31,9 @@ Field mapping:
 DNS verdicts, first match wins (``dns_outcome_of_detail``):
 
 - A remote server's reply (``host ... said: ...``) and a reject's reply are read by the reply rules
-  (``dns_outcome_of_reply``, below); a connection failure (``connect to ...``, ``conversation
-  with ...``, ``lost connection with ...``) names none: the name resolved, the host did not answer.
+  (``dnsverdict.dns_outcome_of_reply``, the last item); a connection failure (``connect to ...``,
+  ``conversation with ...``, ``lost connection with ...``) names none: the name resolved, the host
+  did not answer.
 - Postfix's own resolver (``Name service error for name=... type=...: <h_errno text>``):
   ``Host not found, try again`` (TRY_AGAIN: the resolver got no answer) is SERVFAIL; ``Host not
   found`` is NXDOMAIN; ``Host found but no data record of requested type`` is NODATA;
@@ -43,17 +45,13 @@ DNS verdicts, first match wins (``dns_outcome_of_detail``):
   two anomaly keys by which lookup path Postfix took. ``Name or service not known`` is NXDOMAIN,
   ``No address associated with hostname`` and ``X: host not found`` (no address of a usable
   family) are NODATA.
-- Reply rules: a null MX (``nullMX``, X.7.27) is NOERROR (DNS answered; the domain takes no
-  mail); an rcode named in capitals (``NXDOMAIN``, ``SERVFAIL``, ...) is that rcode; a DNS lookup
-  that timed out (``DNS Timeout``, ``query timed out``, ``exceeded max query lookup time``) is
-  TIMEOUT; an SPF/DKIM/DMARC temperror (``4.7.24``, ``temperror``, policyd-spf's ``SPF Temporary
-  Error``) is SERVFAIL (RFC 7208 2.6.6: a transient DNS error while checking; TIMEOUT when it says
-  timeout; a permerror, 5.7.24, is a broken record, not a failed lookup: none); a 5xx ``rejected:
-  Domain not found`` / ``Host not found`` (reject_unknown_sender_domain and kin) is NXDOMAIN;
-  ``Malformed DNS server reply`` is OTHER. A 4xx ``Domain not found`` gets none: Postfix's default
-  unknown_address_reject_code is 450 for a missing domain and a temporary failure alike.
-  Reverse-DNS rejects (X.7.25, ``cannot find your hostname``) get none: they do not say whether
-  the PTR was missing or mismatched.
+- Reply rules (``dnsverdict``, which says why): a null MX (``nullMX``, X.7.27) is NOERROR; an rcode
+  named in capitals (``NXDOMAIN``, ``SERVFAIL``, ...) is that rcode; a DNS lookup that timed out
+  is TIMEOUT; an SPF/DKIM/DMARC temperror (``4.7.24``, ``temperror``) is SERVFAIL (TIMEOUT when it
+  says timeout; a permerror gets none); a 5xx ``rejected: Domain not found`` / ``Host not found``
+  is NXDOMAIN, a 4xx one none (Postfix's unknown_address_reject_code is 450 for a missing domain
+  and a temporary failure alike); ``Malformed DNS server reply`` is OTHER; reverse-DNS rejects
+  (X.7.25) get none.
 
 Lines and what they become:
 
@@ -89,25 +87,18 @@ Example:
 
 from __future__ import annotations
 
-import calendar
 import re
-from datetime import datetime, timezone
-from functools import lru_cache
-from zoneinfo import ZoneInfo
 
-from ..core.records import (MAX_EPOCH_MS, MAX_FIELD_CHARS, MAX_LINE_BYTES, Rejected, format_ts,
-                            parse_ts)
+from ..core.records import MAX_LINE_BYTES, Rejected, parse_ts
 from .base import Adapter, Converted
+from .dnsverdict import dns_outcome_of_reply
+from .lines import clip_field, line_text
+from .logtime import LAST_RFC3339_SECOND, LogTime, rfc3339
 
-#: RFC 3339 text of a record's time; a log writes many records in the same second.
-rfc3339 = lru_cache(maxsize=4096)(format_ts)
-_MONTHS = {name: number for number, name in enumerate(calendar.month_abbr) if name}
-#: Syslog times outside this span cannot be written back as RFC 3339 (or are not mail logs).
-_LAST_SECOND = MAX_EPOCH_MS / 1000.0
-
-# Syslog headers. Classic and ISO: optional <PRI>, time, host, "program[pid]: message".
+# Syslog headers. Classic and ISO: optional <PRI>, time, host, "program[pid]: message". Any
+# capitalised word passes for a month here, so that "Foo 27 ..." is a bad time, not another line.
 _CLASSIC = re.compile(
-    r"(?:<\d{1,3}>)?([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d):(\d\d):(\d\d)(\.\d+)? (.*)", re.S)
+    r"(?:<\d{1,3}>)?([A-Z][a-z]{2}) {1,2}(\d{1,2}) (\d\d:\d\d:\d\d(?:\.\d+)?) (.*)", re.S)
 _ISO = re.compile(r"(?:<\d{1,3}>)?(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d(?:\.\d+)?)"
                   r"(Z|z|[+-]\d\d:?\d\d)? (.*)", re.S)
 _RFC5424 = re.compile(r"<\d{1,3}>1 (\S+) (\S+) (\S+) (\S+) (\S+) ?(.*)", re.S)
@@ -152,49 +143,6 @@ _RESOLVER_ERRORS = (
         ("No address associated with hostname", "NODATA"))),
 )
 _NO_USABLE_ADDRESS = re.compile(r"\S+: host not found")
-_NULL_MX = re.compile(r"(?i)\bnull ?MX\b|\b[45]\.7\.27\b")
-_RCODE_NAMED = re.compile(r"\b(NXDOMAIN|SERVFAIL|REFUSED|NODATA|FORMERR|NOTIMP)\b")
-_DNS_TIMEOUT = re.compile(
-    r"(?i)\b(?:dns|resolver|name ?server|lookup|query)\b[^;()\[\]]{0,60}?"
-    r"\b(?:timed out|time-?out|lookup time)\b"
-    r"|\b(?:timed out|time-?out)\b[^;()\[\]]{0,30}?\b(?:dns|resolver|lookup|query)\b")
-_AUTH_TEMPERROR = re.compile(r"(?i)\b4\.7\.24\b|\btemp ?error\b"
-                             r"|\b(?:spf|dkim|dmarc)\b[^;]{0,40}?\btemporary (?:error|failure)\b")
-_PERMANENT_REPLY = re.compile(r"\s*(?:5\d\d[ -]|5\.\d{1,3}\.\d{1,3}\s)")
-_NOT_FOUND_REJECT = re.compile(r"rejected: (?:Domain|Host) not found\b")
-_MALFORMED_REPLY = re.compile(r"(?i)malformed (?:DNS|name) server reply")
-
-
-def dns_outcome_of_reply(reply: str) -> str | None:
-    """The DNS verdict an SMTP reply or policy text names, or ``None`` (rules in the docstring).
-
-    Not Postfix-specific: the M365 adapter reads Exchange's texts with these rules too.
-
-    >>> dns_outcome_of_reply("451 4.7.24 SPF Temporary Error: DNS Timeout")
-    'TIMEOUT'
-    >>> dns_outcome_of_reply("550 5.1.8 <a@b.example>: Sender address rejected: Domain not found")
-    'NXDOMAIN'
-    >>> print(dns_outcome_of_reply("450 4.1.8 <a@b.example>: Sender address rejected: "
-    ...                            "Domain not found"))
-    None
-    """
-    # Each costly pattern runs only after a cheap test for a word it cannot match without.
-    lowered = reply.lower()
-    if ("null" in lowered or "7.27" in reply) and _NULL_MX.search(reply):
-        return "NOERROR"
-    named = _RCODE_NAMED.search(reply)
-    if named:
-        return named.group(1)
-    if "time" in lowered and _DNS_TIMEOUT.search(reply):
-        return "TIMEOUT"
-    if ("temp" in lowered or "4.7.24" in reply) and _AUTH_TEMPERROR.search(reply):
-        return "SERVFAIL"
-    if ("not found" in reply and _NOT_FOUND_REJECT.search(reply)
-            and _PERMANENT_REPLY.match(reply)):
-        return "NXDOMAIN"
-    if "malformed" in lowered and _MALFORMED_REPLY.search(reply):
-        return "OTHER"
-    return None
 
 
 def dns_outcome_of_detail(detail: str) -> str | None:
@@ -227,15 +175,15 @@ def dns_outcome_of_detail(detail: str) -> str | None:
 def _split_header(text: str) -> tuple[tuple, str | None, str, str]:
     """``(stamp, host, program, message)`` of one syslog line, or raise ``Rejected``.
 
-    ``stamp`` is ``("classic", month name, day, hour, minute, second, fraction)`` or
-    ``("iso", RFC 3339 text)``; the caller turns it into seconds (classic needs the year state).
+    ``stamp`` is ``("classic", month name, day, hh:mm:ss[.fff])`` or ``("iso", RFC 3339 text)``;
+    the caller turns it into seconds (classic needs the year state).
     """
     if text.startswith("<") and (match := _RFC5424.match(text)):
         stamp_text, host, program, _procid, _msgid, rest = match.groups()
         return ("iso", stamp_text), None if host == "-" else host, program, _rfc5424_message(rest)
     if match := _CLASSIC.match(text):
-        month, day, hour, minute, second, fraction, rest = match.groups()
-        stamp = ("classic", month, day, hour, minute, second, fraction)
+        month, day, hms, rest = match.groups()
+        stamp = ("classic", month, day, hms)
     elif match := _ISO.match(text):
         date, clock, offset, rest = match.groups()
         if offset and offset not in "Zz" and ":" not in offset:
@@ -276,11 +224,6 @@ def _rfc5424_message(rest: str) -> str:
     raise Rejected("truncated")
 
 
-def clip_field(value: str) -> str:
-    """A string kept in a record: cut where the core cuts it anyway, so no record is too large."""
-    return value[:MAX_FIELD_CHARS]
-
-
 class PostfixAdapter(Adapter):
     """Postfix maillog to mail-flow records, correlating a queue id's lines.
 
@@ -296,10 +239,7 @@ class PostfixAdapter(Adapter):
     def __init__(self, year: int | None = None, tz: str = "UTC",
                  max_queue_ids: int = 100_000) -> None:
         self.max_pending = max_queue_ids
-        self._zone = None if tz.upper() == "UTC" else ZoneInfo(tz)
-        self._year = year
-        self._last_month = 0
-        self._hour_starts: dict[tuple, float] = {}
+        self._clock = LogTime(tz, year, latest=LAST_RFC3339_SECOND)
         #: queue id -> [sender, message-id], oldest first.
         self._queue: dict[str, list[str | None]] = {}
         self.evicted = 0
@@ -334,12 +274,11 @@ class PostfixAdapter(Adapter):
         return 0.5 + 0.5 * postfix / seen
 
     def snapshot(self) -> dict:
-        return {"year": self._year, "last_month": self._last_month, "evicted": self.evicted,
+        return {**self._clock.state(), "evicted": self.evicted,
                 "queue": [[queue_id, *entry] for queue_id, entry in self._queue.items()]}
 
     def restore(self, state: dict) -> None:
-        self._year = state.get("year", self._year)
-        self._last_month = state.get("last_month", 0)
+        self._clock.load(state)
         self.evicted = state.get("evicted", 0)
         self._queue = {queue_id: [sender, message_id]
                        for queue_id, sender, message_id in state.get("queue", [])}
@@ -389,51 +328,10 @@ class PostfixAdapter(Adapter):
             out.add(record)
 
     def _seconds(self, stamp: tuple) -> float:
-        if stamp[0] == "iso":
-            seconds = parse_ts(stamp[1])
-        else:
-            seconds = self._classic_seconds(*stamp[1:])
-        if not 0 <= seconds <= _LAST_SECOND:
+        seconds = parse_ts(stamp[1]) if stamp[0] == "iso" else self._clock.bsd(*stamp[1:])
+        if seconds is None or not 0 <= seconds <= LAST_RFC3339_SECOND:
             raise Rejected("bad_ts")
         return seconds
-
-    def _classic_seconds(self, month_name: str, day: str, hour: str, minute: str, second: str,
-                         fraction: str | None) -> float:
-        month = _MONTHS.get(month_name)
-        if month is None:
-            raise Rejected("bad_ts")
-        if self._year is None:
-            now = datetime.now(timezone.utc)
-            self._year = now.year - (month > now.month)
-        year = self._year
-        if self._last_month and month < self._last_month - 6:  # December to January: a new year
-            self._year = year = year + 1
-            self._last_month = month
-        elif self._last_month and month > self._last_month + 6:  # a late line from last December
-            year -= 1
-        else:
-            self._last_month = max(self._last_month, month)
-        minutes, secs = int(minute), int(second)
-        if minutes > 59 or secs > 60:
-            raise Rejected("bad_ts")
-        key = (year, month, day, hour)
-        hour_start = self._hour_starts.get(key)
-        if hour_start is None:
-            hour_start = self._hour_start(year, month, int(day), int(hour))
-            if len(self._hour_starts) >= 4096:
-                self._hour_starts.clear()
-            self._hour_starts[key] = hour_start
-        seconds = hour_start + minutes * 60 + min(secs, 59)
-        return seconds + float(fraction) if fraction else seconds
-
-    def _hour_start(self, year: int, month: int, day: int, hour: int) -> float:
-        """Epoch seconds at the start of a classic header's hour (a log has few distinct hours)."""
-        if not (1 <= year <= 9999 and 1 <= day <= calendar.monthrange(year, month)[1]
-                and hour < 24):
-            raise Rejected("bad_ts")
-        if self._zone is None:
-            return float(calendar.timegm((year, month, day, hour, 0, 0)))
-        return datetime(year, month, day, hour, tzinfo=self._zone).timestamp()
 
     # --- line kinds -----------------------------------------------------------------------------
     def _remember(self, queue_id: str) -> list[str | None]:
@@ -534,9 +432,3 @@ class PostfixAdapter(Adapter):
         if outcome:
             record["dns_outcome"] = outcome
         return record
-
-
-def line_text(raw: bytes | str) -> str:
-    """One line as text: invalid UTF-8 replaced, no line end, no byte-order mark."""
-    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-    return text.rstrip("\r\n").lstrip("\ufeff")

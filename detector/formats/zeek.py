@@ -74,10 +74,11 @@ import re
 
 import orjson
 
-from ..core.records import EPOCH_MS_THRESHOLD as MAX_EPOCH_S  # later seconds read as ms
-from ..core.records import MAX_FIELD_CHARS, Rejected, parse_ts
+from ..core.records import Rejected, parse_ts
 from .base import Converted
-from .unbound import LineAdapter
+from .dnsverdict import RCODE_NAMES, dns_record
+from .lines import LineAdapter, clip_field
+from .logtime import MAX_EPOCH_S
 
 #: Zeek's default column order, used for data lines that arrive before any header (a tail of a
 #: file, a shipper that dropped the ``#`` lines) when their column count matches exactly.
@@ -92,12 +93,8 @@ SMTP_DEFAULT_FIELDS = (
     "subject", "x_originating_ip", "first_received", "second_received", "last_reply", "path",
     "user_agent", "tls", "fuids", "is_webmail",
 )
-#: Zeek's ``DNS::base_errors`` names for the rcodes the contract knows.
-RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 #: Multicast and NetBIOS name services: not unicast resolution, often unanswered by design.
 NON_RESOLVER_PORTS = frozenset({137, 5353, 5355})
-#: Answers kept per record: the core needs only their number, and a record must stay small.
-MAX_ANSWERS = 32
 
 _ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -108,10 +105,6 @@ def _unescape(value: str) -> str:
     if "\\x" not in value:
         return value
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value)
-
-
-def _cut(value: str | None) -> str | None:
-    return value[:MAX_FIELD_CHARS] if value else None
 
 
 def _epoch(value: object) -> float:
@@ -357,21 +350,13 @@ class ZeekDns(_ZeekLog):
             else:
                 rcode = "TIMEOUT"
         rtt = _seconds(get("rtt"))
-        record: dict = {"ts": ts + rtt if rtt is not None and ts + rtt <= MAX_EPOCH_S else ts,
-                        "qname": qname[:MAX_FIELD_CHARS], "rcode": rcode[:32]}
-        qtype = get("qtype_name")
-        if qtype:
-            record["qtype"] = qtype[:32]
-        if answers or rcode == "NOERROR":
-            record["answers"] = [a[:MAX_FIELD_CHARS] for a in (answers or [])[:MAX_ANSWERS]]
-        client, resolver = get("id.orig_h"), get("id.resp_h")
-        if client:
-            record["client"] = client[:MAX_FIELD_CHARS]
-        if resolver:
-            record["resolver"] = resolver[:MAX_FIELD_CHARS]
-        if rtt is not None:
-            record["latency_ms"] = round(rtt * 1000.0, 3)
-        out.add(record)
+        if rtt is not None and ts + rtt <= MAX_EPOCH_S:
+            ts += rtt
+        if not answers:
+            answers = [] if rcode == "NOERROR" else None   # NOERROR without answers is NODATA
+        out.add(dns_record(ts, qname, rcode, get("qtype_name"), client=get("id.orig_h"),
+                           resolver=get("id.resp_h"),
+                           latency_ms=None if rtt is None else rtt * 1000.0, answers=answers))
 
 
 
@@ -400,24 +385,24 @@ class ZeekSmtp(_ZeekLog):
             base = f"{get('uid') or 'zeek'}-{get('trans_depth') or 1}"
         record: dict = {"ts": ts, "status": status}
         if sender:
-            record["sender"] = sender.strip()[:MAX_FIELD_CHARS]
+            record["sender"] = clip_field(sender.strip())
         server = get("id.resp_h")
         if server:
-            record["server"] = server[:MAX_FIELD_CHARS]
-        subject = _cut(get("subject"))
+            record["server"] = clip_field(server)
+        subject = get("subject")
         if subject:
-            record["subject"] = subject
+            record["subject"] = clip_field(subject)
         if reply:
             enhanced = _ENHANCED.search(reply)
             record["status_code"] = enhanced.group(1) if enhanced else reply[:3]
-            record["detail"] = reply[:MAX_FIELD_CHARS]
+            record["detail"] = clip_field(reply)
         # Zeek keeps recipients in a set: per-recipient ids make each one its own delivery for the
         # core's (message_id, status) de-duplication, and do not depend on the set's order.
         for recipient in recipients or [None]:
             one = dict(record)
-            one["message_id"] = (f"{base}/{recipient}" if recipient else base)[:MAX_FIELD_CHARS]
+            one["message_id"] = clip_field(f"{base}/{recipient}" if recipient else base)
             if recipient:
-                one["recipient"] = recipient[:MAX_FIELD_CHARS]
+                one["recipient"] = clip_field(recipient)
             out.add(one)
 
 
