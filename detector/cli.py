@@ -268,5 +268,13 @@ def broker(port) -> None:
     click.echo("broker stopped", err=True)
 
 
+def _register_bench() -> None:
+    from .bench.cli import bench
+
+    main.add_command(bench)
+
+
+_register_bench()
+
 if __name__ == "__main__":
     main()
