@@ -18,6 +18,8 @@ from .config import CORE_TABLES, read_toml
 from .core.config import ConfigError, DetectorConfig
 
 SECRET_KEYS = ("sasl_password", "ssl_password")
+#: Numbers that may be negative (-1: the broker's default replication).
+SIGNED_KEYS = ("replication_factor",)
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 SHORT_ENV = {
@@ -163,7 +165,10 @@ def _build(table: str, kind: type, values: dict[str, Any]):
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown key {table}.{key} (known: {', '.join(known)})")
-        typed[key] = _coerce(f"{table}.{key}", getattr(default, key), value)
+        typed[key] = value = _coerce(f"{table}.{key}", getattr(default, key), value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 \
+                and key not in SIGNED_KEYS:
+            raise ConfigError(f"{table}.{key}: must not be negative, got {value!r}")
     return replace(default, **typed)
 
 

@@ -2,8 +2,10 @@
 crash recovery, graceful shutdown. Input is produced and output read with confluent-kafka or the
 ``detector`` command, as users do."""
 
+import re
 import signal
 import time
+import urllib.request
 
 import orjson
 import pytest
@@ -103,10 +105,21 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     mail, dns = write_logs(servfail_spike(), tmp_path)
     deployment.produce_files("dns", dns)
     deployment.produce_files("mail", mail)
-    worker = deployment.start_worker()
+    from detector.io.broker import free_port
+
+    port = free_port()
+    worker = deployment.start_worker("--metrics-port", str(port))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not deployment.anomalies():
         time.sleep(0.5)
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    assert health.status == 200
+    consumed = re.search(rf'otp_detector_records_consumed_total{{topic="{deployment.topics["mail"]}"}} (\d+)',
+                         metrics)
+    assert consumed and int(consumed.group(1)) > 0
+    assert 'otp_detector_anomaly_events_total{state="open"}' in metrics
+    assert "otp_detector_watermark_seconds" in metrics
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=30) == 0
     log = [orjson.loads(line) for line in deployment.log().splitlines() if line.startswith("{")]
