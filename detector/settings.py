@@ -11,11 +11,11 @@ prints the effective configuration with secrets masked.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .config import CORE_TABLES, read_toml
-from .core.config import ConfigError, DetectorConfig
+from .core.config import ConfigError, DetectorConfig, build_section
 
 SECRET_KEYS = ("sasl_password", "ssl_password")
 #: Numbers that may be negative (-1: the broker's default replication).
@@ -151,80 +151,23 @@ def load_settings(path: str | None = None, environ: dict[str, str] | None = None
     for (table, key), value in (overrides or {}).items():
         if value is not None:
             data.setdefault(table, {})[key] = value
-    shells = {}
-    for table, kind in _SHELL_TABLES.items():
-        shells[table] = _build(table, kind, data.get(table, {}))
+    shells = {table: build_section(table, kind, data.get(table, {}), SIGNED_KEYS)
+              for table, kind in _SHELL_TABLES.items()}
     detector = DetectorConfig.from_mapping({t: v for t, v in data.items() if t in CORE_TABLES})
     return Settings(detector=detector, **shells)
 
 
-def _build(table: str, kind: type, values: dict[str, Any]):
-    known = {f.name: f for f in fields(kind)}
-    default = kind()
-    typed = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {table}.{key} (known: {', '.join(known)})")
-        typed[key] = value = _coerce(f"{table}.{key}", getattr(default, key), value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 \
-                and key not in SIGNED_KEYS:
-            raise ConfigError(f"{table}.{key}: must not be negative, got {value!r}")
-    return replace(default, **typed)
-
-
-def _coerce(name: str, default: Any, value: Any) -> Any:
-    """Values from TOML keep their type; values from the environment are strings."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError(value)
-            if isinstance(value, bool):
-                return value
-        elif isinstance(default, int):
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                return int(value)
-        elif isinstance(default, float):
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif isinstance(default, str):
-            if isinstance(value, str):
-                return value
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return ",".join(value)
-    except ValueError:
-        pass
-    raise ConfigError(f"{name}: expected {type(default).__name__}, got {value!r}")
-
-
-def _from_environment(environ: dict[str, str]) -> dict[tuple[str, str], Any]:
-    found: dict[tuple[str, str], Any] = {}
-    core_fields = {table: {f.name: f for f in fields(type(getattr(DetectorConfig(), table)))}
-                   for table in CORE_TABLES}
+def _from_environment(environ: dict[str, str]) -> dict[tuple[str, str], str]:
+    """``DETECTOR_<TABLE>_<KEY>`` variables (and the short forms), as raw strings."""
+    tables = {**_SHELL_TABLES,
+              **{table: type(getattr(DetectorConfig(), table)) for table in CORE_TABLES}}
+    keys = {table: {f.name for f in fields(kind)} for table, kind in tables.items()}
+    found: dict[tuple[str, str], str] = {}
     for variable, value in environ.items():
-        if not variable.startswith("DETECTOR_"):
-            continue
         if variable in SHORT_ENV:
             found[SHORT_ENV[variable]] = value
-            continue
-        rest = variable[len("DETECTOR_"):].lower()
-        table, _, key = rest.partition("_")
-        if table in _SHELL_TABLES and key in {f.name for f in fields(_SHELL_TABLES[table])}:
-            found[(table, key)] = value
-        elif table in core_fields and key in core_fields[table]:
-            default = getattr(getattr(DetectorConfig(), table), key)
-            found[(table, key)] = (tuple(v.strip() for v in value.split(",") if v.strip())
-                                   if isinstance(default, tuple) else _number(value))
+        elif variable.startswith("DETECTOR_"):
+            table, _, key = variable[len("DETECTOR_"):].lower().partition("_")
+            if key in keys.get(table, ()):
+                found[(table, key)] = value
     return found
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text

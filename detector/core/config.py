@@ -136,41 +136,72 @@ class DetectorConfig:
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "DetectorConfig":
         """Build from ``{"clock": {...}, "model": {...}, ...}``; unknown keys raise ConfigError."""
-        sections = {f.name: f for f in fields(cls)}
+        sections = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
         kwargs = {}
         for section, values in data.items():
             if section not in sections:
                 raise ConfigError(f"unknown section [{section}] (known: {', '.join(sections)})")
-            if not isinstance(values, dict):
-                raise ConfigError(f"[{section}] must be a table")
-            kind = type(getattr(cls(), section))
-            known = {f.name: f for f in fields(kind)}
-            typed = {}
-            for key, value in values.items():
-                if key not in known:
-                    raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(known)})")
-                typed[key] = _coerce(f"{section}.{key}", getattr(kind(), key), value)
-            kwargs[section] = replace(kind(), **typed)
+            kwargs[section] = build_section(section, sections[section], values)
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:
         return {f.name: _plain(asdict(getattr(self, f.name))) for f in fields(self)}
 
 
-def _coerce(name: str, default: Any, value: Any) -> Any:
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-    elif isinstance(default, tuple):
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+def build_section(section: str, kind: type, values: Any, signed: tuple[str, ...] = ()):
+    """One table of a configuration as the dataclass ``kind``, every value checked.
+
+    Values keep their type from a TOML file; from the environment they are strings (numbers,
+    ``true``/``false``, comma-separated lists). Numbers must not be negative unless named in
+    ``signed``. Errors name the key.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    default = kind()
+    known = {f.name for f in fields(kind)}
+    typed = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(sorted(known))})")
+        name = f"{section}.{key}"
+        typed[key] = value = coerce(name, getattr(default, key), value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 \
+                and key not in signed:
+            raise ConfigError(f"{name}: must not be negative, got {value!r}")
+    return replace(default, **typed)
+
+
+def coerce(name: str, default: Any, value: Any) -> Any:
+    """``value`` as the type of ``default``, or ConfigError naming ``name``."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+                return _BOOLEAN_WORDS[value.lower()]
+        elif isinstance(default, int):
+            if isinstance(value, (str, int)) and not isinstance(value, bool):
+                return int(value)
+        elif isinstance(default, float):
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return float(value)
+        elif isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+        elif isinstance(default, str):
+            if isinstance(value, str):
+                return value
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return ",".join(value)
+    except ValueError:
+        pass
     raise ConfigError(f"{name}: expected {type(default).__name__} like {default!r}, got {value!r}")
+
+
+_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+                  "0": False, "false": False, "no": False, "off": False}
 
 
 def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
