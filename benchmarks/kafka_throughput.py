@@ -1,0 +1,14 @@
+"""Section 2: one worker's records/s through the local broker against kafka-python's bare consumer of the same topics, and the wall-clock latency from a spike's records produced to its open event.
+
+Same as ``detector bench --only kafka``; any other ``detector bench`` option may follow
+(``--quick``, ``--json``, ``--repeat N``, ``--out-dir DIR``). Run from the project root:
+
+    .venv/bin/python benchmarks/kafka_throughput.py
+"""
+
+import sys
+
+from detector.bench.cli import bench
+
+if __name__ == "__main__":
+    bench(["--only", "kafka", *sys.argv[1:]])
