@@ -19,6 +19,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from detector.io.broker import LocalBroker  # noqa: E402
 
 DETECTOR = [sys.executable, "-m", "detector.cli"]
+#: Every process a test started; killed after the test, whatever its outcome.
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -68,24 +80,24 @@ class Deployment:
 
     def produce_paced(self, stream: str, path: Path, speed: float) -> subprocess.Popen:
         """Produce a file at ``speed`` times its event time, in the background."""
-        return subprocess.Popen([*DETECTOR, "produce", "--bootstrap-servers", self.broker.bootstrap,
-                                 "--topic", self.topics[stream], "--speed", str(speed), str(path)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([*DETECTOR, "produce", "--bootstrap-servers",
+                                    self.broker.bootstrap, "--topic", self.topics[stream],
+                                    "--speed", str(speed), str(path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        STARTED.append(process)
+        return process
 
     def start_worker(self, *args: str, log_name: str = "worker.log") -> subprocess.Popen:
         log = open(self.workdir / log_name, "ab")
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [*DETECTOR, "run", "--bootstrap-servers", self.broker.bootstrap,
              "--config", str(self.config), *args],
             stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        STARTED.append(process)
+        return process
 
     def run_worker_until_idle(self, *args: str, idle_s: float = 6, timeout: float = 180) -> int:
-        worker = self.start_worker("--exit-when-idle", str(idle_s), *args)
-        try:
-            return worker.wait(timeout=timeout)
-        finally:
-            if worker.poll() is None:
-                worker.kill()
+        return self.start_worker("--exit-when-idle", str(idle_s), *args).wait(timeout=timeout)
 
     def read(self, topic_key: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:
         """Every message of a topic (all partitions), read with confluent-kafka until idle."""
