@@ -131,8 +131,7 @@ class Worker:
                 self._step()
                 if idle_exit and self._all_idle_for(idle_exit):
                     log.info("input idle: flushing and exiting", extra={"idle_s": idle_exit})
-                    if self.detector is not None:
-                        self._emit(self.detector.close())
+                    self._flush_input()
                     break
             self._checkpoint(final=True)
             self.detector = None          # checkpointed: closing revokes nothing left to save
@@ -140,6 +139,17 @@ class Worker:
             self._close_clients()
         log.info("stopped", extra=self.counts)
         return 0
+
+    def _flush_input(self) -> None:
+        """End of a batch run: records adapters still hold, then the core's last windows."""
+        if self.detector is None:
+            return
+        for source, adapter in self.adapters.items():
+            topic = source.rpartition("/")[0]
+            records = adapter.flush().records
+            if records:
+                self._emit(self.detector.feed(self.stream_of[topic], records, source=source).events)
+        self._emit(self.detector.close())
 
     def _close_clients(self) -> None:
         if self.consumer is not None:
