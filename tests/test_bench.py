@@ -1,7 +1,8 @@
-"""``detector bench`` on small inputs: it runs, its table has every row, ``--json`` parses, and the
-naive per-record detector it compares against finds an obvious spike. Nothing here asserts a
-speed: these machines are too noisy for wall-clock limits, which is why the benchmark reports
-ratios to baselines measured alongside."""
+"""``detector bench`` on small inputs: it runs, its table has every row, ``--json`` parses, the
+naive per-record detector it compares against finds an obvious spike, and the log-format inputs
+keep their headers once and move on in time. Nothing here asserts a speed: these machines are too
+noisy for wall-clock limits, which is why the benchmark reports ratios to baselines measured
+alongside."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from detector.bench.cli import bench
+from detector.bench.formats import SAMPLES, STEP_S, build_input, sample_lines
 from detector.bench.naive import run_naive
 from detector.evaluate import evaluate
+from detector.formats import ADAPTERS, make_adapter
 
 
 def write_gz(path: Path, records: list[dict]) -> str:
@@ -59,7 +62,7 @@ def quick_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(bench, ["--quick", "--json", "--out-dir", str(out_dir),
                                         "--only", "replay", "--only", "memory",
-                                        "--only", "quality"])
+                                        "--only", "quality", "--only", "formats"])
     assert result.exit_code == 0, result.output
     return out_dir, result
 
@@ -79,6 +82,14 @@ def test_quick_bench_json_parses_and_holds_every_section(quick_run):
     assert scenarios == ["seed-incident", "decoy-volume-surge", "mixed"]
     seed = report["quality"]["rows"][0]
     assert seed["project"]["detected"] == 1 and seed["naive"]["detected"] == 1
+    rows = report["formats"]["rows"]
+    assert [row["format"] for row in rows] == list(ADAPTERS)
+    for row in rows:
+        assert 4_000 <= row["lines"] <= 6_000, row
+        assert row["records"] > 0 and row["records_rate"] > 0
+        assert row["bare_read_rate"] > 0 and row["adapter_rate"] > 0
+        assert row["adapter_over_bare"] > 0
+        assert row["rejected"] == sum(row["rejected_reasons"].values())
     assert orjson.loads((out_dir / "bench-quick.json").read_bytes())["command"] == report["command"]
 
 
@@ -89,17 +100,50 @@ def test_quick_bench_table_has_every_row(quick_run):
                 "bare read: gzip + orjson.loads per line", "replay: the full pipeline",
                 "naive per-record detector", "3. Memory", "1x (0.25 h)", "4x (1 h)",
                 "10x (2.5 h)", "4. Detection quality", "seed-incident", "decoy-volume-surge",
-                "total", "project / naive"):
+                "total", "project / naive", "6. Log-format adapters", "adapter lines/s",
+                *ADAPTERS):
         assert row in table, row
 
 
 def test_a_rerun_reuses_the_generated_inputs(quick_run):
     out_dir, _ = quick_run
-    before = {path: path.stat().st_mtime_ns for path in (out_dir / "data").rglob("*.gz")}
-    result = CliRunner().invoke(bench, ["--quick", "--out-dir", str(out_dir), "--only", "memory"])
+    def stamps() -> dict:
+        return {path: path.stat().st_mtime_ns for pattern in ("*.gz", "*.log")
+                for path in (out_dir / "data").rglob(pattern)}
+
+    before = stamps()
+    assert len([path for path in before if path.suffix == ".log"]) == len(ADAPTERS)
+    result = CliRunner().invoke(bench, ["--quick", "--out-dir", str(out_dir), "--only", "memory",
+                                        "--only", "formats"])
     assert result.exit_code == 0, result.output
-    assert "3. Memory" in result.stdout
-    assert {path: path.stat().st_mtime_ns for path in (out_dir / "data").rglob("*.gz")} == before
+    assert "3. Memory" in result.stdout and "6. Log-format adapters" in result.stdout
+    assert stamps() == before
+
+
+def test_format_inputs_keep_headers_once_and_move_on_in_time(tmp_path):
+    for name, cls in ADAPTERS.items():
+        path = tmp_path / f"{name}.log"
+        written = build_input(name, 300, path)
+        lines = path.read_bytes().splitlines()
+        header, body = sample_lines(name)
+        assert len(header) == SAMPLES[name].header
+        assert len(lines) == written and 250 <= written <= 350, name
+        # Zeek's "#" lines and the M365 CSV header: once, at the top
+        assert lines[:len(header)] == [line.encode() for line in header], name
+        assert not any(line.startswith(b"#") or line.startswith(b'"Received"')
+                       for line in lines[len(header):]), name
+        # every sample starts with a timed line: its second repetition is STEP_S later
+        first, second = lines[len(header)], lines[len(header) + len(body)]
+        assert first == body[0].encode() and second != first, name
+        adapter = make_adapter(name, cls.stream)
+        out, rest = adapter.feed(lines), adapter.flush()
+        records = [orjson.loads(record) for record in out.records + rest.records]
+        assert len(records) > written // 3, name
+        assert "bad_ts" not in {reason for _, reason in out.rejected}, name
+        assert len({record["ts"] for record in records}) > len(records) // 5, name
+    unbound = (tmp_path / "unbound.log").read_text().splitlines()
+    step = len(sample_lines("unbound")[1])
+    assert int(unbound[step][1:11]) == int(unbound[0][1:11]) + STEP_S
 
 
 @pytest.mark.kafka

@@ -12,6 +12,9 @@ the work is done; the last line on stdout is a JSON object with ``records``, ``s
   timed from the first non-empty ``poll()`` to the one that completes the count.
 - ``worker``: the stream worker (``Worker``) over the topics; timed from its first fed batch to
   the batch that completes the count, the idle wait before it exits left out.
+- ``format-read``: the bare read of a log file: ``LineSource.read_chunk()`` to its end, no more.
+- ``format-feed``: the same read plus a format adapter's ``feed()`` of every chunk and its
+  ``flush()``; records, skipped lines and rejections by reason are counted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gzip
 import resource
 import sys
 import time
+from collections import Counter
 
 import orjson
 
@@ -125,12 +129,64 @@ def worker_run(settings_overrides: dict, expected: int) -> dict:
     return {"records": timing["fed"], "seconds": seconds, "consumed": worker.counts["consumed"]}
 
 
+def read_log(path: str) -> dict:
+    """Chunks of lines as ``LineSource`` reads them for a replay, nothing else."""
+    from ..io.files import LineSource
+
+    started = time.perf_counter()
+    source = LineSource(path, "bench")
+    count = 0
+    try:
+        while True:
+            chunk, _ = source.read_chunk()
+            if not chunk:
+                break
+            count += len(chunk)
+    finally:
+        source.close()
+    return {"lines": count, "seconds": time.perf_counter() - started}
+
+
+def feed_log(path: str, name: str) -> dict:
+    """The same read plus the adapter's ``feed()`` of every chunk and its ``flush()``."""
+    from ..formats import ADAPTERS, make_adapter
+    from ..io.files import LineSource
+
+    stream = ADAPTERS[name].stream
+    adapter = make_adapter(name, stream)
+    reasons: Counter[str] = Counter()
+    started = time.perf_counter()
+    source = LineSource(path, stream)
+    count = records = skipped = 0
+    try:
+        while True:
+            chunk, _ = source.read_chunk()
+            if not chunk:
+                break
+            count += len(chunk)
+            out = adapter.feed(chunk)
+            records += len(out.records)
+            skipped += out.skipped
+            if out.rejected:
+                reasons.update(reason for _, reason in out.rejected)
+        out = adapter.flush()
+        records += len(out.records)
+        skipped += out.skipped
+        reasons.update(reason for _, reason in out.rejected)
+    finally:
+        source.close()
+    return {"lines": count, "seconds": time.perf_counter() - started, "records": records,
+            "skipped": skipped, "rejected": sum(reasons.values()), "reasons": dict(reasons)}
+
+
 KINDS = {
     "read": lambda a: bare_read(a["paths"]),
     "replay": lambda a: replay_files(a["mail"], a["dns"], a["out"]),
     "naive": lambda a: naive_files(a["mail"], a["dns"], a["out"]),
     "consume": lambda a: bare_consume(a["bootstrap"], a["topics"], a["expected"], a["group"]),
     "worker": lambda a: worker_run(a["settings"], a["expected"]),
+    "format-read": lambda a: read_log(a["path"]),
+    "format-feed": lambda a: feed_log(a["path"], a["format"]),
 }
 
 

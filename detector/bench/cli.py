@@ -30,7 +30,7 @@ from .table import format_report
 @click.option("--pace", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Event time per wall second while a spike is produced (1 = real time).")
 def bench(out_dir, quick, as_json, sections, repeat, seeds, latency_runs, pace) -> None:
-    """Throughput, latency, memory and detection quality, against baselines run alongside.
+    """Throughput, latency, memory, detection quality and log-format adapters, against baselines.
 
     Every speed figure is a ratio to a baseline measured in the same run on the same input: the
     bare read of the files, kafka-python's bare consumer, and a naive per-record detector.

@@ -6,6 +6,8 @@
 - ``quality``: recall, false alarms and detection delay on every scenario, the project's detector
   and the naive one side by side (``evaluate``).
 - ``kafka``: see ``detector.bench.kafka``.
+- ``formats``: lines/s of every log-format adapter against the bare read of the same file; see
+  ``detector.bench.formats``.
 
 Each section returns a JSON-able dict; ``run_bench`` adds the machine and the command.
 """
@@ -28,7 +30,7 @@ from ..evaluate import evaluate, load_events
 from ..synth import SCENARIOS
 from .data import Dataset, Spec, ensure, ensure_all
 
-SECTIONS = ("replay", "memory", "quality", "kafka")
+SECTIONS = ("replay", "memory", "quality", "kafka", "formats")
 SINGLE_SCENARIOS = tuple(name for name in SCENARIOS if name != "mixed")
 #: ``--quick``: inputs small enough for a smoke test; every section still runs for real.
 QUICK_SCENARIOS = ("seed-incident", "decoy-volume-surge")
@@ -246,6 +248,11 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
     unique = list(dict.fromkeys(specs))
     say(f"inputs: {len(unique)} scenarios under {root / 'data'} (generated when missing)")
     ensure_all(root, unique, workers)
+    if "formats" in sections:
+        from .formats import LINES, QUICK_LINES, ensure_inputs
+
+        paths = ensure_inputs(root, QUICK_LINES if quick else LINES)
+        say(f"inputs: {len(paths)} log-format files under {root / 'data'} (built when missing)")
     if "replay" in sections:
         result["replay"] = replay_section(root, work, quick, repeat, say)
     if "memory" in sections:
@@ -257,6 +264,10 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
 
         result["kafka"] = kafka_section(root, work, quick, repeat,
                                         latency_runs or (1 if quick else 5), latency_pace, say)
+    if "formats" in sections:
+        from .formats import formats_section
+
+        result["formats"] = formats_section(root, quick, repeat, say)
     if "quality" in sections:
         result["quality"] = quality_section(root, work, quick, seeds, workers, say,
                                             result.get("replay"))

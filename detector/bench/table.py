@@ -57,6 +57,8 @@ def format_report(result: dict) -> str:
         out += ["", *_memory(result["memory"])]
     if "quality" in result:
         out += ["", *_quality(result["quality"], result.get("replay"))]
+    if "formats" in result:
+        out += ["", *_formats(result["formats"])]
     return "\n".join(out)
 
 
@@ -169,4 +171,26 @@ def _quality(q: dict, replay: dict | None) -> list[str]:
                      f"{_rate(replay['pipeline_rate'])} records/s, naive "
                      f"{_rate(replay['naive_rate'])} records/s: project / naive = "
                      f"{replay['project_over_naive']:.2f}x.")
+    return lines
+
+
+def _formats(f: dict) -> list[str]:
+    rows = [("format", "stream", "lines", "records", "skipped", "rejected", "bare read lines/s",
+             "adapter lines/s", "records/s", "vs bare read")]
+    for row in f["rows"]:
+        rows.append((row["format"], row["stream"], f"{row['lines']:,}", f"{row['records']:,}",
+                     f"{row['skipped']:,}", f"{row['rejected']:,}", _rate(row["bare_read_rate"]),
+                     _rate(row["adapter_rate"]), _rate(row["records_rate"]),
+                     f"{row['adapter_over_bare']:.1f}x"))
+    lines = [f"6. Log-format adapters: each format's samples (tests/fixtures/formats) repeated to "
+             f"~{f['target_lines']:,} lines, {f['step_s']} s later each time; best of "
+             f"{f['repeat']}, each in a fresh process, alternating",
+             aligned(rows, "  "),
+             "  'vs bare read' is time per line of the read plus feed() and flush(), relative to "
+             "the bare read of the same file (LineSource chunks, nothing else)."]
+    reasons = [f"{row['format']} " + ", ".join(f"{reason} {count:,}" for reason, count
+                                                in sorted(row["rejected_reasons"].items()))
+               for row in f["rows"] if row["rejected_reasons"]]
+    if reasons:
+        lines.append(f"  Rejected (the samples' deliberate bad lines): {'; '.join(reasons)}.")
     return lines
