@@ -1,0 +1,562 @@
+"""Hostile input: whatever a log file or a topic holds, the parser and the core neither crash nor
+lose count, and their memory stays within its caps.
+
+Property-based (hypothesis), reproducible: every test runs ``derandomize=True`` without an example
+database, so CI and a laptop draw the same examples. What is held, in the contract's words:
+
+- **(a) the parser** turns any bytes into a record or a ``Rejected`` whose reason is in the
+  documented vocabulary (``not_json``, ``not_object``, ``too_large``, ``bad_ts``,
+  ``missing_field:<f>``, ``wrong_type:<f>``, ``bad_value:<f>`` for the stream's own fields), never
+  another exception;
+- **(b)** the same for JSON objects with the contract's field names and values of any type:
+  huge and negative numbers, integers past 64 bits, ``NaN``/``Infinity`` spelled in the text,
+  100 KB and non-ASCII strings, lists, objects, nesting past orjson's depth limit (1024), invalid
+  UTF-8, absurd timestamps, ``dns_lookups`` with thousands of entries;
+- **(c) the whole core** fed random mixes of valid records and junk, in random batches, on both
+  streams, then closed: no exception, every line accounted for (see ``assert_batch_accounted``),
+  every event valid against ``schemas/anomaly-event.schema.json``, and the state round-trips
+  through a JSON checkpoint: a restored detector gives the same snapshot and, fed the rest, the
+  same events;
+- **(d)** one host with a wrong clock does not move the watermark and is rejected as ``future_ts``;
+- **(e)** nothing grows without bound: distinct names by the hundred thousand in a short span of
+  event time leave the join buffer, the de-duplication set and the evidence within their caps,
+  and every eviction is counted.
+
+Tests named ``test_bug_*`` show a defect of the core found here; they are ``xfail(strict=True)``
+so the suite stays green until the fix lands, and the fix must remove the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from detector.core.config import DetectorConfig
+from detector.core.pipeline import ALERT_EVIDENCE_VALUES, Detector
+from detector.core.records import (
+    MAX_FIELD_CHARS,
+    MAX_LINE_BYTES,
+    STATUSES,
+    DnsRecord,
+    MailRecord,
+    Rejected,
+    format_ts,
+    parse_dns,
+    parse_mail,
+)
+from detector.core.outcomes import OUTCOMES
+from detector.core.windows import EVIDENCE_CAP
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENT_SCHEMA = Draft202012Validator(
+    json.loads((ROOT / "schemas" / "anomaly-event.schema.json").read_text()))
+
+T0 = 1795737600.0                     # 2026-11-27T00:00:00Z
+MAIL_FIELDS = ("ts", "message_id", "status", "sender", "recipient", "tenant", "server",
+               "direction", "category", "subject", "status_code", "detail", "dns_lookups",
+               "dns_outcome")
+MAIL_REQUIRED = ("ts", "message_id", "status")
+DNS_FIELDS = ("ts", "qname", "rcode", "answers", "qtype", "resolver", "client", "latency_ms")
+DNS_REQUIRED = ("ts", "qname", "rcode")
+PARSERS = {"mail": parse_mail, "dns": parse_dns}
+
+
+def reasons_of(stream: str) -> frozenset[str]:
+    """The parser's documented rejection vocabulary, for one stream's own fields."""
+    fields, required = ((MAIL_FIELDS, MAIL_REQUIRED) if stream == "mail"
+                        else (DNS_FIELDS, DNS_REQUIRED))
+    return frozenset({"not_json", "not_object", "too_large", "bad_ts"}
+                     | {f"missing_field:{f}" for f in required}
+                     | {f"{kind}:{f}" for kind in ("wrong_type", "bad_value") for f in fields})
+
+
+PARSE_REASONS = {stream: reasons_of(stream) for stream in PARSERS}
+#: The core adds two reasons of its own to the parser's.
+CORE_REASONS = {stream: reasons | {"future_ts", "late"} for stream, reasons in PARSE_REASONS.items()}
+
+#: Modest and reproducible: the same examples on every machine, no database, no deadline (CI
+#: machines are shared and slow). ``HOSTILE_EXAMPLES=5000`` runs a deeper search by hand.
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "150"))
+HOSTILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+                   suppress_health_check=list(HealthCheck))
+CORE = settings(HOSTILE, max_examples=max(1, EXAMPLES * 2 // 5))
+
+
+# --------------------------------------------------------------------------- hostile JSON text
+#
+# Values are built as JSON *text* (bytes), not as Python objects: the text can then spell what no
+# serializer writes (NaN, Infinity, 1e400, integers past 64 bits, invalid UTF-8, nesting past the
+# decoder's limit).
+
+def _text(value) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:     # a lone surrogate: written as the JSON escape no encoder should write
+        return json.dumps(value).encode()
+
+
+#: Timestamps no sane log holds, as JSON text: epoch 0 and 1970, the last instant RFC 3339 can
+#: write and the one after it, year 10000, far-future milliseconds, negative numbers, offsets that
+#: carry a valid-looking date past 9999 or before year 1, days that do not exist, non-ASCII digits.
+ABSURD_TS = [_text(v) for v in (
+    0, 1, 0.5, -1, -0.0, -1795737600, 99_999_999_999, 100_000_000_000, 1e11, 253402300799,
+    253402300799999, 253402300800000, 10**15, 10**18, 2**63, 1e300,
+    "1970-01-01T00:00:00Z", "1969-12-31T23:59:59Z", "9999-12-31T23:59:59.999Z",
+    "9999-12-31T23:59:59Z", "10000-01-01T00:00:00Z", "+10000-01-01T00:00:00Z",
+    "0000-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "2026-02-30T00:00:00Z",
+    "2026-11-27T24:00:00Z", "2026-11-27T10:00:00+24:00", "2026-11-27T10:00:60Z",
+    "2026-11-27 10:00:00Z", " 2026-11-27T10:00:00Z", "2026-11-27T10:00:00.Z", "",
+    "\u0662\u0660\u0662\u0666-11-27T10:00:00Z", "2026-11-27T10:00:00." + "9" * 5000 + "Z",
+)] + [b"123456789012345678901234567890", b"-99999999999999999999", b"1e400", b"-1e400",
+      b"NaN", b"Infinity", b"-Infinity"]
+
+SPECIAL_NUMBERS = [b"NaN", b"-NaN", b"nan", b"Infinity", b"-Infinity", b"inf", b"1e400",
+                   b"-1e400", b"1e-400", b"-0", b"-0.0", b"0e0", b"1E+2", b"01", b"1.",
+                   b".5", b"0x10", b"+1"]
+INVALID_UTF8 = [b"\xff", b"\xfe\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf5\x80\x80\x80", b"\x80",
+                b"\xe2\x82", b"\xf0\x9f\x98"]
+
+json_scalars = st.one_of(
+    st.sampled_from([b"null", b"true", b"false"]),
+    st.integers(min_value=-2**63, max_value=2**64 - 1).map(lambda i: str(i).encode()),
+    st.integers(min_value=2**64, max_value=10**400).flatmap(
+        lambda i: st.sampled_from([str(i).encode(), b"-" + str(i).encode()])),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: repr(f).encode()),
+    st.sampled_from(SPECIAL_NUMBERS),
+    st.text(max_size=30).map(_text),
+    st.text(alphabet=st.characters(min_codepoint=0x80), max_size=30).map(_text),
+    # 100 KB strings: over the line limit; 30 KB: under it, and non-ASCII (several bytes a char).
+    st.sampled_from([100_000, 30_000, 64 * 1024 - 200]).flatmap(
+        lambda n: st.sampled_from([_text("x" * n), _text("\u00e9\u4e2d\U0001f600" * (n // 9))])),
+    st.sampled_from(INVALID_UTF8).map(lambda bad: b'"abc' + bad + b'def"'),
+    st.sampled_from(ABSURD_TS),
+)
+
+
+def _array(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
+
+
+def _object(pairs: list[tuple[bytes, bytes]]) -> bytes:
+    return b"{" + b",".join(key + b":" + value for key, value in pairs) + b"}"
+
+
+field_keys = st.one_of(st.sampled_from(MAIL_FIELDS + DNS_FIELDS + ("qname", "qtype")).map(_text),
+                       st.text(max_size=8).map(_text))
+
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4).map(_array),
+        st.lists(st.tuples(field_keys, inner), max_size=4).map(_object),
+    ),
+    max_leaves=12,
+)
+
+#: Nesting around orjson's depth limit (1024) and far beyond it, arrays and objects.
+deep_values = st.one_of(
+    st.sampled_from([2, 100, 1023, 1024, 1025, 5000, 20_000]).map(
+        lambda depth: b"[" * depth + b"1" + b"]" * depth),
+    st.sampled_from([2, 1022, 1023, 1024, 1025, 3000]).map(
+        lambda depth: b'{"a":' * depth + b"1" + b"}" * depth),
+)
+
+
+def _lookups(count: int, item: bytes = b'{"qname":"n%d.bank.example","qtype":"TXT"}') -> bytes:
+    return _array([item % i if b"%d" in item else item for i in range(count)])
+
+
+#: ``dns_lookups`` with thousands of entries (under and over the 64 KiB line limit), with one bad
+#: entry at the end, with every kind of bad entry.
+many_lookups = st.one_of(
+    st.sampled_from([1000, 1200, 5000]).map(_lookups),
+    st.sampled_from([1000, 3000]).map(lambda n: _lookups(n, b'{"qname":"a"}')[:-1] + b",7]"),
+    st.lists(st.sampled_from([b'{"qname":""}', b'{"qname":null}', b'{"qname":1}', b'{}',
+                              b'{"qname":"a","qtype":5}', b'"bank.example"', b'[]', b'null',
+                              b'{"qname":"."}', b'{"qname":"a","qtype":""}']),
+             min_size=1, max_size=5).map(_array),
+)
+
+VALID_MAIL = {"ts": b'"2026-11-27T10:00:00Z"', "message_id": b'"<m1@mx.example>"',
+              "status": b'"failed"', "sender": b'"verify@auth.bank.example"',
+              "category": b'"otp"', "server": b'"mx1"', "tenant": b'"corp.example"',
+              "dns_lookups": b'[{"qname":"auth.bank.example","qtype":"TXT"}]'}
+VALID_DNS = {"ts": b'"2026-11-27T10:00:00Z"', "qname": b'"auth.bank.example"',
+             "rcode": b'"SERVFAIL"', "qtype": b'"TXT"', "answers": b"0", "client": b'"mx1"',
+             "resolver": b'"res-a"', "latency_ms": b"12.5"}
+
+
+@st.composite
+def hostile_objects(draw, stream: str) -> bytes:
+    """An object with the stream's field names: a valid record (so that a hostile value reaches
+    the validator's later checks) with some fields replaced by hostile values, some dropped, some
+    repeated, some unknown ones added."""
+    fields = MAIL_FIELDS if stream == "mail" else DNS_FIELDS
+    record = dict(VALID_MAIL if stream == "mail" else VALID_DNS)
+    for name in draw(st.lists(st.sampled_from(fields), max_size=4, unique=True)):
+        if name == "ts":
+            record[name] = draw(st.one_of(st.sampled_from(ABSURD_TS), json_values))
+        elif name == "dns_lookups":
+            record[name] = draw(st.one_of(many_lookups, json_values))
+        else:
+            record[name] = draw(st.one_of(json_values, deep_values))
+    for name in draw(st.lists(st.sampled_from(fields), max_size=2, unique=True)):
+        record.pop(name, None)
+    pairs = [(_text(name), value) for name, value in record.items()]
+    pairs += draw(st.lists(st.tuples(field_keys, json_values), max_size=2))    # repeats, extras
+    pairs = draw(st.permutations(pairs))
+    return _object(pairs)
+
+
+@st.composite
+def mutated_lines(draw, stream: str) -> bytes:
+    """A valid line with a few bytes flipped, inserted or deleted: near-misses of the format."""
+    line = bytearray(_object([(_text(k), v) for k, v in
+                              (VALID_MAIL if stream == "mail" else VALID_DNS).items()]))
+    for _ in range(draw(st.integers(1, 4))):
+        pos = draw(st.integers(0, len(line)))
+        op = draw(st.sampled_from(["set", "insert", "delete"]))
+        byte = draw(st.integers(0, 255))
+        if op == "insert" or pos >= len(line):
+            line.insert(pos, byte)
+        elif op == "set":
+            line[pos] = byte
+        else:
+            del line[pos]
+    return bytes(line)
+
+
+def junk_lines(stream: str) -> st.SearchStrategy[bytes]:
+    """Lines of every kind of wrong (cheap to draw: the core's runs draw many)."""
+    return st.one_of(
+        st.binary(max_size=300),
+        json_values,
+        deep_values,
+        mutated_lines(stream),
+        hostile_objects(stream),
+        st.sampled_from(INVALID_UTF8).map(lambda bad: bad + b'{"ts": 1}'),
+    )
+
+
+def any_line(stream: str) -> st.SearchStrategy[bytes]:
+    return st.one_of(junk_lines(stream),
+                     st.binary(min_size=MAX_LINE_BYTES - 2, max_size=MAX_LINE_BYTES + 2))
+
+
+def parse_outcome(stream: str, raw: bytes):
+    """The parser's answer to one line: the record, or its rejection reason; nothing else."""
+    try:
+        return PARSERS[stream](raw)
+    except Rejected as err:
+        return err.reason
+
+
+def assert_parser_answer_is_documented(stream: str, raw: bytes) -> None:
+    answer = parse_outcome(stream, raw)
+    if isinstance(answer, str):
+        assert answer in PARSE_REASONS[stream], f"undocumented reason {answer!r} for {raw[:200]!r}"
+        if len(raw) > MAX_LINE_BYTES:
+            assert answer == "too_large"
+    elif stream == "mail":
+        assert isinstance(answer, MailRecord)
+        assert isinstance(answer.ts, float) and math.isfinite(answer.ts)
+        assert isinstance(answer.message_id, str) and 0 < len(answer.message_id) <= MAX_FIELD_CHARS
+        assert answer.status in STATUSES
+        assert answer.dns_outcome is None or answer.dns_outcome in OUTCOMES
+        assert answer.lookups is None or all(
+            isinstance(q, str) and (t is None or isinstance(t, str)) for q, t in answer.lookups)
+        for kept in (answer.sender, answer.tenant, answer.server, answer.sender_domain):
+            assert kept is None or (isinstance(kept, str) and len(kept) <= MAX_FIELD_CHARS)
+    else:
+        assert isinstance(answer, DnsRecord)
+        assert isinstance(answer.ts, float) and math.isfinite(answer.ts)
+        assert isinstance(answer.qname, str) and len(answer.qname) <= MAX_FIELD_CHARS
+        assert answer.outcome in OUTCOMES
+    # The parser is a function of the line: its caches (the per-hour epoch) change nothing.
+    assert repr(parse_outcome(stream, raw)) == repr(answer)
+
+
+# ------------------------------------------------------------------------------- (a) and (b)
+
+@pytest.mark.parametrize("stream", ["mail", "dns"])
+@HOSTILE
+@given(data=st.data())
+def test_any_bytes_give_a_record_or_a_documented_rejection(stream, data):
+    assert_parser_answer_is_documented(stream, data.draw(any_line(stream)))
+
+
+@pytest.mark.parametrize("stream", ["mail", "dns"])
+@HOSTILE
+@given(data=st.data())
+def test_contract_fields_with_values_of_any_type_give_a_record_or_a_documented_rejection(
+        stream, data):
+    assert_parser_answer_is_documented(stream, data.draw(hostile_objects(stream)))
+
+
+@pytest.mark.parametrize("stream", ["mail", "dns"])
+@pytest.mark.parametrize("ts", ABSURD_TS, ids=lambda ts: ts[:40].decode("utf-8", "replace"))
+def test_every_absurd_timestamp_gives_a_record_or_bad_ts(stream, ts):
+    fields = dict(VALID_MAIL if stream == "mail" else VALID_DNS, ts=ts)
+    answer = parse_outcome(stream, _object([(_text(k), v) for k, v in fields.items()]))
+    assert answer in ("bad_ts", "not_json") if isinstance(answer, str) else math.isfinite(answer.ts)
+
+
+@pytest.mark.parametrize("arrays,reason", [(1023, "wrong_type:sender"), (1024, "not_json"),
+                                           (20_000, "not_json"), (40_000, "too_large")])
+def test_nesting_past_the_decoders_depth_limit_is_not_json(arrays, reason):
+    # orjson decodes 1024 levels: the record object and 1023 arrays in it.
+    line = (b'{"ts":1795737600,"message_id":"m","status":"failed","sender":'
+            + b"[" * arrays + b"]" * arrays + b"}")
+    assert parse_outcome("mail", line) == reason
+
+
+def test_thousands_of_lookups_under_the_line_limit_are_all_kept():
+    line = (b'{"ts":1795737600,"message_id":"m","status":"failed","dns_lookups":'
+            + _lookups(1200) + b"}")
+    assert len(line) < MAX_LINE_BYTES
+    assert len(parse_mail(line).lookups) == 1200
+
+
+# ------------------------------------------------------------------------------ (c) the core
+
+#: A detector that alerts on almost anything (no warm-up, one failure can open) and has tiny
+#: caps, so that short random runs go through every transition and every eviction path.
+TWITCHY = DetectorConfig.from_mapping({
+    "model": {"warmup_s": 0, "warmup_attempts": 0, "long_window_s": 300},
+    "alerts": {"open_score": 0.5, "resolve_score": 0.2, "min_failures": 1, "min_lift": 1.0,
+               "long_min_lift": 1.0, "min_excess_rate": 0.0, "resolve_hold_s": 30},
+    "join": {"max_buffered_dns": 50},
+    "clock": {"dedup_max_entries": 40},
+})
+
+SENDERS = [None, "<>", "verify@auth.bank.example", "otp@id.shop.example", "news@shop.example",
+           "codes@bank.example", "no-reply-auth@login.example", "x@"]
+QNAMES = ["auth.bank.example", "AUTH.bank.example.", "id.shop.example", "shop.example",
+          "login.example", "bank.example"]
+SERVERS = [None, "mx1", "MX2", "10.0.0.1"]
+RCODES = ["NOERROR", "noerror", "SERVFAIL", "NXDOMAIN", "TIMEOUT", "REFUSED", "YXDOMAIN",
+          "FORMERR", "NOTIMP", "NODATA"]
+MESSAGE_IDS = [f"<m{i}@mx.example>" for i in range(25)]     # a small pool: duplicates happen
+
+
+def ts_text(draw, epoch: float):
+    """One instant in each of the contract's spellings."""
+    form = draw(st.sampled_from(["s", "ms", "rfc"]))
+    if form == "s":
+        return epoch
+    if form == "ms":
+        return int(epoch * 1000)
+    offset = timedelta(minutes=draw(st.sampled_from([0, 60, -330, 840])))
+    return datetime.fromtimestamp(epoch, tz=timezone(offset)).isoformat()
+
+
+@st.composite
+def valid_mail(draw, clock: float) -> bytes:
+    record = {"ts": ts_text(draw, clock + draw(st.floats(-40, 40))),
+              "message_id": draw(st.sampled_from(MESSAGE_IDS)),
+              "status": draw(st.sampled_from(sorted(STATUSES) + ["FAILED", "deferred"] * 3)),
+              "sender": draw(st.sampled_from(SENDERS)),
+              "tenant": draw(st.sampled_from([None, "t1.example", "t2.example"])),
+              "server": draw(st.sampled_from(SERVERS)),
+              "category": draw(st.sampled_from([None, "otp", "otp", "OTP", "newsletter"])),
+              "subject": draw(st.sampled_from([None, "Your verification code", "Hello"])),
+              "status_code": draw(st.sampled_from([None, "4.4.3", "5.7.1", "2.0.0"]))}
+    choice = draw(st.integers(0, 5))
+    if choice == 0:
+        record["dns_lookups"] = []
+    elif choice == 1:
+        record["dns_lookups"] = [{"qname": q, "qtype": draw(st.sampled_from([None, "TXT", "mx"]))}
+                                 for q in draw(st.lists(st.sampled_from(QNAMES), max_size=3))]
+    elif choice == 2:
+        record["dns_outcome"] = draw(st.sampled_from(OUTCOMES)).lower()
+    return orjson.dumps({k: v for k, v in record.items() if v is not None})
+
+
+@st.composite
+def valid_dns(draw, clock: float) -> bytes:
+    record = {"ts": ts_text(draw, clock + draw(st.floats(-40, 40))),
+              "qname": draw(st.sampled_from(QNAMES)), "rcode": draw(st.sampled_from(RCODES)),
+              "qtype": draw(st.sampled_from([None, "TXT", "MX", "a"])),
+              "answers": draw(st.sampled_from([None, 0, 1, [], ["1.2.3.4"]])),
+              "client": draw(st.sampled_from(SERVERS)),
+              "resolver": draw(st.sampled_from([None, "res-a", "res-b"]))}
+    return orjson.dumps({k: v for k, v in record.items() if v is not None})
+
+
+#: Valid except for a timestamp no sane clock gives, but one the detector can still write back
+#: (see ``test_bug_*`` below for the ones it cannot).
+IN_RANGE_ABSURD_TS = [0, 1, "1970-01-01T00:00:00Z", "9999-12-31T23:59:59Z", 253402300799999,
+                      T0 + 86400 * 365, T0 - 86400, T0 + 301]
+
+
+@st.composite
+def absurd_clock_record(draw, stream: str) -> bytes:
+    base = orjson.loads(draw(valid_mail(T0) if stream == "mail" else valid_dns(T0)))
+    base["ts"] = draw(st.sampled_from(IN_RANGE_ABSURD_TS))
+    return orjson.dumps(base)
+
+
+#: Timestamps the parser accepts that crash the core when an anomaly's window reaches them (see
+#: ``test_bug_an_anomaly_before_year_1_or_after_9999_crashes_the_detector``): left out of the
+#: core's runs so that they look for new defects. Remove once the parser bounds string times.
+KNOWN_CRASHERS = (b"0001-01-01T00:00:00",)
+
+
+def core_junk(stream: str) -> st.SearchStrategy[bytes]:
+    return junk_lines(stream).filter(lambda line: not any(k in line for k in KNOWN_CRASHERS))
+
+
+@st.composite
+def core_runs(draw):
+    """Batches ``(stream, source, lines, now)`` over a few minutes of event time."""
+    clock = T0
+    batches = []
+    for _ in range(draw(st.integers(1, 14))):
+        clock += draw(st.sampled_from([0, 5, 20, 60, 400]))
+        stream = draw(st.sampled_from(["mail", "mail", "dns"]))
+        source = draw(st.sampled_from({"mail": ["mail-a", "mail-b"], "dns": ["dns-a"]}[stream]))
+        valid = valid_mail(clock) if stream == "mail" else valid_dns(clock)
+        lines = draw(st.lists(st.one_of(valid, valid, valid, core_junk(stream),
+                                        absurd_clock_record(stream)), max_size=40))
+        now = draw(st.sampled_from([None, None, clock + 30]))
+        batches.append((stream, source, lines, now))
+    declared = draw(st.sampled_from([(), ("mail-a", "dns-a"), ("mail-a", "mail-b", "dns-a")]))
+    return declared, batches
+
+
+def assert_batch_accounted(stream: str, lines: list, result, before: dict, after: dict) -> None:
+    """Every line of a batch is rejected (once, with a documented reason) or accepted and counted.
+
+    ``feed`` counts every line in ``<stream>_records`` and every rejection in ``rejected:<reason>``
+    (the same list it returns). An accepted mail line then ends in exactly one of four counters:
+    ``duplicates`` (an exact duplicate within the horizon), ``not_final`` (pending, expanded,
+    getting_status), ``not_otp``, or it becomes an OTP delivery, which waits in the join queue
+    (the ``pending_deliveries`` gauge) until the watermark lets it join, when it moves to
+    ``otp_attempts``. Joining happens inside ``feed``, so the number of deliveries a batch adds is
+    the change of ``otp_attempts + pending_deliveries``, not of either alone. Hence, per batch:
+
+        len(lines) == len(rejected) + Δduplicates + Δnot_final + Δnot_otp
+                      + Δ(otp_attempts + pending_deliveries)
+
+    An accepted DNS line goes to the join buffer, which also loses lines by event-time expiry
+    (not counted) and by the size cap (``dns_evicted``); no counter says how many were accepted,
+    so for DNS the balance is ``Δdns_records == len(lines)`` and ``Δrejected:* == len(rejected)``.
+    """
+    def delta(key: str) -> int:
+        return after.get(key, 0) - before.get(key, 0)
+
+    indices = [index for index, _ in result.rejected]
+    assert indices == sorted(indices) and len(set(indices)) == len(indices), result.rejected
+    assert all(0 <= index < len(lines) for index in indices)
+    reasons = Counter(reason for _, reason in result.rejected)
+    assert set(reasons) <= CORE_REASONS[stream], reasons
+    counted = {key.partition(":")[2]: delta(key) for key in set(before) | set(after)
+               if key.startswith("rejected:") and delta(key)}
+    assert counted == dict(reasons)
+    assert delta(f"{stream}_records") == len(lines)
+    if stream == "mail":
+        accepted = (delta("duplicates") + delta("not_final") + delta("not_otp")
+                    + delta("otp_attempts") + delta("pending_deliveries"))
+        assert len(result.rejected) + accepted == len(lines)
+    else:
+        assert delta("duplicates") == delta("not_final") == delta("not_otp") == 0
+        assert delta("pending_deliveries") + delta("otp_attempts") == 0
+
+
+def assert_events_valid(events: list[dict]) -> None:
+    for event in events:
+        EVENT_SCHEMA.validate(event)
+        assert event["observed"]["failures"] <= event["observed"]["attempts"]
+
+
+def assert_within_caps(detector: Detector) -> None:
+    stats = detector.stats()
+    assert stats["dns_buffered"] == detector.join.size <= detector.join.max_buffered
+    assert len(detector.join.snapshot()) == detector.join.size
+    assert stats["dedup_entries"] <= detector.dedup.max_entries
+    for step in list(detector.open_steps.values()) + [None]:
+        slots = [step.evidence] if step is not None else detector.windows.ring_evidence
+        for evidence in slots:
+            assert all(len(kept) <= EVIDENCE_CAP for kept in evidence.values())
+    for alert in detector.books.open.values():
+        assert all(len(values) <= ALERT_EVIDENCE_VALUES for values in alert.evidence.values())
+
+
+def checkpoint(detector: Detector) -> bytes:
+    """The state as the worker writes it: JSON bytes (orjson raises on anything not JSON)."""
+    return orjson.dumps(detector.snapshot())
+
+
+def same_state(detector: Detector, state: bytes) -> bool:
+    """Compared as JSON data: ``60`` and ``60.0`` are the same number (alert times are ints
+    before a restore and floats after one, which changes nothing but the bytes)."""
+    return orjson.loads(checkpoint(detector)) == orjson.loads(state)
+
+
+def run_batches(detector: Detector, batches: list) -> tuple[list[dict], list]:
+    events, rejected = [], []
+    for stream, source, lines, now in batches:
+        before = detector.stats()
+        result = detector.feed(stream, lines, source=source, now=now)
+        assert_batch_accounted(stream, lines, result, before, detector.stats())
+        assert_within_caps(detector)
+        events += result.events
+        rejected.append(result.rejected)
+    return events, rejected
+
+
+def finish(detector: Detector) -> list[dict]:
+    events = []
+    for source in ("mail-a", "mail-b", "dns-a"):
+        events += detector.finish_source(source)
+    return events + detector.close()
+
+
+@CORE
+@given(run=core_runs(), cut=st.floats(0, 1))
+def test_random_mixes_of_records_and_junk_are_all_accounted_for_and_checkpoint_exactly(run, cut):
+    declared, batches = run
+    detector = Detector(TWITCHY)
+    for source in declared:
+        detector.add_source(source)
+    split = int(cut * len(batches))
+    events, _ = run_batches(detector, batches[:split])
+
+    # A checkpoint here, as the worker takes one: JSON bytes, and a detector restored from them
+    # has the same state, and fed the rest gives the same events, rejections and counts.
+    state = checkpoint(detector)
+    restored = Detector(TWITCHY, state=orjson.loads(state))
+    assert same_state(restored, state)
+    rest_events, rest_rejected = run_batches(detector, batches[split:])
+    again_events, again_rejected = run_batches(restored, batches[split:])
+    assert (again_events, again_rejected) == (rest_events, rest_rejected)
+    closing = finish(detector)
+    assert finish(restored) == closing
+    events += rest_events + closing
+    assert_events_valid(events)
+    assert_within_caps(detector)
+
+    stats = detector.stats()
+    assert stats["pending_deliveries"] == 0                    # close() joined everything
+    outcomes = sum(v for k, v in stats.items() if k.startswith("otp_outcome:"))
+    assert outcomes == stats.get("otp_attempts", 0) >= stats.get("otp_failures", 0)
+    assert restored.stats() == stats
+    final = checkpoint(detector)
+    assert same_state(Detector(TWITCHY, state=orjson.loads(final)), final)
+    # Every event's id is one anomaly's: its states come in order open, update*, resolved.
+    states: dict[str, list[str]] = {}
+    for event in events:
+        states.setdefault(event["id"], []).append(event["state"])
+    for sequence in states.values():
+        assert sequence[0] == "open" and "open" not in sequence[1:]
+        assert "resolved" not in sequence[:-1]
