@@ -18,6 +18,8 @@ otp_detector_records_total{topic="mail"} 500
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import json
 import logging
 import math
@@ -165,7 +167,7 @@ class HistogramSeries:
         return rows
 
 
-class Metric(Generic[S]):
+class Metric(ABC, Generic[S]):
     """A named metric and its series, one per combination of label values.
 
     An unlabelled metric has exactly one series and takes its updates directly
@@ -219,8 +221,9 @@ class Metric(Generic[S]):
             rows.extend(self._series[key].samples(self.name, tuple(zip(self.labelnames, key))))
         return rows
 
+    @abstractmethod
     def _new_series(self) -> S:
-        raise NotImplementedError
+        """A fresh series of this metric's kind."""
 
     def _only(self) -> S:
         if self.labelnames:

@@ -13,6 +13,8 @@ at a time, where a line gives records (now or later), ``skipped``, or a rejectio
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 from ..core.records import MAX_FIELD_CHARS, MAX_LINE_BYTES
 from .base import Adapter, Converted
 
@@ -52,8 +54,9 @@ class LineAdapter(Adapter):
                 out.rejected.append((index, reason))
         return out
 
+    @abstractmethod
     def _line(self, line: str, out: Converted) -> str | None:
-        raise NotImplementedError
+        """Convert one line into ``out``; a rejection reason, or ``None``."""
 
     @classmethod
     def sniff(cls, lines: list[bytes]) -> float:

@@ -70,6 +70,8 @@ columns), ``bad_ts``, ``too_large``, ``not_zeek_dns`` / ``not_zeek_smtp`` (anoth
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import re
 
 import orjson
@@ -284,8 +286,9 @@ class _ZeekLog(LineAdapter):
 
         self._row(get, get_set, out, raw_ts=row.get("ts"))
 
+    @abstractmethod
     def _row(self, get, get_set, out: Converted, raw_ts: object = None) -> None:
-        raise NotImplementedError
+        """Convert one row (its fields through ``get``/``get_set``) into ``out``."""
 
     #: Column names that only this log has (``#fields``: all of them; a JSON line: any of them).
     markers: tuple[bytes, ...] = ()
