@@ -12,7 +12,7 @@ outcome of its lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections import deque
+from heapq import heapify, heappop, heappush
 
 from .outcomes import RANK
 from .records import DnsRecord, MailRecord
@@ -45,7 +45,9 @@ class DnsJoin:
         self.match_client = match_client
         self.max_buffered = max_buffered
         self._by_name: dict[str, list[Entry]] = {}
-        self._arrivals: deque[tuple[float, str]] = deque()
+        # Expiry order: a heap by event time, so a record far ahead of the others cannot hold
+        # back the expiry of everything behind it, and a restored buffer expires exactly alike.
+        self._expiry: list[tuple[float, str]] = []
         self.size = 0
         self.evicted = 0
 
@@ -58,11 +60,10 @@ class DnsJoin:
             entries.append(record)
         else:
             insort(entries, record, key=_entry_ts)
-        self._arrivals.append((ts, qname))
+        heappush(self._expiry, (ts, qname))
         self.size += 1
         if self.size > self.max_buffered:
-            ts, _ = self._arrivals[0]
-            self.evicted += self._drop_through(ts, inclusive=True)
+            self.evicted += self._drop_through(self._expiry[0][0], inclusive=True)
 
     def expire(self, cutoff: float) -> None:
         """Forget records older than ``cutoff``: no delivery still to be joined can need them."""
@@ -70,9 +71,9 @@ class DnsJoin:
 
     def _drop_through(self, cutoff: float, inclusive: bool) -> int:
         dropped = 0
-        arrivals, by_name = self._arrivals, self._by_name
-        while arrivals and (arrivals[0][0] <= cutoff if inclusive else arrivals[0][0] < cutoff):
-            _, qname = arrivals.popleft()
+        expiry, by_name = self._expiry, self._by_name
+        while expiry and (expiry[0][0] <= cutoff if inclusive else expiry[0][0] < cutoff):
+            _, qname = heappop(expiry)
             entries = by_name.get(qname)
             if entries is None:
                 continue
@@ -141,13 +142,14 @@ class DnsJoin:
 
     def restore(self, rows: list) -> None:
         self._by_name.clear()
-        self._arrivals.clear()
         self.size = 0
         for row in rows:
             record = DnsRecord(*row)
             self._by_name.setdefault(record.qname, []).append(record)
-            self._arrivals.append((record.ts, record.qname))
             self.size += 1
+        self._expiry = [(entries[i][0], qname) for qname, entries in self._by_name.items()
+                        for i in range(len(entries))]
+        heapify(self._expiry)
 
 
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:

@@ -151,9 +151,10 @@ class Detector:
         """End of input: join and judge everything seen; open anomalies stay open."""
         events: list[dict] = []
         if self.pending or self.open_steps:
-            last = max([p[0] for p in self.pending] + [(i + 1) * self.step_s - 1e-9
-                                                       for i in self.open_steps])
-            self._advance(last + self.config.join.window_after_s, events)
+            newest = max([p[0] for p in self.pending] + [i * self.step_s for i in self.open_steps])
+            # Judge through the end of the step that holds the newest record.
+            end = (math.floor(newest / self.step_s) + 1) * self.step_s
+            self._advance(end + self.config.join.window_after_s, events)
         return events
 
     def _drop_future(self, parsed: list, rejected: list, now: float | None) -> list:

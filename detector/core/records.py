@@ -28,6 +28,9 @@ MAX_FIELD_CHARS = 512
 EPOCH_MS_THRESHOLD = 1e11
 #: 9999-12-31T23:59:59.999Z in milliseconds: the largest timestamp RFC 3339 can write.
 MAX_EPOCH_MS = 253402300799999
+#: The latest accepted time in seconds: an hour short of year 10000, so every window around it
+#: (the last step ends after it) can still be written in RFC 3339.
+MAX_EPOCH_S = 253402300799 - 3600
 
 FINAL_FAILURE = frozenset({"failed", "deferred", "quarantined", "filtered", "dropped"})
 FINAL_SUCCESS = frozenset({"delivered"})
@@ -38,7 +41,8 @@ _HOUR_EPOCH: dict[str, float] = {}
 
 _RFC3339 = re.compile(
     r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
-    r"(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)?"
+    r"(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)?",
+    re.ASCII,
 )
 _MAIL_OPTIONAL_STR = ("sender", "recipient", "tenant", "server", "direction", "category",
                       "subject", "status_code", "detail")
@@ -114,12 +118,18 @@ def parse_ts(value: object) -> float:
         if offset and offset not in ("Z", "z"):
             sign = 1 if offset[0] == "+" else -1
             seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+            if not 0 <= seconds <= MAX_EPOCH_S:      # an offset can leave 1970..9999
+                raise Rejected("bad_ts")
+        elif base < 0 or base > MAX_EPOCH_S:
+            raise Rejected("bad_ts")
         return seconds
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-        if not 0 <= seconds <= MAX_EPOCH_MS:
+        if seconds > EPOCH_MS_THRESHOLD:
+            seconds /= 1000.0
+        if not 0 <= seconds <= MAX_EPOCH_S:
             raise Rejected("bad_ts")
-        return seconds / 1000.0 if seconds > EPOCH_MS_THRESHOLD else seconds
+        return seconds
     raise Rejected("bad_ts")
 
 
