@@ -47,11 +47,6 @@ class EventClock:
         """The input ended or went idle: it no longer holds the watermark back."""
         self.inactive.add(source)
 
-    def forget(self, source: str) -> None:
-        """The input is gone for good (a revoked partition)."""
-        self.high.pop(source, None)
-        self.inactive.discard(source)
-
     def advance(self) -> float:
         active = [ts for source, ts in self.high.items() if source not in self.inactive]
         if active:

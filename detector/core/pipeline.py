@@ -140,13 +140,6 @@ class Detector:
         self._advance(self.clock.advance(), events)
         return events
 
-    def forget_source(self, source: str) -> list[dict]:
-        """An input is gone (a revoked partition)."""
-        self.clock.forget(source)
-        events: list[dict] = []
-        self._advance(self.clock.advance(), events)
-        return events
-
     def close(self) -> list[dict]:
         """End of input: join and judge everything seen; open anomalies stay open."""
         events: list[dict] = []
