@@ -145,10 +145,16 @@ class Worker:
         if self.detector is None:
             return
         for source, adapter in self.adapters.items():
-            topic = source.rpartition("/")[0]
-            records = adapter.flush().records
-            if records:
-                self._emit(self.detector.feed(self.stream_of[topic], records, source=source).events)
+            topic, _, partition = source.rpartition("/")
+            tp = TopicPartition(topic, int(partition))
+            converted = adapter.flush()
+            for index, reason in converted.rejected:
+                self._dead_letter(tp, b"", reason, "flush")
+            if converted.records:
+                result = self.detector.feed(self.stream_of[topic], converted.records, source=source)
+                for index, reason in result.rejected:
+                    self._dead_letter(tp, converted.records[index], reason, "flush")
+                self._emit(result.events)
         self._emit(self.detector.close())
 
     def _close_clients(self) -> None:
@@ -289,10 +295,15 @@ class Worker:
     def _rebuild_producer(self) -> None:
         log.warning("rebuilding the producer after repeated failures")
         try:
+            producer = kio.make_producer(self.settings.kafka)
+        except KafkaError as err:                  # brokers unreachable: keep retrying
+            log.warning("producer rebuild failed; retrying later", extra={"error": repr(err)})
+            return
+        try:
             self.producer.close(timeout=5)
         except Exception:                          # noqa: BLE001 - it is being replaced
             pass
-        self.producer = kio.make_producer(self.settings.kafka)
+        self.producer = producer
 
     def _backoff(self) -> float:
         worker = self.settings.worker
@@ -466,13 +477,18 @@ class Worker:
 
     def _restore(self, assigned: set[TopicPartition]) -> None:
         """Become active: restore the last checkpoint, seek to its offsets, resume."""
-        self.pending_assignment = None
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
-        self.first_assignment = False
         restored = None
         if start == "committed":
-            restored = self.state_store.read()
+            try:
+                restored = self.state_store.read()
+            except KafkaError as err:              # the broker went away: try again next step
+                log.warning("reading the checkpoint failed; retrying", extra={"error": repr(err)})
+                time.sleep(self._backoff())
+                return
+        self.pending_assignment = None
+        self.first_assignment = False
         if restored is not None:
             state, offsets = restored
             try:

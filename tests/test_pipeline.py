@@ -202,3 +202,25 @@ def test_replay_with_state_continues_where_the_last_replay_stopped(tmp_path):
     second = replay(halves["mail", "2"], halves["dns", "2"], tmp_path / "b.jsonl", tmp_path / "s")
     assert first and second                 # the incident opened in one run, went on in the next
     assert first + second == whole
+
+
+def test_after_close_records_for_judged_steps_are_late_even_after_a_restore():
+    detector = Detector()
+    lines = [orjson.dumps({"ts": at(1) + i, "message_id": f"m{i}", "status": "delivered",
+                           "category": "otp"}) for i in range(5)]
+    detector.feed("mail", lines, source="mail")
+    detector.close()
+    restored = Detector(state=orjson.loads(orjson.dumps(detector.snapshot())))
+    again = orjson.dumps({"ts": at(1) + 0.5, "message_id": "late", "status": "delivered",
+                          "category": "otp"})
+    assert restored.feed("mail", [again], source="mail").rejected == [(0, "late")]
+
+
+def test_the_first_record_time_is_the_oldest_seen_whatever_the_batch():
+    detector = Detector()
+    detector.add_source("mail")
+    make = lambda ts, mid: orjson.dumps({"ts": ts, "message_id": mid, "status": "delivered",  # noqa: E731
+                                         "category": "otp"})
+    detector.feed("mail", [make(at(10), "a")], source="mail")
+    detector.feed("mail", [make(at(10) - 5, "b"), make(at(12), "c")], source="mail")
+    assert detector.first_ts == at(10) - 5

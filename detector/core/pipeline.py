@@ -121,9 +121,9 @@ class Detector:
             counters[f"rejected:{reason}"] += 1
         if parsed:
             newest = max(record.ts for _, record in parsed)
-            if self.first_ts is None or newest < self.first_ts:
-                first = min(record.ts for _, record in parsed)
-                self.first_ts = first if self.first_ts is None else min(self.first_ts, first)
+            first = min(record.ts for _, record in parsed)
+            if self.first_ts is None or first < self.first_ts:
+                self.first_ts = first
             self.clock.observe(source or stream, newest)
         rejected.sort()
         self._advance(self.clock.advance(), result.events)
@@ -148,6 +148,8 @@ class Detector:
             # Judge through the end of the step that holds the newest record.
             end = (math.floor(newest / self.step_s) + 1) * self.step_s
             self._advance(end + self.config.join.window_after_s, events)
+            # What was judged is final: a record for those steps arriving later is late.
+            self.clock.watermark = max(self.clock.watermark, end + self.config.join.window_after_s)
         return events
 
     def _drop_future(self, parsed: list, rejected: list, now: float | None) -> list:
@@ -438,6 +440,7 @@ class Detector:
             "bucket_max_score": self.bucket_max_score.tolist(),
             "alerts": self.books.snapshot(),
             "counters": dict(self.counters),
+            "evicted": {"dns": self.join.evicted, "dedup": self.dedup.evicted},
         }
 
     def _restore(self, state: dict) -> None:
@@ -464,6 +467,8 @@ class Detector:
         self.bucket_max_score = np.asarray(state["bucket_max_score"], dtype=float)
         self.books.restore(state["alerts"])
         self.counters = Counter(state["counters"])
+        self.join.evicted = int(state["evicted"]["dns"])
+        self.dedup.evicted = int(state["evicted"]["dedup"])
 
 
 def _merge_evidence(evidence: dict, failures) -> None:
