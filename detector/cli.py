@@ -207,7 +207,7 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
 @click.argument("file")
 def convert(format_name, file) -> None:
     """Print the contract records FILE turns into: what the detector sees of it."""
-    from .formats import ADAPTERS, SNIFF_LINES, detect, make_adapter
+    from .formats import ADAPTERS, SNIFF_LINES, convert_chunks, detect, make_adapter
     from .io.files import LineSource, check_readable
 
     try:
@@ -224,18 +224,15 @@ def convert(format_name, file) -> None:
     adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
     output = click.get_binary_stream("stdout")
     rejected, records, skipped = {}, 0, 0
-    while True:
-        lines, numbers = source.read_chunk()
-        converted = adapter.feed(lines) if lines else adapter.flush()
-        for record in converted.records:
+    for batch, numbers in convert_chunks(adapter, source.chunks()):
+        for record in batch.records:
             output.write(record + b"\n")
-        records += len(converted.records)
-        skipped += converted.skipped
-        for index, reason in converted.rejected:
+        records += len(batch.records)
+        skipped += batch.skipped
+        for index, reason in batch.rejected:
             rejected[reason] = rejected.get(reason, 0) + 1
-            click.echo(f"{file}:{numbers[index]}: rejected ({reason})", err=True)
-        if not lines:
-            break
+            click.echo(f"{file}:{numbers[index] if numbers else 'end'}: rejected ({reason})",
+                       err=True)
     source.close()
     click.echo(f"{records} records, {skipped} lines skipped, rejected: "
                + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"), err=True)

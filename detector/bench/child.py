@@ -137,10 +137,7 @@ def read_log(path: str) -> dict:
     source = LineSource(path, "bench")
     count = 0
     try:
-        while True:
-            chunk, _ = source.read_chunk()
-            if not chunk:
-                break
+        for chunk, _ in source.chunks():
             count += len(chunk)
     finally:
         source.close()
@@ -149,7 +146,7 @@ def read_log(path: str) -> dict:
 
 def feed_log(path: str, name: str) -> dict:
     """The same read plus the adapter's ``feed()`` of every chunk and its ``flush()``."""
-    from ..formats import ADAPTERS, make_adapter
+    from ..formats import ADAPTERS, convert_chunks, make_adapter
     from ..io.files import LineSource
 
     stream = ADAPTERS[name].stream
@@ -159,20 +156,11 @@ def feed_log(path: str, name: str) -> dict:
     source = LineSource(path, stream)
     count = records = skipped = 0
     try:
-        while True:
-            chunk, _ = source.read_chunk()
-            if not chunk:
-                break
-            count += len(chunk)
-            out = adapter.feed(chunk)
+        for out, numbers in convert_chunks(adapter, source.chunks()):
+            count += len(numbers)
             records += len(out.records)
             skipped += out.skipped
-            if out.rejected:
-                reasons.update(reason for _, reason in out.rejected)
-        out = adapter.flush()
-        records += len(out.records)
-        skipped += out.skipped
-        reasons.update(reason for _, reason in out.rejected)
+            reasons.update(reason for _, reason in out.rejected)
     finally:
         source.close()
     return {"lines": count, "seconds": time.perf_counter() - started, "records": records,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import orjson
 
-from .base import Adapter, Converted
+from .base import Adapter, Converted, convert_chunks
 from .bind import Bind
 from .coredns import CoreDns
 from .m365 import M365Adapter
@@ -66,5 +66,5 @@ def detect(lines: list[bytes], stream: str) -> tuple[str, float]:
     return best, scores[best]
 
 
-__all__ = ["ADAPTERS", "CONTRACT", "FORMATS", "Adapter", "Converted", "contract_score", "detect",
-           "make_adapter"]
+__all__ = ["ADAPTERS", "CONTRACT", "FORMATS", "Adapter", "Converted", "contract_score",
+           "convert_chunks", "detect", "make_adapter"]

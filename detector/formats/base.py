@@ -63,3 +63,11 @@ class Adapter(ABC):
 
     def restore(self, state: dict) -> None:
         return None
+
+
+def convert_chunks(adapter: Adapter, chunks):
+    """``(Converted, line numbers)`` for each ``(lines, numbers)`` chunk of a file, then the
+    adapter's ``flush()`` at the end of it (with no line numbers)."""
+    for lines, numbers in chunks:
+        yield adapter.feed(lines), numbers
+    yield adapter.flush(), []

@@ -53,6 +53,14 @@ class LineSource:
             return [line for line, _ in peeked], [number for _, number in peeked]
         return self._read(lines)
 
+    def chunks(self, lines: int = CHUNK_LINES):
+        """Every chunk to the end of the file: ``(lines, line numbers)`` pairs."""
+        while True:
+            chunk, numbers = self.read_chunk(lines)
+            if not chunk:
+                return
+            yield chunk, numbers
+
     def _read(self, lines: int) -> tuple[list[bytes], list[int]]:
         # readlines() with a size hint splits lines in C; lines average ~250 bytes.
         raw = self._file.readlines(lines * 256)

@@ -14,6 +14,7 @@ import time
 import orjson
 
 from ..core.records import Rejected, domain_of, normalize_name, parse_ts
+from ..formats.base import convert_chunks
 from ..settings import KafkaSettings
 from .files import LineSource
 from .kafka import make_producer
@@ -54,11 +55,11 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
         for path in paths:
             source = LineSource(path, "any")
             try:
-                while True:
-                    lines, _ = source.read_chunk()
-                    batch = lines
-                    if adapter is not None:
-                        batch = (adapter.feed(lines) if lines else adapter.flush()).records
+                if adapter is None:
+                    batches = (lines for lines, _ in source.chunks())
+                else:
+                    batches = (out.records for out, _ in convert_chunks(adapter, source.chunks()))
+                for batch in batches:
                     for line in batch:
                         key, ts = join_key(line) if (keyed or speed) else (None, None)
                         if speed and ts is not None:
@@ -70,11 +71,10 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
                                 time.sleep(delay)
                         producer.send(topic, key=key if keyed else None, value=line)
                         sent += 1
-                    if not lines:
-                        break
             finally:
                 source.close()
         producer.flush()
     finally:
         producer.close()
     return sent
+
