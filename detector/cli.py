@@ -154,6 +154,13 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
             parse_start_time(settings.worker.start_from)
         except ValueError as err:
             _fail(str(err))
+    if settings.kafka.transport == "confluent":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            from .io.transport import CONFLUENT_MISSING
+
+            _fail(CONFLUENT_MISSING)
     configure_logging(settings.worker.log_level, settings.worker.log_format)
     import logging
 

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata
 
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
 from .formats import CONTRACT, make_adapter
 from .io import kafka as kio
+from .io.transport import TP, Batch, Transport, TransportError, make_transport
 from .settings import Settings
 
 log = logging.getLogger("detector.worker")
@@ -55,7 +54,8 @@ class Outgoing:
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
-    future: Any = None
+    handle: Any = None             # the transport's handle of the write in flight
+    error: Exception | None = None   # why the last attempt failed
 
 
 @dataclass
@@ -64,17 +64,6 @@ class PartitionProgress:
     last_data: float = field(default_factory=time.monotonic)
     idle: bool = False
     paused: bool = False
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: "Worker") -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked):
-        self.worker._on_revoked(set(revoked))
-
-    def on_partitions_assigned(self, assigned):
-        self.worker._on_assigned(set(assigned))
 
 
 class Worker:
@@ -88,7 +77,7 @@ class Worker:
         self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
         self.adapters: dict[str, object] = {}
         self.detector: Detector | None = None
-        self.progress: dict[TopicPartition, PartitionProgress] = {}
+        self.progress: dict[TP, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
         self.failed_writes = 0
         self.writes_failing = False
@@ -97,10 +86,9 @@ class Worker:
         self.assignor = kio.SingleActiveAssignor()
         self.state_store = kio.StateStore(settings.kafka, topics.state, settings.worker.group_id)
         self.first_assignment = True
-        self.pending_assignment: set[TopicPartition] | None = None
+        self.pending_assignment: set[TP] | None = None
         self.last_checkpoint = time.monotonic()
-        self.consumer = None
-        self.producer = None
+        self.transport: Transport | None = None
         self.healthy = True
         self.counts = {"consumed": 0, "produced": 0, "checkpoints": 0}
 
@@ -121,10 +109,13 @@ class Worker:
             self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
                 settings.topics.state: {"cleanup.policy": "compact"}}))
-        self.producer = kio.make_producer(settings.kafka)
-        self.consumer = kio.make_consumer(settings.kafka, settings.worker.group_id, self.assignor)
-        self.consumer.subscribe([settings.topics.mail, settings.topics.dns],
-                                listener=_Rebalance(self))
+        self.transport = self._with_retry("connect", lambda: make_transport(
+            settings.kafka, settings.worker.group_id, self.assignor))
+        if self.transport is None:                 # stopped before Kafka could be reached
+            return 0
+        log.info("transport", extra={"transport": self.transport.name})
+        self.transport.join([settings.topics.mail, settings.topics.dns],
+                            on_assigned=self._on_assigned, on_revoked=self._on_revoked)
         idle_exit = settings.worker.exit_when_idle_s
         try:
             while not self.stopping.is_set():
@@ -136,7 +127,7 @@ class Worker:
             self._checkpoint(final=True)
             self.detector = None          # checkpointed: closing revokes nothing left to save
         finally:
-            self._close_clients()
+            self.transport.close()
         log.info("stopped", extra=self.counts)
         return 0
 
@@ -146,7 +137,7 @@ class Worker:
             return
         for source, adapter in self.adapters.items():
             topic, _, partition = source.rpartition("/")
-            tp = TopicPartition(topic, int(partition))
+            tp = TP(topic, int(partition))
             converted = adapter.flush()
             for index, reason in converted.rejected:
                 self._dead_letter(tp, b"", reason, "flush")
@@ -157,18 +148,6 @@ class Worker:
                 self._emit(result.events)
         self._emit(self.detector.close())
 
-    def _close_clients(self) -> None:
-        if self.consumer is not None:
-            try:
-                self.consumer.close(autocommit=False)
-            except Exception:                      # noqa: BLE001 - closing best effort
-                log.exception("consumer close failed")
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=10)
-            except Exception:                      # noqa: BLE001
-                log.exception("producer close failed")
-
     # -------------------------------------------------------------------- loop
 
     def _step(self) -> None:
@@ -178,20 +157,19 @@ class Worker:
             time.sleep(self._backoff())
             return
         try:
-            kio.release_parked_fetches(self.consumer)
-            batch = self.consumer.poll(timeout_ms=500)
-        except KafkaError as err:
+            batches = self.transport.poll(0.5)
+        except TransportError as err:
             log.warning("poll failed; retrying", extra={"error": repr(err)})
             time.sleep(self._backoff())
             return
         started = time.perf_counter()
         now_wall = time.time()
         now = time.monotonic()
-        for tp, records in batch.items():
-            if self.detector is None or not records:
-                continue
-            self._feed(tp, records, now_wall, now)
-        if batch and self.metrics is not None:
+        for batch in batches:
+            if self.detector is None:
+                break
+            self._feed(batch, now_wall, now)
+        if batches and self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if self.detector is not None:
             self._mark_idle(now)
@@ -200,12 +178,12 @@ class Worker:
         if now - self.last_checkpoint >= self.settings.worker.checkpoint_interval_s:
             self._checkpoint()
 
-    def _feed(self, tp: TopicPartition, records: list, now_wall: float, now: float) -> None:
+    def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
         detector = self.detector
+        tp, values, offsets = batch.tp, batch.values, batch.offsets
+        count, next_offset = len(values), offsets[-1] + 1
         stream = self.stream_of[tp.topic]
         source = f"{tp.topic}/{tp.partition}"
-        values = [r.value if r.value is not None else b"" for r in records]
-        offsets = [r.offset for r in records]
         before = detector.stats()
         adapter = self.adapters.get(source)
         converted_from = None
@@ -223,14 +201,14 @@ class Worker:
                               str(offsets[index]) if offsets is not None else converted_from)
         self._emit(result.events)
         progress = self.progress.setdefault(tp, PartitionProgress())
-        progress.next_offset = records[-1].offset + 1
+        progress.next_offset = next_offset
         progress.last_data = now
         progress.idle = False
-        self.counts["consumed"] += len(records)
+        self.counts["consumed"] += count
         if self.metrics is not None:
-            self.metrics.observe_feed(tp.topic, len(records), before, detector.stats())
+            self.metrics.observe_feed(tp.topic, count, before, detector.stats())
 
-    def _dead_letter(self, tp: TopicPartition, value: bytes, reason: str, offset: str) -> None:
+    def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
                    ("source_partition", str(tp.partition).encode()),
                    ("source_offset", offset.encode())]
@@ -255,37 +233,35 @@ class Worker:
         if self.send_blocked is not None:
             # A send already blocked and failed in this round (no metadata, buffer full): the
             # others would block just as long, one after another. They wait for the retry.
-            outgoing.future = self.send_blocked
+            outgoing.handle, outgoing.error = None, self.send_blocked
             return
         try:
-            outgoing.future = self.producer.send(outgoing.topic, key=outgoing.key,
-                                                 value=outgoing.value, headers=outgoing.headers)
-        except KafkaError as err:               # buffer full, metadata unavailable, closed
-            outgoing.future = self.send_blocked = err
+            outgoing.handle = self.transport.send(outgoing.topic, outgoing.key, outgoing.value,
+                                                  outgoing.headers)
+            outgoing.error = None
+        except TransportError as err:           # buffer full, metadata unavailable, closed
+            outgoing.handle, outgoing.error = None, err
+            self.send_blocked = err
 
     def _flush_outgoing(self) -> bool:
         """Wait for every outstanding write; start again the ones that failed. True when all
         are acknowledged."""
         self.send_blocked = None
         try:
-            self.producer.flush(timeout=WRITE_TIMEOUT_S)
-        except KafkaError as err:
+            self.transport.flush(WRITE_TIMEOUT_S)
+        except TransportError as err:
             log.warning("flush failed", extra={"error": repr(err)})
         failed = []
         for outgoing in self.outgoing:
-            error = outgoing.future if isinstance(outgoing.future, Exception) else None
-            if error is None:
-                try:
-                    outgoing.future.get(timeout=0)
-                except Exception as err:        # noqa: BLE001 - any failed write is retried
-                    error = err
-            if error is not None:
+            if outgoing.handle is not None:
+                outgoing.error = self.transport.delivery_error(outgoing.handle)
+            if outgoing.error is not None:
                 failed.append(outgoing)
         self.counts["produced"] += len(self.outgoing) - len(failed)
         self.outgoing = failed
         if failed:
             log.warning("writes failed", extra={"failed": len(failed),
-                                                "error": repr(_error_of(failed[0]))})
+                                                "error": repr(failed[0].error)})
             if self.metrics is not None:
                 self.metrics.write_failures.inc(len(failed))
             for outgoing in failed:
@@ -295,15 +271,9 @@ class Worker:
     def _rebuild_producer(self) -> None:
         log.warning("rebuilding the producer after repeated failures")
         try:
-            producer = kio.make_producer(self.settings.kafka)
-        except KafkaError as err:                  # brokers unreachable: keep retrying
+            self.transport.rebuild_producer()
+        except TransportError as err:              # brokers unreachable: keep retrying
             log.warning("producer rebuild failed; retrying later", extra={"error": repr(err)})
-            return
-        try:
-            self.producer.close(timeout=5)
-        except Exception:                          # noqa: BLE001 - it is being replaced
-            pass
-        self.producer = producer
 
     def _backoff(self) -> float:
         worker = self.settings.worker
@@ -315,7 +285,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 return action()
-            except KafkaError as err:
+            except (KafkaError, TransportError) as err:
                 log.warning(f"{what} failed; retrying", extra={"error": repr(err)})
                 time.sleep(delay)
                 delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
@@ -336,17 +306,18 @@ class Worker:
                 log.debug("partition idle", extra={"partition": f"{tp.topic}/{tp.partition}"})
                 self._emit(self.detector.finish_source(f"{tp.topic}/{tp.partition}"))
 
-    def _caught_up(self, tp: TopicPartition, progress: PartitionProgress) -> bool:
-        end = self.consumer.highwater(tp)
-        if end is None:          # nothing fetched since the assignment: ask the broker
-            try:
-                end = self.consumer.end_offsets([tp]).get(tp)
-            except KafkaError:
-                return False
-        position = progress.next_offset
-        if position is None:
-            position = self.consumer.position(tp)
-        return end is not None and position >= end
+    def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
+        transport = self.transport
+        try:
+            end = transport.highwater(tp)
+            if end is None:      # nothing fetched since the assignment: ask the broker
+                end = transport.end_offset(tp)
+            position = progress.next_offset
+            if position is None:
+                position = transport.position(tp)
+        except TransportError:
+            return False
+        return end is not None and position is not None and position >= end
 
     def _all_idle_for(self, seconds: float) -> bool:
         if not self.progress or self.detector is None:
@@ -374,21 +345,21 @@ class Worker:
         if to_pause:
             log.debug("pausing partitions ahead of the watermark",
                       extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in to_pause]})
-            self.consumer.pause(*to_pause)
+            self.transport.pause(to_pause)
         if to_resume:
             log.debug("resuming partitions", extra={
                 "partitions": [f"{tp.topic}/{tp.partition}" for tp in to_resume]})
-            self.consumer.resume(*to_resume)
+            self.transport.resume(to_resume)
 
     def _pause_all(self) -> None:
-        self.consumer.pause(*self.consumer.assignment())
+        self.transport.pause(self.transport.assignment())
 
     def _resume_after_writes(self) -> None:
         """Resume what ``_pause_all`` paused, except partitions paused for being ahead."""
         ahead = {tp for tp, p in self.progress.items() if p.paused}
-        resume = [tp for tp in self.consumer.paused() if tp not in ahead]
+        resume = [tp for tp in self.transport.paused() if tp not in ahead]
         if resume:
-            self.consumer.resume(*resume)
+            self.transport.resume(resume)
 
     # ------------------------------------------------------ checkpoint/commit
 
@@ -429,14 +400,12 @@ class Worker:
         try:
             state = {"detector": self.detector.snapshot(),
                      "adapters": {source: a.snapshot() for source, a in self.adapters.items()}}
-            size = self.state_store.write(self.producer, state, offsets,
+            size = self.state_store.write(self.transport, state, offsets,
                                           timeout_s=WRITE_TIMEOUT_S)
-            commit = {tp: OffsetAndMetadata(p.next_offset, "", -1)
-                      for tp, p in self.progress.items() if p.next_offset is not None}
-            if commit and in_callback:
-                self.consumer.commit_async(commit)
-            elif commit:
-                self.consumer.commit(commit)
+            commit = {tp: p.next_offset for tp, p in self.progress.items()
+                      if p.next_offset is not None}
+            if commit:
+                self.transport.commit(commit, asynchronous=in_callback)
         except Exception as err:                   # noqa: BLE001 - retried with back-off
             log.warning("checkpoint failed", extra={"error": repr(err)})
             return False
@@ -458,7 +427,7 @@ class Worker:
 
     # --------------------------------------------------------------- rebalance
 
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+    def _on_revoked(self, revoked: set[TP]) -> None:
         if self.detector is not None and revoked:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
@@ -466,16 +435,16 @@ class Worker:
         self.progress = {}
         self.pending_assignment = None
 
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+    def _on_assigned(self, assigned: set[TP]) -> None:
         """Runs on the client's IO thread, which must not block (heartbeats): pause the new
         partitions and leave reading the checkpoint to the main loop (``_restore``)."""
         if not assigned:
             log.info("standby: no partitions assigned")
             return
-        self.consumer.pause(*assigned)
+        self.transport.pause(assigned)
         self.pending_assignment = set(assigned)
 
-    def _restore(self, assigned: set[TopicPartition]) -> None:
+    def _restore(self, assigned: set[TP]) -> None:
         """Become active: restore the last checkpoint, seek to its offsets, resume."""
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
@@ -483,7 +452,7 @@ class Worker:
         if start == "committed":
             try:
                 restored = self.state_store.read()
-            except KafkaError as err:              # the broker went away: try again next step
+            except (KafkaError, TransportError) as err:  # the broker went away: retry next step
                 log.warning("reading the checkpoint failed; retrying", extra={"error": repr(err)})
                 time.sleep(self._backoff())
                 return
@@ -510,25 +479,15 @@ class Worker:
                     adapter.restore(saved_adapters[source])
                 self.adapters[source] = adapter
             if source in offsets:
-                self.consumer.seek(tp, offsets[source])
+                self.transport.seek(tp, offsets[source])
                 self.progress[tp].next_offset = offsets[source]
-            elif start == "earliest":
-                self.consumer.seek_to_beginning(tp)
-            elif start == "latest":
-                self.consumer.seek_to_end(tp)
+            elif start in ("earliest", "latest"):
+                self.transport.seek_to(tp, start)
             elif start != "committed":
-                self._seek_to_time(tp, start)
-        self.consumer.resume(*assigned)
+                self.transport.seek_to_time(tp, int(parse_start_time(start) * 1000))
+        self.transport.resume(assigned)
         log.info("partitions assigned", extra={
             "partitions": len(assigned), "restored": restored is not None, "start": start})
-
-    def _seek_to_time(self, tp: TopicPartition, start: str) -> None:
-        millis = int(parse_start_time(start) * 1000)
-        found = self.consumer.offsets_for_times({tp: millis}).get(tp)
-        if found is None:
-            self.consumer.seek_to_end(tp)
-        else:
-            self.consumer.seek(tp, found.offset)
 
     # ----------------------------------------------------------------- metrics
 
@@ -538,12 +497,8 @@ class Worker:
         detector = self.detector
         self.metrics.watermark.set(detector.watermark if detector.watermark > -math.inf else 0)
         self.metrics.open_anomalies.set(detector.open_anomalies())
-        for tp in self.progress:
-            try:
-                high = self.consumer.highwater(tp)
-                position = self.progress[tp].next_offset
-            except (KafkaError, AssertionError):
-                continue
+        for tp, progress in self.progress.items():
+            high, position = self.transport.highwater(tp), progress.next_offset
             if high is not None and position is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
                     max(0, high - position))
@@ -552,12 +507,6 @@ class Worker:
         detail = {"healthy": self.healthy, "active": self.detector is not None,
                   "unacknowledged_writes": len(self.outgoing), **self.counts}
         return self.healthy, detail
-
-
-def _error_of(outgoing: Outgoing) -> Exception | None:
-    if isinstance(outgoing.future, Exception):
-        return outgoing.future
-    return outgoing.future.exception if outgoing.future is not None else None
 
 
 def parse_start_time(text: str) -> float:

@@ -46,8 +46,10 @@ class Deployment:
     def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1,
                  kafka: str = "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n",
                  worker: dict | None = None, formats: dict | None = None,
-                 tables: str = "") -> None:
+                 tables: str = "", transport: str = "kafka-python") -> None:
         self.broker = broker
+        self.transport = transport
+        kafka += f'transport = "{transport}"\n'
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
         self.topics = {"mail": f"mail-{tag}", "dns": f"dns-{tag}", "anomalies": f"anom-{tag}",

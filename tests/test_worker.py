@@ -16,6 +16,19 @@ from traffic import Traffic, hourly_servfail_spikes
 pytestmark = pytest.mark.kafka
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def transport(request):
+    """Every test here runs with each transport: the default and the confluent-kafka extra."""
+    return request.param
+
+
+@pytest.fixture
+def deployment(broker, tmp_path, transport):
+    from conftest import Deployment
+
+    return Deployment(broker, tmp_path, transport=transport)
+
+
 def servfail_spike() -> Traffic:
     return (Traffic().minutes(0, 90, 60, fail_every=150)
             .minutes(90, 10, 60, bad_every=4, rcode="SERVFAIL")
@@ -85,14 +98,14 @@ def test_kill_9_mid_stream_then_restart_loses_no_anomaly_and_changes_no_id(deplo
 
 
 def test_a_topic_of_postfix_lines_and_one_of_zeek_dns_lines_give_the_expected_anomaly(
-        broker, tmp_path):
+        broker, tmp_path, transport):
     from conftest import Deployment
     from test_formats_e2e import spf_lookups_servfail_for_ten_minutes
 
     maillog, dnslog = spf_lookups_servfail_for_ten_minutes(tmp_path)
     deployment = Deployment(broker, tmp_path, formats={"mail_format": "postfix",
                                                        "dns_format": "zeek-dns"},
-                            tables="[join]\nmatch_client = false\n")
+                            tables="[join]\nmatch_client = false\n", transport=transport)
     deployment.produce_files("dns", dnslog)
     deployment.produce_files("mail", maillog)
     assert deployment.run_worker_until_idle() == 0

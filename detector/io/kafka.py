@@ -176,24 +176,23 @@ class StateStore:
         self.group_id = group_id
         self.slot = 0            # the slot of the newest complete checkpoint
 
-    def write(self, producer: KafkaProducer, state: dict, offsets: dict[str, int],
+    def write(self, transport, state: dict, offsets: dict[str, int],
               timeout_s: float = 30.0) -> int:
-        """Write one checkpoint and wait for every part's acknowledgement; returns its size."""
+        """Write one checkpoint through ``transport`` (an ``io.transport.Transport``) and wait
+        for every part's acknowledgement; returns its size. Raises when a write fails."""
         blob = gzip.compress(orjson.dumps(state), compresslevel=1)
         checkpoint_id = f"{time.time_ns():x}-{hashlib.sha1(blob).hexdigest()[:12]}"
         parts = [blob[i:i + STATE_PART_BYTES] for i in range(0, len(blob), STATE_PART_BYTES)] or [b""]
         slot = 1 - self.slot
-        futures = [producer.send(self.topic, key=self._part_key(slot, n), value=part,
-                                 headers=[("checkpoint", checkpoint_id.encode())])
+        handles = [transport.send(self.topic, self._part_key(slot, n), part,
+                                  [("checkpoint", checkpoint_id.encode())])
                    for n, part in enumerate(parts)]
-        producer.flush(timeout=timeout_s)
-        for future in futures:
-            future.get(timeout=timeout_s)
+        _await(transport, handles, timeout_s)
         manifest = {"format": STATE_FORMAT, "group": self.group_id, "checkpoint": checkpoint_id,
                     "slot": slot, "parts": len(parts), "sha1": hashlib.sha1(blob).hexdigest(),
                     "offsets": offsets, "written_at": time.time()}
-        producer.send(self.topic, key=self.group_id.encode(),
-                      value=orjson.dumps(manifest)).get(timeout=timeout_s)
+        _await(transport, [transport.send(self.topic, self.group_id.encode(),
+                                          orjson.dumps(manifest), [])], timeout_s)
         self.slot = slot
         return len(blob)
 
@@ -250,3 +249,11 @@ class StateStore:
             log.warning("checkpoint %s fails its checksum; starting fresh", manifest["checkpoint"])
             return None
         return orjson.loads(gzip.decompress(blob)), manifest["offsets"]
+
+
+def _await(transport, handles: list, timeout_s: float) -> None:
+    transport.flush(timeout_s)
+    for handle in handles:
+        error = transport.delivery_error(handle)
+        if error is not None:
+            raise error

@@ -1,0 +1,573 @@
+"""Transports: how the worker reads and writes Kafka records, behind one small interface.
+
+The worker needs little of a Kafka client: join the group with the single-active assignor, poll
+batches of raw values per partition, pause/resume/seek partitions, ask where a partition ends,
+commit offsets, and produce records with a way to learn, after a flush, which were acknowledged.
+``Transport`` is that interface; two implementations share it (``kafka.transport`` selects one):
+
+``kafka-python`` (the default)
+    One ``KafkaConsumer`` is both the group member and the fetcher; one ``KafkaProducer`` writes.
+    Pure Python: decoding a fetched record costs ~10 us, about what the core spends on it, so
+    this transport roughly halves the worker's throughput (see the README's benchmark table).
+
+``confluent`` (an extra: ``pip install 'otp-dns-detector[confluent]'``)
+    Records are fetched and produced by librdkafka (confluent-kafka), which decodes them in C.
+    Group membership and offset commits stay with a kafka-python consumer: librdkafka's Python
+    binding cannot take a custom assignor, and the detector needs single-active assignment (one
+    member judges all OTP mail, the others are standbys; see ``io.kafka.SingleActiveAssignor``).
+    That member keeps every partition it is given paused, so it never fetches; the librdkafka
+    consumer never joins the group (it only ``assign()``s what the group gave this member, at
+    the offsets the worker seeks to). Checkpoints are read back through kafka-python in both.
+
+Rebalance callbacks run on kafka-python's IO thread. The kafka-python transport hands them to
+the worker as they come; the confluent transport also records the revoked partitions and stops
+fetching them at the next ``poll()`` on the main thread, where every librdkafka consumer call is
+made.
+
+Errors a retry can cure (broker unreachable, buffer full, timeouts) are raised as
+``TransportError``, whichever client raised them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NamedTuple
+
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from ..settings import KafkaSettings
+from . import kafka as kio
+
+log = logging.getLogger(__name__)
+
+CONFLUENT_MISSING = ("kafka.transport = 'confluent' needs the confluent-kafka package: "
+                     "pip install 'otp-dns-detector[confluent]'")
+
+
+class TransportError(Exception):
+    """A Kafka operation failed in a way a retry may cure."""
+
+
+class TP(NamedTuple):
+    """A topic partition. Equal to (and hashes like) kafka-python's ``TopicPartition``."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """The records one poll returned for one partition, in offset order."""
+
+    tp: TP
+    values: list[bytes]
+    offsets: list[int]
+
+
+Callback = Callable[[set[TP]], None]
+
+
+class Transport:
+    """The interface the worker uses (see the module docstring). Offsets are "next to read"."""
+
+    name = ""
+
+    def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback) -> None:
+        """Subscribe as a member of the worker's group; the callbacks get the partitions."""
+        raise NotImplementedError
+
+    def poll(self, timeout_s: float) -> list[Batch]:
+        raise NotImplementedError
+
+    def pause(self, tps: Iterable[TP]) -> None:
+        raise NotImplementedError
+
+    def resume(self, tps: Iterable[TP]) -> None:
+        raise NotImplementedError
+
+    def paused(self) -> set[TP]:
+        raise NotImplementedError
+
+    def assignment(self) -> set[TP]:
+        raise NotImplementedError
+
+    def seek(self, tp: TP, offset: int) -> None:
+        raise NotImplementedError
+
+    def seek_to(self, tp: TP, where: str) -> None:
+        """``earliest`` or ``latest``."""
+        raise NotImplementedError
+
+    def seek_to_time(self, tp: TP, millis: int) -> None:
+        """The first record at or after ``millis``; the end when there is none."""
+        raise NotImplementedError
+
+    def highwater(self, tp: TP) -> int | None:
+        """The end of the partition as of the last fetch (no request), or ``None``."""
+        raise NotImplementedError
+
+    def end_offset(self, tp: TP) -> int | None:
+        """The end of the partition, asked of the broker."""
+        raise NotImplementedError
+
+    def position(self, tp: TP) -> int | None:
+        """The next offset this member will read."""
+        raise NotImplementedError
+
+    def commit(self, offsets: dict[TP, int], asynchronous: bool = False) -> None:
+        raise NotImplementedError
+
+    def send(self, topic: str, key: bytes | None, value: bytes,
+             headers: list[tuple[str, bytes]]) -> Any:
+        """Start a write (``acks=all``); returns a handle for ``delivery_error``."""
+        raise NotImplementedError
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for every started write to be acknowledged or fail."""
+        raise NotImplementedError
+
+    def delivery_error(self, handle: Any) -> Exception | None:
+        """After ``flush``: ``None`` when the write was acknowledged, else why not."""
+        raise NotImplementedError
+
+    def rebuild_producer(self) -> None:
+        """Replace a producer that keeps failing (an idempotent producer can fail for good)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def make_transport(kafka: KafkaSettings, group_id: str, assignor) -> Transport:
+    if kafka.transport == "confluent":
+        return ConfluentTransport(kafka, group_id, assignor)
+    return KafkaPythonTransport(kafka, group_id, assignor)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assigned: Callback, on_revoked: Callback) -> None:
+        self.on_assigned = on_assigned
+        self.on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked):
+        self.on_revoked({TP(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned):
+        self.on_assigned({TP(tp.topic, tp.partition) for tp in assigned})
+
+
+def _kp(tps: Iterable[TP]) -> list[TopicPartition]:
+    return [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+
+class KafkaPythonTransport(Transport):
+    """Everything through kafka-python (the default)."""
+
+    name = "kafka-python"
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, assignor) -> None:
+        self.kafka = kafka
+        try:
+            self.producer = self._make_producer()
+            self.consumer = kio.make_consumer(kafka, group_id, assignor)
+        except KafkaError as err:
+            raise TransportError(f"cannot reach Kafka: {err!r}") from err
+
+    def _make_producer(self):
+        return kio.make_producer(self.kafka)
+
+    # ---------------------------------------------------------------- group
+
+    def join(self, topics, on_assigned, on_revoked) -> None:
+        self.consumer.subscribe(topics, listener=_Listener(on_assigned, on_revoked))
+
+    def assignment(self) -> set[TP]:
+        return {TP(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def commit(self, offsets, asynchronous=False) -> None:
+        commit = {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+                  for tp, offset in offsets.items()}
+        try:
+            if asynchronous:
+                self.consumer.commit_async(commit)
+            else:
+                self.consumer.commit(commit)
+        except KafkaError as err:
+            raise TransportError(f"commit failed: {err!r}") from err
+
+    # -------------------------------------------------------------- reading
+
+    def poll(self, timeout_s):
+        kio.release_parked_fetches(self.consumer)
+        try:
+            fetched = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        except KafkaError as err:
+            raise TransportError(f"poll failed: {err!r}") from err
+        return [Batch(TP(tp.topic, tp.partition),
+                      [r.value if r.value is not None else b"" for r in records],
+                      [r.offset for r in records])
+                for tp, records in fetched.items() if records]
+
+    def pause(self, tps) -> None:
+        tps = _kp(tps)
+        if tps:
+            self.consumer.pause(*tps)
+
+    def resume(self, tps) -> None:
+        tps = _kp(tps)
+        if tps:
+            self.consumer.resume(*tps)
+
+    def paused(self) -> set[TP]:
+        return {TP(tp.topic, tp.partition) for tp in self.consumer.paused()}
+
+    def seek(self, tp, offset) -> None:
+        self.consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
+
+    def seek_to(self, tp, where) -> None:
+        if where == "earliest":
+            self.consumer.seek_to_beginning(TopicPartition(tp.topic, tp.partition))
+        else:
+            self.consumer.seek_to_end(TopicPartition(tp.topic, tp.partition))
+
+    def seek_to_time(self, tp, millis) -> None:
+        kp = TopicPartition(tp.topic, tp.partition)
+        try:
+            found = self.consumer.offsets_for_times({kp: millis}).get(kp)
+        except KafkaError as err:
+            raise TransportError(f"offsets_for_times failed: {err!r}") from err
+        if found is None:
+            self.consumer.seek_to_end(kp)
+        else:
+            self.consumer.seek(kp, found.offset)
+
+    def highwater(self, tp) -> int | None:
+        try:
+            return self.consumer.highwater(TopicPartition(tp.topic, tp.partition))
+        except (KafkaError, AssertionError):        # not assigned any more
+            return None
+
+    def end_offset(self, tp) -> int | None:
+        kp = TopicPartition(tp.topic, tp.partition)
+        try:
+            return self.consumer.end_offsets([kp]).get(kp)
+        except KafkaError as err:
+            raise TransportError(f"end_offsets failed: {err!r}") from err
+
+    def position(self, tp) -> int | None:
+        try:
+            return self.consumer.position(TopicPartition(tp.topic, tp.partition))
+        except KafkaError as err:
+            raise TransportError(f"position failed: {err!r}") from err
+
+    # -------------------------------------------------------------- writing
+
+    def send(self, topic, key, value, headers):
+        try:
+            return self.producer.send(topic, key=key, value=value, headers=headers)
+        except KafkaError as err:          # buffer full, metadata unavailable, closed
+            raise TransportError(f"send failed: {err!r}") from err
+
+    def flush(self, timeout_s) -> None:
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError as err:
+            raise TransportError(f"flush failed: {err!r}") from err
+
+    def delivery_error(self, handle) -> Exception | None:
+        try:
+            handle.get(timeout=0)
+        except Exception as err:           # noqa: BLE001 - whatever it was, it is not acked
+            return err
+        return None
+
+    def rebuild_producer(self) -> None:
+        try:
+            producer = self._make_producer()
+        except KafkaError as err:
+            raise TransportError(f"producer rebuild failed: {err!r}") from err
+        self._close_producer(timeout_s=5)
+        self.producer = producer
+
+    def _close_producer(self, timeout_s: float) -> None:
+        try:
+            self.producer.close(timeout=timeout_s)
+        except Exception:                  # noqa: BLE001 - closing is best effort
+            log.exception("producer close failed")
+
+    def close(self) -> None:
+        try:
+            self.consumer.close(autocommit=False)
+        except Exception:                  # noqa: BLE001
+            log.exception("consumer close failed")
+        self._close_producer(timeout_s=10)
+
+
+def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The connection and security settings in librdkafka's names."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": ",".join(s.strip() for s in kafka.bootstrap_servers.split(",")
+                                      if s.strip()),
+        "client.id": kafka.client_id,
+        "security.protocol": kafka.security_protocol,
+        "socket.timeout.ms": kafka.request_timeout_ms,
+    }
+    if kafka.security_protocol.startswith("SASL"):
+        config.update({"sasl.mechanism": kafka.sasl_mechanism,
+                       "sasl.username": kafka.sasl_username,
+                       "sasl.password": kafka.sasl_password})
+    if kafka.security_protocol.endswith("SSL"):
+        config["ssl.endpoint.identification.algorithm"] = (
+            "https" if kafka.ssl_check_hostname else "none")
+        for ours, theirs in (("ssl_cafile", "ssl.ca.location"),
+                             ("ssl_certfile", "ssl.certificate.location"),
+                             ("ssl_keyfile", "ssl.key.location"),
+                             ("ssl_password", "ssl.key.password")):
+            value = getattr(kafka, ours)
+            if value:
+                config[theirs] = value
+    return config
+
+
+class _Delivery:
+    """A librdkafka write's outcome, set by its delivery report."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: Exception | None = None
+
+    def report(self, err, _msg) -> None:
+        self.done = True
+        if err is not None:
+            self.error = TransportError(f"write failed: {err}")
+
+
+class ConfluentTransport(KafkaPythonTransport):
+    """Records in and out through librdkafka; the group through kafka-python (see the module
+    docstring)."""
+
+    name = "confluent"
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, assignor) -> None:
+        try:
+            import confluent_kafka
+        except ImportError:
+            raise ImportError(CONFLUENT_MISSING) from None
+        self._ck = confluent_kafka
+        self.group_id = group_id
+        self._lock = threading.Lock()
+        self._revoked: set[TP] = set()     # revoked by the group, still to unassign (main thread)
+        self._fetching: set[TP] = set()    # assigned to the librdkafka consumer
+        self._paused: set[TP] = set()
+        self._starts: dict[TP, int] = {}   # where a partition not yet fetching starts
+        super().__init__(kafka, group_id, assignor)
+        # The kafka-python member: membership and commits only. It fetches nothing, because
+        # every partition it is given is paused before its first fetch (in the callback).
+        self.fetcher = confluent_kafka.Consumer({
+            **rdkafka_config(kafka),
+            # The group's id, for reading committed offsets; this consumer never subscribes, so
+            # it never joins the group, and it never commits.
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            # Prefetch at most ~16 MB per partition (librdkafka's default is 64 MB): a
+            # partition paused for being ahead of the watermark keeps no more than that.
+            "queued.max.messages.kbytes": 16_384,
+        })
+        self.max_records = kafka.max_poll_records
+
+    def _make_producer(self):
+        return self._ck.Producer({
+            **rdkafka_config(self.kafka),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": self.kafka.linger_ms,
+            # A write not acknowledged in this long is reported failed and retried by the worker.
+            "delivery.timeout.ms": 30_000,
+        })
+
+    # ---------------------------------------------------------------- group
+
+    def join(self, topics, on_assigned, on_revoked) -> None:
+        def assigned(tps: set[TP]) -> None:
+            # Never fetch through kafka-python: pause before anything else can run.
+            KafkaPythonTransport.pause(self, tps)
+            with self._lock:
+                self._revoked -= tps
+            on_assigned(tps)
+
+        def revoked(tps: set[TP]) -> None:
+            on_revoked(tps)
+            with self._lock:
+                self._revoked |= tps
+
+        super().join(topics, assigned, revoked)
+
+    # -------------------------------------------------------------- reading
+
+    def _ctp(self, tp: TP, offset: int | None = None):
+        if offset is None:
+            return self._ck.TopicPartition(tp.topic, tp.partition)
+        return self._ck.TopicPartition(tp.topic, tp.partition, offset)
+
+    def _unassign_revoked(self) -> None:
+        with self._lock:
+            revoked, self._revoked = self._revoked & self._fetching, set()
+        if revoked:
+            self.fetcher.incremental_unassign([self._ctp(tp) for tp in revoked])
+            self._fetching -= revoked
+            self._paused -= revoked
+
+    def poll(self, timeout_s):
+        self._unassign_revoked()
+        # Drive kafka-python's group protocol (its partitions are all paused: it returns no
+        # records). With nothing to fetch (joining, standby) it is the poll that waits.
+        try:
+            self.consumer.poll(timeout_ms=0 if self._fetching else int(timeout_s * 1000))
+        except KafkaError as err:
+            raise TransportError(f"group poll failed: {err!r}") from err
+        self.producer.poll(0)              # delivery reports
+        if not self._fetching:
+            return []
+        try:
+            messages = self.fetcher.consume(self.max_records, timeout_s)
+        except self._ck.KafkaException as err:
+            raise TransportError(f"consume failed: {err!r}") from err
+        batches: dict[tuple[str, int], Batch] = {}
+        last = None
+        for message in messages:
+            if message.error() is not None:
+                log.warning("fetch error", extra={"error": str(message.error())})
+                continue
+            key = (message.topic(), message.partition())
+            if last is None or key != last.tp:
+                last = batches.get(key)
+                if last is None:
+                    last = batches[key] = Batch(TP(*key), [], [])
+            value = message.value()
+            last.values.append(value if value is not None else b"")
+            last.offsets.append(message.offset())
+        with self._lock:
+            gone = self._revoked
+        return [b for b in batches.values() if b.tp not in gone]
+
+    def pause(self, tps) -> None:
+        tps = set(tps)
+        self._paused |= tps
+        fetching = tps & self._fetching
+        if fetching:
+            self.fetcher.pause([self._ctp(tp) for tp in fetching])
+
+    def resume(self, tps) -> None:
+        tps = set(tps)
+        self._unassign_revoked()
+        self._paused -= tps
+        fetching = tps & self._fetching
+        if fetching:
+            self.fetcher.resume([self._ctp(tp) for tp in fetching])
+        new = tps - self._fetching
+        if new:
+            stored = self._ck.OFFSET_STORED
+            self.fetcher.incremental_assign(
+                [self._ctp(tp, self._starts.pop(tp, stored)) for tp in sorted(new)])
+            self._fetching |= new
+
+    def paused(self) -> set[TP]:
+        return set(self._paused)
+
+    def _start_at(self, tp: TP, offset: int) -> None:
+        if tp in self._fetching:
+            self.fetcher.seek(self._ctp(tp, offset))
+        else:
+            self._starts[tp] = offset
+
+    def seek(self, tp, offset) -> None:
+        self._start_at(tp, offset)
+
+    def seek_to(self, tp, where) -> None:
+        self._start_at(tp, self._ck.OFFSET_BEGINNING if where == "earliest"
+                       else self._ck.OFFSET_END)
+
+    def seek_to_time(self, tp, millis) -> None:
+        try:
+            found = self.fetcher.offsets_for_times([self._ctp(tp, millis)], timeout=10)
+        except self._ck.KafkaException as err:
+            raise TransportError(f"offsets_for_times failed: {err!r}") from err
+        offset = found[0].offset if found else -1
+        self._start_at(tp, offset if offset >= 0 else self._ck.OFFSET_END)
+
+    def highwater(self, tp) -> int | None:
+        if tp not in self._fetching:
+            return None
+        try:
+            _low, high = self.fetcher.get_watermark_offsets(self._ctp(tp), cached=True)
+        except self._ck.KafkaException:
+            return None
+        return high if high >= 0 else None
+
+    def _watermarks(self, tp: TP) -> tuple[int, int]:
+        try:
+            return self.fetcher.get_watermark_offsets(self._ctp(tp), timeout=10, cached=False)
+        except self._ck.KafkaException as err:
+            raise TransportError(f"watermarks failed: {err!r}") from err
+
+    def end_offset(self, tp) -> int | None:
+        return self._watermarks(tp)[1]
+
+    def position(self, tp) -> int | None:
+        """librdkafka knows a position only once a record was read; before that the position
+        is where the partition was told to start (the log's start or end, when symbolic)."""
+        found = self.fetcher.position([self._ctp(tp)])[0].offset if tp in self._fetching else -1
+        if found >= 0:
+            return found
+        start = self._starts.get(tp, self._ck.OFFSET_STORED)
+        if start >= 0:
+            return start
+        low, high = self._watermarks(tp)
+        return high if start == self._ck.OFFSET_END else low
+
+    # -------------------------------------------------------------- writing
+
+    def send(self, topic, key, value, headers):
+        delivery = _Delivery()
+        try:
+            self.producer.produce(topic, value=value, key=key, headers=headers,
+                                  on_delivery=delivery.report)
+        except BufferError as err:                 # the local queue is full
+            self.producer.poll(0)
+            raise TransportError(f"send failed: {err!r}") from err
+        except self._ck.KafkaException as err:
+            raise TransportError(f"send failed: {err!r}") from err
+        return delivery
+
+    def flush(self, timeout_s) -> None:
+        self.producer.flush(timeout_s)
+
+    def delivery_error(self, handle) -> Exception | None:
+        if not handle.done:
+            return TransportError("write not acknowledged in time")
+        return handle.error
+
+    def _close_producer(self, timeout_s: float) -> None:
+        """Give outstanding writes ``timeout_s``, then drop the rest: their delivery reports
+        say so, and the worker writes them again."""
+        try:
+            if self.producer.flush(timeout_s):
+                self.producer.purge()
+                self.producer.flush(0)
+        except Exception:                  # noqa: BLE001 - closing is best effort
+            log.exception("producer close failed")
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self.fetcher.close()
+        except Exception:                  # noqa: BLE001
+            log.exception("fetcher close failed")
