@@ -10,6 +10,7 @@ the work is done; the last line on stdout is a JSON object with ``records``, ``s
 - ``naive``: ``naive.run_naive`` of the files, events to a file.
 - ``consume``: kafka-python's bare consumer over topics until ``expected`` records have come;
   timed from the first non-empty ``poll()`` to the one that completes the count.
+- ``consume-confluent``: the same with confluent-kafka (librdkafka), for reference.
 - ``worker``: the stream worker (``Worker``) over the topics; timed from its first fed batch to
   the batch that completes the count, the idle wait before it exits left out.
 - ``format-read``: the bare read of a log file: ``LineSource.read_chunk()`` to its end, no more.
@@ -97,6 +98,33 @@ def bare_consume(bootstrap: str, topics: list[str], expected: int, group: str,
     return {"records": count, "seconds": (last - first) if first is not None else 0.0}
 
 
+def bare_consume_confluent(bootstrap: str, topics: list[str], expected: int, group: str,
+                           timeout_s: float = 300.0) -> dict:
+    """confluent-kafka the same way: a group member, ``consume()`` batches, every value read."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe(topics)
+    count, first, last = 0, None, None
+    deadline = time.monotonic() + timeout_s
+    try:
+        while count < expected and time.monotonic() < deadline:
+            got = 0
+            for message in consumer.consume(5000, 0.5):
+                if message.error() is None and message.value() is not None:
+                    got += 1
+            if got:
+                now = time.perf_counter()
+                first = now if first is None else first
+                count += got
+                last = now
+    finally:
+        consumer.close()
+    return {"records": count, "seconds": (last - first) if first is not None else 0.0}
+
+
 def worker_run(settings_overrides: dict, expected: int) -> dict:
     """The worker as ``detector run --exit-when-idle`` runs it, its fed batches timed."""
     import logging
@@ -172,6 +200,8 @@ KINDS = {
     "replay": lambda a: replay_files(a["mail"], a["dns"], a["out"]),
     "naive": lambda a: naive_files(a["mail"], a["dns"], a["out"]),
     "consume": lambda a: bare_consume(a["bootstrap"], a["topics"], a["expected"], a["group"]),
+    "consume-confluent": lambda a: bare_consume_confluent(a["bootstrap"], a["topics"],
+                                                          a["expected"], a["group"]),
     "worker": lambda a: worker_run(a["settings"], a["expected"]),
     "format-read": lambda a: read_log(a["path"]),
     "format-feed": lambda a: feed_log(a["path"], a["format"]),

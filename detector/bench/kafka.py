@@ -8,9 +8,11 @@ rejects records from the future).
 
 **Throughput.** The scenario's files are produced once with ``produce_files``; then, alternating,
 in fresh processes: kafka-python's bare consumer (``poll()`` until the produced count has come),
-and the worker (``Worker`` as ``detector run --exit-when-idle`` runs it, each fed batch timed).
-Both are timed from the first batch in hand to the batch that completes the count, so the
-group join and the worker's idle wait before it exits are left out of both.
+the worker with each transport (``Worker`` as ``detector run --exit-when-idle`` runs it, each fed
+batch timed), and confluent-kafka's bare consumer for reference. All are timed from the first
+batch in hand to the batch that completes the count, so the group join and the worker's idle
+wait before it exits are left out. The target compares the worker with kafka-python's bare
+consumer; the confluent transport (an extra) is reported against the same baseline.
 
 **Latency.** A worker runs as ``detector run`` on fresh topics. The history before the incident is
 produced as fast as the broker takes it (the warm-up) and the worker reads it; from a minute
@@ -53,7 +55,7 @@ from ..evaluate import evaluate, parse_time
 from ..io.broker import LocalBroker, free_port
 from ..io.kafka import ensure_topics, make_producer
 from ..io.produce import join_key, produce_files
-from ..settings import KafkaSettings
+from ..settings import TRANSPORTS, KafkaSettings
 from .data import Dataset, Spec, ensure_all, past_start
 from .harness import Say, quiet, run_child
 
@@ -102,40 +104,51 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
         raise RuntimeError(f"produced {produced} records, the files have {dataset.lines}")
     say(f"kafka: produced {produced:,} records in {produce_s:.1f} s")
     truth = dataset.truth()
-    consume, work_runs, checks = [], [], []
+    runs: dict[str, list[dict]] = {name: [] for name in ("bare", "bare_confluent", *TRANSPORTS)}
+    checks = []
     for round_no in range(repeat):
-        bare = run_child("consume", {"bootstrap": broker.bootstrap,
-                                     "topics": list(topics.values()), "expected": produced,
-                                     "group": f"bench-consume-{tag}-{round_no}"})
-        _complete(bare, produced, "the bare consumer")
-        consume.append(bare)
-        out = {"anomalies": f"bench-anom-{tag}-{round_no}",
-               "dead_letter": f"bench-dlq-{tag}-{round_no}",
-               "state": f"bench-state-{tag}-{round_no}"}
-        settings = {**GROUP_SETTINGS, "kafka.bootstrap_servers": broker.bootstrap,
-                    "topics.mail": topics["mail"], "topics.dns": topics["dns"],
-                    **{f"topics.{k}": v for k, v in out.items()},
-                    "worker.group_id": f"bench-worker-{tag}-{round_no}",
-                    "worker.start_from": "earliest", "worker.idle_timeout_s": 1.0,
-                    "worker.exit_when_idle_s": 1.0}
-        worker = run_child("worker", {"settings": settings, "expected": produced})
-        _complete(worker, produced, "the worker")
-        work_runs.append(worker)
-        report = evaluate(read_events(kafka, out["anomalies"], idle_s=1.0), truth)
-        checks.append({"detected": report["detected"], "incidents": report["total_incidents"],
-                       "false_alarms": report["false_alarm_count"]})
+        for kind, name in (("consume", "bare"), ("consume-confluent", "bare_confluent")):
+            bare = run_child(kind, {"bootstrap": broker.bootstrap,
+                                    "topics": list(topics.values()), "expected": produced,
+                                    "group": f"bench-{kind}-{tag}-{round_no}"})
+            _complete(bare, produced, f"the bare consumer ({kind})")
+            runs[name].append(bare)
+        rates = []
+        for transport in TRANSPORTS:
+            run_tag = f"{tag}-{transport}-{round_no}"
+            out = {"anomalies": f"bench-anom-{run_tag}", "dead_letter": f"bench-dlq-{run_tag}",
+                   "state": f"bench-state-{run_tag}"}
+            settings = {**GROUP_SETTINGS, "kafka.bootstrap_servers": broker.bootstrap,
+                        "kafka.transport": transport,
+                        "topics.mail": topics["mail"], "topics.dns": topics["dns"],
+                        **{f"topics.{k}": v for k, v in out.items()},
+                        "worker.group_id": f"bench-worker-{run_tag}",
+                        "worker.start_from": "earliest", "worker.idle_timeout_s": 1.0,
+                        "worker.exit_when_idle_s": 1.0}
+            worker = run_child("worker", {"settings": settings, "expected": produced})
+            _complete(worker, produced, f"the worker ({transport})")
+            runs[transport].append(worker)
+            report = evaluate(read_events(kafka, out["anomalies"], idle_s=1.0), truth)
+            checks.append({"transport": transport, "detected": report["detected"],
+                           "incidents": report["total_incidents"],
+                           "false_alarms": report["false_alarm_count"]})
+            rates.append(f"worker ({transport}) {produced / worker['seconds']:,.0f} records/s "
+                         f"({report['detected']}/{report['total_incidents']} detected)")
         say(f"kafka round {round_no + 1}/{repeat}: bare consume "
-            f"{produced / bare['seconds']:,.0f} records/s, worker "
-            f"{produced / worker['seconds']:,.0f} records/s "
-            f"({report['detected']}/{report['total_incidents']} detected)")
-    bare_s = min(r["seconds"] for r in consume)
-    worker_s = min(r["seconds"] for r in work_runs)
+            f"{produced / runs['bare'][-1]['seconds']:,.0f} records/s (confluent-kafka "
+            f"{produced / runs['bare_confluent'][-1]['seconds']:,.0f}), " + ", ".join(rates))
+    best = {name: min(r["seconds"] for r in found) for name, found in runs.items()}
     return {"records": produced, "repeat": repeat, "produce_rate": produced / produce_s,
-            "bare_consume_rate": produced / bare_s, "worker_rate": produced / worker_s,
-            "worker_over_bare": bare_s / worker_s, "worker_over_bare_target": 0.8,
-            "seconds": {"bare_consume": [r["seconds"] for r in consume],
-                        "worker": [r["seconds"] for r in work_runs]},
-            "worker_max_rss_kib": max(r["max_rss_kib"] for r in work_runs),
+            "bare_consume_rate": produced / best["bare"],
+            "bare_consume_confluent_rate": produced / best["bare_confluent"],
+            "worker_rate": produced / best["kafka-python"],
+            "worker_over_bare": best["bare"] / best["kafka-python"],
+            "worker_confluent_rate": produced / best["confluent"],
+            "worker_confluent_over_bare": best["bare"] / best["confluent"],
+            "worker_over_bare_target": 0.8,
+            "seconds": {name: [r["seconds"] for r in found] for name, found in runs.items()},
+            "worker_max_rss_kib": max(r["max_rss_kib"] for r in runs["kafka-python"]),
+            "worker_confluent_max_rss_kib": max(r["max_rss_kib"] for r in runs["confluent"]),
             "worker_detection": checks}
 
 

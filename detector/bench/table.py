@@ -91,6 +91,11 @@ def _kafka(k: dict) -> list[str]:
         ("kafka-python bare consumer (poll, crc32c)", _rate(t["bare_consume_rate"]), "1.00", "", ""),
         ("one worker, consume to core to produce", _rate(t["worker_rate"]), f"{ratio:.2f}",
          f">= {t['worker_over_bare_target']}", _verdict(ratio >= t["worker_over_bare_target"])),
+        ("one worker, transport = confluent (extra)", _rate(t["worker_confluent_rate"]),
+         f"{t['worker_confluent_over_bare']:.2f}", f">= {t['worker_over_bare_target']}",
+         _verdict(t["worker_confluent_over_bare"] >= t["worker_over_bare_target"])),
+        ("confluent-kafka bare consumer (reference)", _rate(t["bare_consume_confluent_rate"]),
+         f"{t['bare_consume_confluent_rate'] / t['bare_consume_rate']:.2f}", "", ""),
     ]
     lines = [f"2. Through Kafka (local tansu broker): {k['scenario']}, {k['hours']:g} h, "
              f"{t['records']:,} records produced at {_rate(t['produce_rate'])} records/s; "
