@@ -449,6 +449,16 @@ class Worker:
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
         restored = None
+        times: dict[TP, int] = {}
+        if start not in ("committed", "earliest", "latest"):
+            try:                                   # --from TIME: ask before changing anything
+                millis = int(parse_start_time(start) * 1000)
+                times = {tp: self.transport.offset_for_time(tp, millis) for tp in assigned}
+            except TransportError as err:
+                log.warning("finding the start offsets failed; retrying",
+                            extra={"error": repr(err)})
+                time.sleep(self._backoff())
+                return
         if start == "committed":
             try:
                 restored = self.state_store.read()
@@ -483,8 +493,11 @@ class Worker:
                 self.progress[tp].next_offset = offsets[source]
             elif start in ("earliest", "latest"):
                 self.transport.seek_to(tp, start)
-            elif start != "committed":
-                self.transport.seek_to_time(tp, int(parse_start_time(start) * 1000))
+            elif tp in times:
+                if times[tp] is None:              # nothing at or after that time: the end
+                    self.transport.seek_to(tp, "latest")
+                else:
+                    self.transport.seek(tp, times[tp])
         self.transport.resume(assigned)
         log.info("partitions assigned", extra={
             "partitions": len(assigned), "restored": restored is not None, "start": start})

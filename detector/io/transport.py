@@ -102,8 +102,8 @@ class Transport:
         """``earliest`` or ``latest``."""
         raise NotImplementedError
 
-    def seek_to_time(self, tp: TP, millis: int) -> None:
-        """The first record at or after ``millis``; the end when there is none."""
+    def offset_for_time(self, tp: TP, millis: int) -> int | None:
+        """The offset of the first record stamped at or after ``millis``, or ``None``."""
         raise NotImplementedError
 
     def highwater(self, tp: TP) -> int | None:
@@ -138,7 +138,8 @@ class Transport:
         """Replace a producer that keeps failing (an idempotent producer can fail for good)."""
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Leave the group; give unacknowledged writes ``timeout_s`` to complete."""
         raise NotImplementedError
 
 
@@ -234,16 +235,13 @@ class KafkaPythonTransport(Transport):
         else:
             self.consumer.seek_to_end(TopicPartition(tp.topic, tp.partition))
 
-    def seek_to_time(self, tp, millis) -> None:
+    def offset_for_time(self, tp, millis) -> int | None:
         kp = TopicPartition(tp.topic, tp.partition)
         try:
             found = self.consumer.offsets_for_times({kp: millis}).get(kp)
         except KafkaError as err:
             raise TransportError(f"offsets_for_times failed: {err!r}") from err
-        if found is None:
-            self.consumer.seek_to_end(kp)
-        else:
-            self.consumer.seek(kp, found.offset)
+        return None if found is None else found.offset
 
     def highwater(self, tp) -> int | None:
         try:
@@ -294,17 +292,31 @@ class KafkaPythonTransport(Transport):
         self.producer = producer
 
     def _close_producer(self, timeout_s: float) -> None:
+        """kafka-python 3.0's ``close(timeout)`` flushes first and raises when records are still
+        unacknowledged at the timeout (the broker is away), without stopping its sender thread,
+        which then retries forever and raises again from ``__del__``. So on that timeout the
+        sender is force-closed (it fails what is left; the worker writes those again) and the
+        close repeated."""
         try:
             self.producer.close(timeout=timeout_s)
-        except Exception:                  # noqa: BLE001 - closing is best effort
+        except KafkaError:
+            sender = getattr(self.producer, "_sender", None)
+            if sender is not None:
+                sender.force_close()
+                sender.join(timeout_s)
+            try:
+                self.producer.close(timeout=1)
+            except Exception:              # noqa: BLE001 - closing is best effort
+                log.exception("producer close failed")
+        except Exception:                  # noqa: BLE001
             log.exception("producer close failed")
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
         try:
             self.consumer.close(autocommit=False)
         except Exception:                  # noqa: BLE001
             log.exception("consumer close failed")
-        self._close_producer(timeout_s=10)
+        self._close_producer(timeout_s)
 
 
 def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -541,13 +553,13 @@ class ConfluentTransport(KafkaPythonTransport):
         self._start_at(tp, self._ck.OFFSET_BEGINNING if where == "earliest"
                        else self._ck.OFFSET_END)
 
-    def seek_to_time(self, tp, millis) -> None:
+    def offset_for_time(self, tp, millis) -> int | None:
         try:
             found = self.fetcher.offsets_for_times([self._ctp(tp, millis)], timeout=10)
         except self._ck.KafkaException as err:
             raise TransportError(f"offsets_for_times failed: {err!r}") from err
         offset = found[0].offset if found else -1
-        self._start_at(tp, offset if offset >= 0 else self._ck.OFFSET_END)
+        return offset if offset >= 0 else None
 
     def highwater(self, tp) -> int | None:
         if tp not in self._fetching:
@@ -611,8 +623,8 @@ class ConfluentTransport(KafkaPythonTransport):
         except Exception:                  # noqa: BLE001 - closing is best effort
             log.exception("producer close failed")
 
-    def close(self) -> None:
-        super().close()
+    def close(self, timeout_s: float = 10.0) -> None:
+        super().close(timeout_s)
         try:
             self.fetcher.close()
         except Exception:                  # noqa: BLE001
