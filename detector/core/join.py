@@ -57,20 +57,26 @@ class DnsJoin:
         self.evicted = 0
 
     def add(self, record: DnsRecord) -> None:
-        ts, qname = record[0], record[1]
-        entries = self._by_name.get(qname)
-        if entries is None:
-            self._by_name[qname] = [record]
-            heappush(self._expiry, (ts, qname))
-        elif entries[-1][0] <= ts:
-            entries.append(record)
-        else:
-            if ts < entries[0][0]:          # a new oldest record of the name
-                heappush(self._expiry, (ts, qname))
-            insort(entries, record, key=_entry_ts)
-        self.size += 1
-        if self.size > self.max_buffered:
-            self.evicted += self._drop_through(self._oldest(), inclusive=True)
+        self.add_many((record,))
+
+    def add_many(self, records) -> None:
+        """``add`` of each record in turn: a batch's records in one loop over local names."""
+        by_name, expiry, cap = self._by_name, self._expiry, self.max_buffered
+        for record in records:
+            ts, qname = record[0], record[1]
+            entries = by_name.get(qname)
+            if entries is None:
+                by_name[qname] = [record]
+                heappush(expiry, (ts, qname))
+            elif entries[-1][0] <= ts:
+                entries.append(record)
+            else:
+                if ts < entries[0][0]:          # a new oldest record of the name
+                    heappush(expiry, (ts, qname))
+                insort(entries, record, key=_entry_ts)
+            self.size += 1
+            if self.size > cap:
+                self.evicted += self._drop_through(self._oldest(), inclusive=True)
 
     def _oldest(self) -> float:
         """The time of the oldest buffered record, once left-behind expiry entries are gone."""

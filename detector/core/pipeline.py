@@ -106,13 +106,16 @@ class Detector:
         watermark = self.clock.watermark
         if stream == MAIL:
             self._accept_mail(parsed, watermark, rejected)
+        elif parsed and min(times) >= watermark:       # the usual batch: nothing late
+            self.join.add_many([record for _, record in parsed])
         else:
-            join_add = self.join.add
+            accepted = []
             for index, record in parsed:
                 if record.ts < watermark:
                     rejected.append((index, "late"))
                 else:
-                    join_add(record)
+                    accepted.append(record)
+            self.join.add_many(accepted)
         for _, reason in rejected:
             counters[f"rejected:{reason}"] += 1
         if parsed:
