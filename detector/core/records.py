@@ -210,13 +210,26 @@ def normalize_name(name: str) -> str:
 
 
 def domain_of(address: str | None) -> str | None:
-    """The domain of an envelope address (``None`` for the null sender ``<>`` or no ``@``)."""
+    """The domain of an envelope address (``None`` for the null sender ``<>`` or no ``@``).
+
+    Cached: a mail log repeats a few thousand senders for all its lines.
+    """
     if not address:
         return None
+    domain = _DOMAIN_OF.get(address, _UNKNOWN)
+    if domain is not _UNKNOWN:
+        return domain
     domain = address.strip().strip("<>").rpartition("@")[2]
-    if not domain or "@" not in address:
-        return None
-    return normalize_name(domain)
+    domain = normalize_name(domain) if domain and "@" in address else None
+    if len(address) <= 320:                   # a hostile long "address" is not kept
+        if len(_DOMAIN_OF) >= 4096:
+            _DOMAIN_OF.clear()
+        _DOMAIN_OF[address] = domain
+    return domain
+
+
+_DOMAIN_OF: dict[str, str | None] = {}
+_UNKNOWN = object()
 
 
 def load_object(raw: bytes | str) -> dict:
