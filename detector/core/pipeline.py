@@ -97,31 +97,30 @@ class Detector:
         rejected = result.rejected
         counters = self.counters
         parse = rec.mail_from_object if stream == MAIL else rec.dns_from_object
-        load = rec.load_object
-        parsed = []
-        for index, raw in enumerate(lines):
-            try:
-                parsed.append((index, parse(load(raw))))
-            except rec.Rejected as err:
-                rejected.append((index, err.reason))
+        parsed = rec.parse_lines(lines, parse, rejected)
         counters[f"{stream}_records"] += len(lines)
+        # The batch's times, gathered once for the future check, the first and the newest.
+        times = [record.ts for _, record in parsed]
         if parsed:
-            parsed = self._drop_future(parsed, rejected, now)
+            parsed, times = self._drop_future(parsed, times, rejected, now)
         watermark = self.clock.watermark
         if stream == MAIL:
             self._accept_mail(parsed, watermark, rejected)
+        elif parsed and min(times) >= watermark:       # the usual batch: nothing late
+            self.join.add_many([record for _, record in parsed])
         else:
-            join_add = self.join.add
+            accepted = []
             for index, record in parsed:
                 if record.ts < watermark:
                     rejected.append((index, "late"))
                 else:
-                    join_add(record)
+                    accepted.append(record)
+            self.join.add_many(accepted)
         for _, reason in rejected:
             counters[f"rejected:{reason}"] += 1
         if parsed:
-            newest = max(record.ts for _, record in parsed)
-            first = min(record.ts for _, record in parsed)
+            newest = max(times)
+            first = min(times)
             if self.first_ts is None or first < self.first_ts:
                 self.first_ts = first
             self.clock.observe(source or stream, newest)
@@ -152,7 +151,8 @@ class Detector:
             self.clock.watermark = max(self.clock.watermark, end + self.config.join.window_after_s)
         return events
 
-    def _drop_future(self, parsed: list, rejected: list, now: float | None) -> list:
+    def _drop_future(self, parsed: list, times: list[float], rejected: list,
+                     now: float | None) -> tuple[list, list[float]]:
         """Reject timestamps far ahead of the rest of their batch (and of ``now`` when known).
 
         One host with a wrong clock must not move the watermark. In the batch's sorted times, a
@@ -161,24 +161,24 @@ class Detector:
         of the traffic. A live shell also gives the wall clock, which settles single records.
         """
         skew = self.config.clock.max_future_skew_s
-        times = np.fromiter((record.ts for _, record in parsed), dtype=float, count=len(parsed))
+        stamps = np.array(times, dtype=float)
         limit = math.inf if now is None else now + skew
-        if len(times) > 1:
-            ordered = np.sort(times)
-            tail_allowed = max(1, len(times) // 100)
+        if len(stamps) > 1:
+            ordered = np.sort(stamps)
+            tail_allowed = max(1, len(stamps) // 100)
             for gap in np.flatnonzero(np.diff(ordered) > skew):
-                if len(times) - (gap + 1) <= tail_allowed:
+                if len(stamps) - (gap + 1) <= tail_allowed:
                     limit = min(limit, float(ordered[gap]) + skew)
                     break
-        if times.max() <= limit:
-            return parsed
+        if stamps.max() <= limit:
+            return parsed, times
         kept = []
         for item in parsed:
             if item[1].ts > limit:
                 rejected.append((item[0], "future_ts"))
             else:
                 kept.append(item)
-        return kept
+        return kept, [record.ts for _, record in kept]
 
     def _accept_mail(self, parsed: list, watermark: float, rejected: list) -> None:
         counters = self.counters

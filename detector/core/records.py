@@ -38,6 +38,13 @@ NOT_FINAL = frozenset({"pending", "expanded", "getting_status"})
 STATUSES = FINAL_FAILURE | FINAL_SUCCESS | NOT_FINAL
 _OUTCOME_SET = frozenset(OUTCOMES)
 _HOUR_EPOCH: dict[str, float] = {}
+#: ``parse_ts`` caches: epoch seconds of a ``YYYY-MM-DDTHH:MM`` head whose hour is in range, and
+#: the (fraction, offset in seconds) of a tail after the seconds; ``None`` for none (or ``Z``).
+_MINUTE_EPOCH: dict[str, float] = {}
+#: Seconds as the regex accepts them (``:60``, a leap second, counts as 59), by their text.
+_SECOND_OF = {f":{n:02d}": min(n, 59) for n in range(61)}
+_TAILS: dict[str, tuple[float | None, int | None]] = {}
+_MAX_CACHED_TAIL = 16         # ".123456789+01:00": nanoseconds and an offset
 
 _RFC3339 = re.compile(
     r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
@@ -47,6 +54,8 @@ _RFC3339 = re.compile(
 _MAIL_OPTIONAL_STR = ("sender", "recipient", "tenant", "server", "direction", "category",
                       "subject", "status_code", "detail")
 _DNS_OPTIONAL_STR = ("qtype", "resolver", "client")
+_STR_OR_NONE = frozenset({str, type(None)})
+_TS_TYPES = frozenset({str, int, float})      # bool, an int subclass, is not a time
 
 
 class Rejected(Exception):
@@ -102,27 +111,27 @@ def parse_ts(value: object) -> float:
     1795774502.5
     """
     if type(value) is str:
-        match = _RFC3339.fullmatch(value)
-        if match is None:
-            raise Rejected("bad_ts")
-        # Logs repeat the same hour for thousands of lines: the calendar work is done once per
-        # hour, and the regex has fixed the positions of minutes and seconds.
-        hour_key = value[:13]
-        base = _HOUR_EPOCH.get(hour_key)
-        if base is None:
-            base = _hour_epoch(hour_key)
-        seconds = base + int(value[14:16]) * 60 + min(int(value[17:19]), 59)
-        frac, offset = match.group(7, 8)
-        if frac:
-            seconds += float(frac)
-        if offset and offset not in ("Z", "z"):
-            sign = 1 if offset[0] == "+" else -1
-            seconds -= sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
-            if not 0 <= seconds <= MAX_EPOCH_S:      # an offset can leave 1970..9999
-                raise Rejected("bad_ts")
-        elif base < 0 or base > MAX_EPOCH_S:
-            raise Rejected("bad_ts")
-        return seconds
+        # A log repeats the same minute for many lines, and the same few fractions and offsets:
+        # the fixed-width head ``YYYY-MM-DDTHH:MM``, the seconds ``:SS`` and the tail after them
+        # are looked up separately, heads and tails cached only once ``_parse_rfc3339`` has
+        # accepted them (the regex is fixed-width up to the seconds, so a string matches it
+        # exactly when all three parts do). 1.7 -> 0.5 us per timestamp; the sums are done in
+        # the same order as there, so the floats are the same.
+        minute = _MINUTE_EPOCH.get(value[:16])
+        second = _SECOND_OF.get(value[16:19])
+        if minute is not None and second is not None:
+            tail = _TAILS.get(value[19:])
+            if tail is not None:
+                frac, offset = tail
+                whole = minute + second
+                seconds = whole + frac if frac is not None else whole
+                if offset is None:
+                    return seconds           # the head is cached only when its hour is in range
+                seconds -= offset
+                if not 0 <= seconds <= MAX_EPOCH_S:
+                    raise Rejected("bad_ts")
+                return seconds
+        return _parse_rfc3339(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
         if seconds > EPOCH_MS_THRESHOLD:
@@ -131,6 +140,43 @@ def parse_ts(value: object) -> float:
             raise Rejected("bad_ts")
         return seconds
     raise Rejected("bad_ts")
+
+
+def _parse_rfc3339(value: str) -> float:
+    """``parse_ts`` of a string by the regex, filling the caches of heads and tails."""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise Rejected("bad_ts")
+    # Logs repeat the same hour for thousands of lines: the calendar work is done once per
+    # hour, and the regex has fixed the positions of minutes and seconds.
+    hour_key = value[:13]
+    base = _HOUR_EPOCH.get(hour_key)
+    if base is None:
+        base = _hour_epoch(hour_key)
+    minute = base + int(value[14:16]) * 60
+    seconds = minute + min(int(value[17:19]), 59)
+    frac, offset = match.group(7, 8)
+    if frac:
+        seconds += float(frac)
+    offset_s = None
+    if offset and offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        offset_s = sign * (int(offset[1:3]) * 3600 + int(offset[4:6]) * 60)
+        seconds -= offset_s
+        if not 0 <= seconds <= MAX_EPOCH_S:      # an offset can leave 1970..9999
+            raise Rejected("bad_ts")
+    elif base < 0 or base > MAX_EPOCH_S:
+        raise Rejected("bad_ts")
+    if 0 <= base <= MAX_EPOCH_S:
+        if len(_MINUTE_EPOCH) >= 4096:
+            _MINUTE_EPOCH.clear()
+        _MINUTE_EPOCH[value[:16]] = minute
+        tail = value[19:]
+        if len(tail) <= _MAX_CACHED_TAIL:        # a hostile tail of many digits is not kept
+            if len(_TAILS) >= 4096:
+                _TAILS.clear()
+            _TAILS[tail] = (float(frac) if frac else None, offset_s)
+    return seconds
 
 
 def _hour_epoch(hour_key: str) -> float:
@@ -164,13 +210,26 @@ def normalize_name(name: str) -> str:
 
 
 def domain_of(address: str | None) -> str | None:
-    """The domain of an envelope address (``None`` for the null sender ``<>`` or no ``@``)."""
+    """The domain of an envelope address (``None`` for the null sender ``<>`` or no ``@``).
+
+    Cached: a mail log repeats a few thousand senders for all its lines.
+    """
     if not address:
         return None
+    domain = _DOMAIN_OF.get(address, _UNKNOWN)
+    if domain is not _UNKNOWN:
+        return domain
     domain = address.strip().strip("<>").rpartition("@")[2]
-    if not domain or "@" not in address:
-        return None
-    return normalize_name(domain)
+    domain = normalize_name(domain) if domain and "@" in address else None
+    if len(address) <= 320:                   # a hostile long "address" is not kept
+        if len(_DOMAIN_OF) >= 4096:
+            _DOMAIN_OF.clear()
+        _DOMAIN_OF[address] = domain
+    return domain
+
+
+_DOMAIN_OF: dict[str, str | None] = {}
+_UNKNOWN = object()
 
 
 def load_object(raw: bytes | str) -> dict:
@@ -226,50 +285,107 @@ def _lookups(value: object) -> list[tuple[str, str | None]]:
 
 
 def mail_from_object(obj: dict) -> MailRecord:
-    """Validate a decoded mail-flow object; raise ``Rejected`` with the first problem found."""
-    ts = _required_ts(obj)
-    message_id = _required_str(obj, "message_id")
-    status = _required_str(obj, "status").lower()
+    """Validate a decoded mail-flow object; raise ``Rejected`` with the first problem found.
+
+    Almost every line is valid, so the type checks of the usual record are made first, in one
+    expression; anything unusual goes through ``_checked_mail_fields``, which checks field by
+    field in the contract's order to name the first problem. Both paths then share the value
+    checks below, which come after every type check in that order, so the reason is the same.
+    """
+    get = obj.get
+    ts, message_id, status = get("ts"), get("message_id"), get("status")
+    # The fields of _MAIL_OPTIONAL_STR, looked up once for the check and for the record.
+    sender, recipient, tenant, server, direction, category, subject, status_code, detail = (
+        get("sender"), get("recipient"), get("tenant"), get("server"), get("direction"),
+        get("category"), get("subject"), get("status_code"), get("detail"))
+    text = _STR_OR_NONE
+    if (type(ts) in _TS_TYPES and type(message_id) is str and message_id
+            and type(status) is str and status
+            and type(sender) in text and type(recipient) in text and type(tenant) in text
+            and type(server) in text and type(direction) in text and type(category) in text
+            and type(subject) in text and type(status_code) in text and type(detail) in text):
+        ts = parse_ts(ts)
+    else:
+        ts, message_id, status = _checked_mail_fields(obj)
+    status = status.lower()
     if status not in STATUSES:
         raise Rejected("bad_value:status")
-    get = obj.get
-    for name in _MAIL_OPTIONAL_STR:
-        value = get(name)
-        if value is not None and type(value) is not str:
-            raise Rejected(f"wrong_type:{name}")
-    direction = obj.get("direction")
     if direction is not None and direction.lower() not in ("inbound", "outbound"):
         raise Rejected("bad_value:direction")
-    lookups_value = obj.get("dns_lookups")
+    lookups_value = get("dns_lookups")
     lookups = None if lookups_value is None else _lookups(lookups_value)
-    dns_outcome = obj.get("dns_outcome")
+    dns_outcome = get("dns_outcome")
     if dns_outcome is not None:
         if not isinstance(dns_outcome, str):
             raise Rejected("wrong_type:dns_outcome")
         dns_outcome = dns_outcome.upper()
         if dns_outcome not in _OUTCOME_SET:
             raise Rejected("bad_value:dns_outcome")
-    sender = obj.get("sender")
-    server = obj.get("server")
-    category = obj.get("category")
+    # Positional: the generated __init__ of a dataclass takes no keyword cost then.
     return MailRecord(
-        ts=ts,
-        message_id=message_id[:MAX_FIELD_CHARS],
-        status=status,
-        sender=sender[:MAX_FIELD_CHARS] if sender else None,
-        sender_domain=domain_of(sender),
-        tenant=obj.get("tenant", None) and obj["tenant"][:MAX_FIELD_CHARS],
-        server=server.lower()[:MAX_FIELD_CHARS] if server else None,
-        category=category.lower() if category else None,
-        subject=obj.get("subject"),
-        status_code=obj.get("status_code", None) and obj["status_code"][:32],
-        lookups=lookups,
-        dns_outcome=dns_outcome,
+        ts,
+        message_id[:MAX_FIELD_CHARS],
+        status,
+        sender[:MAX_FIELD_CHARS] if sender else None,
+        domain_of(sender),
+        tenant and tenant[:MAX_FIELD_CHARS],
+        server.lower()[:MAX_FIELD_CHARS] if server else None,
+        category.lower() if category else None,
+        subject,
+        status_code and status_code[:32],
+        lookups,
+        dns_outcome,
     )
 
 
+def _checked_mail_fields(obj: dict) -> tuple[float, str, str]:
+    """``ts``, ``message_id`` and ``status`` of a mail object after every type check, in order."""
+    ts = _required_ts(obj)
+    message_id = _required_str(obj, "message_id")
+    status = _required_str(obj, "status")
+    if status.lower() not in STATUSES:
+        raise Rejected("bad_value:status")
+    get = obj.get
+    for name in _MAIL_OPTIONAL_STR:
+        value = get(name)
+        if value is not None and type(value) is not str:
+            raise Rejected(f"wrong_type:{name}")
+    return ts, message_id, status
+
+
 def dns_from_object(obj: dict) -> DnsRecord:
-    """Validate a decoded DNS resolver object; raise ``Rejected`` with the first problem found."""
+    """Validate a decoded DNS resolver object; raise ``Rejected`` with the first problem found.
+
+    As for mail: the usual record is recognised in one expression, anything else is checked
+    field by field by ``_checked_dns_record`` to name its first problem.
+    """
+    get = obj.get
+    ts, qname, rcode, answers, latency = (get("ts"), get("qname"), get("rcode"), get("answers"),
+                                          get("latency_ms"))
+    qtype, resolver, client = get("qtype"), get("resolver"), get("client")
+    answers_type = type(answers)
+    latency_type = type(latency)
+    if not (type(ts) in _TS_TYPES and type(qname) is str and qname and type(rcode) is str and rcode
+            and (qtype is None or type(qtype) is str)
+            and (resolver is None or type(resolver) is str)
+            and (client is None or type(client) is str)
+            and (answers is None or answers_type is list or (answers_type is int and answers >= 0))
+            and (latency is None or ((latency_type is float or latency_type is int)
+                                     and latency >= 0))):
+        return _checked_dns_record(obj)
+    ts = parse_ts(ts)      # the first check of the contract's order: its reason stands
+    return _new_tuple(DnsRecord, (
+        ts,
+        qname.lower().rstrip(".")[:MAX_FIELD_CHARS],           # normalize_name, inlined
+        qtype.upper() if qtype else None,
+        outcome_of_rcode(rcode, len(answers) if answers_type is list else answers),
+        resolver[:MAX_FIELD_CHARS] if resolver else None,
+        client.lower()[:MAX_FIELD_CHARS] if client else None,
+    ))
+
+
+def _checked_dns_record(obj: dict) -> DnsRecord:
+    """``dns_from_object`` field by field, in the contract's order of checks."""
     ts = _required_ts(obj)
     qname = _required_str(obj, "qname")
     rcode = _required_str(obj, "rcode")
@@ -307,6 +423,32 @@ def dns_from_object(obj: dict) -> DnsRecord:
         resolver[:MAX_FIELD_CHARS] if resolver else None,
         client.lower()[:MAX_FIELD_CHARS] if client else None,
     ))
+
+
+def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
+    """``(index, record)`` of every line ``validate`` accepts; ``(index, reason)`` of the others
+    appended to ``rejected``.
+
+    ``load_object`` and the validator in one loop, the per-line work of a batch: the decoding is
+    inlined (the same checks in the same order as ``load_object``) to save a call per line.
+    """
+    parsed = []
+    append = parsed.append
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    for index, raw in enumerate(lines):
+        try:
+            if len(raw) > MAX_LINE_BYTES:
+                raise Rejected("too_large")
+            try:
+                obj = loads(raw)
+            except decode_error:
+                raise Rejected("not_json") from None
+            if not isinstance(obj, dict):
+                raise Rejected("not_object")
+            append((index, validate(obj)))
+        except Rejected as err:
+            rejected.append((index, err.reason))
+    return parsed
 
 
 def parse_mail(raw: bytes | str) -> MailRecord:
