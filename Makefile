@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# One test process per core (pytest-xdist): the broker tests spend most of their time waiting.
 test: setup
-	$(BIN)/python -m pytest -q -m "not faults"
+	$(BIN)/python -m pytest -q -n auto -m "not faults"
 
 # Fault injection against the broker (crashes, member moves, outages, refused writes): minutes.
 test-faults: setup
