@@ -437,12 +437,17 @@ class ConfluentTransport(KafkaPythonTransport):
 
     def _unassign_revoked(self) -> None:
         with self._lock:
-            revoked, self._revoked = self._revoked & self._fetching, set()
-        if revoked:
-            self.fetcher.incremental_unassign([self._ctp(tp) for tp in revoked])
-            self._fetching -= revoked
-            self._paused -= revoked
-            self._forget(revoked)
+            revoked, self._revoked = self._revoked, set()
+        if not revoked:
+            return
+        fetching = revoked & self._fetching
+        if fetching:
+            self.fetcher.incremental_unassign([self._ctp(tp) for tp in fetching])
+            self._fetching -= fetching
+        self._paused -= revoked
+        for tp in revoked:
+            self._starts.pop(tp, None)
+        self._forget(revoked)
 
     def _forget(self, tps: set[TP]) -> None:
         """Drop what is in hand for these partitions (revoked, or sought elsewhere)."""
@@ -527,7 +532,8 @@ class ConfluentTransport(KafkaPythonTransport):
             parked = self._parked.pop(tp, None)
             if parked is not None:
                 self._ready[tp] = parked
-        new = tps - self._fetching
+        # Only what the group gives this member now is ever fetched.
+        new = (tps - self._fetching) & self.assignment()
         if new:
             stored = self._ck.OFFSET_STORED
             self.fetcher.incremental_assign(
