@@ -49,12 +49,19 @@ def test_file_then_environment_then_flags_take_precedence(tmp_path):
     ("[model]\nstep_s = 7\n", "step_s must divide bucket_s"),
     ("[otp]\nsubject_patterns = ['(unclosed']\n", "otp.subject_patterns"),
     ("[topics]\nmail_format = 'exim'\n", "topics.mail_format"),
+    ("[kafka]\ntransport = 'librdkafka'\n", "kafka.transport must be one of kafka-python, confluent"),
     ("not toml at all [", "worker.toml"),
 ])
 def test_a_bad_config_fails_with_a_message_naming_the_key(tmp_path, text, words):
     with pytest.raises(ConfigError) as err:
         load_settings(write(tmp_path, text), environ={})
     assert words in str(err.value)
+
+
+def test_the_transport_comes_from_the_environment_too():
+    assert load_settings(environ={}).kafka.transport == "kafka-python"
+    settings = load_settings(environ={"DETECTOR_KAFKA_TRANSPORT": "confluent"})
+    assert settings.kafka.transport == "confluent"
 
 
 def test_secrets_are_masked_in_the_printed_configuration():
