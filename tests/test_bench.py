@@ -157,12 +157,15 @@ def test_quick_bench_through_kafka_measures_throughput_and_an_open_events_latenc
     assert throughput["worker_confluent_rate"] > 0 and throughput["bare_consume_confluent_rate"] > 0
     assert [c["transport"] for c in throughput["worker_detection"]] == ["kafka-python", "confluent"]
     assert all(c["false_alarms"] == 0 for c in throughput["worker_detection"])
-    latency = kafka["latency"]
-    assert latency["n"] == 1 and latency["wall_s"]["p50"] > 0
-    assert latency["runs"][0]["outcome"] == "SERVFAIL"
-    assert latency["detection_delay_s"]["p50"] >= 0
+    for latency, transport in ((kafka["latency"], "kafka-python"),
+                               (kafka["latency_confluent"], "confluent")):
+        assert latency["transport"] == transport
+        assert latency["n"] == 1 and latency["wall_s"]["p50"] > 0
+        assert latency["runs"][0]["outcome"] == "SERVFAIL"
+        assert latency["detection_delay_s"]["p50"] >= 0
     table = (tmp_path / "bench-quick.txt").read_text()
     for row in ("2. Through Kafka", "kafka-python bare consumer", "one worker",
                 "transport = confluent", "confluent-kafka bare consumer",
+                "Latency, transport kafka-python", "Latency, transport confluent",
                 "wall clock, records produced at 10x real time", "real time: delay + lateness"):
         assert row in table, row

@@ -79,10 +79,13 @@ def kafka_section(root: Path, work: Path, quick: bool, repeat: int, latency_runs
     datasets = ensure_all(root, specs, workers)
     with LocalBroker(log_path=work / "broker.log") as broker:
         throughput = throughput_through_kafka(broker, datasets[-1], repeat, say)
-        latency = open_latency(broker, datasets[:latency_runs], pace, quick, work, say)
+        latency = {transport: open_latency(broker, datasets[:latency_runs], pace, quick, work,
+                                           say, transport)
+                   for transport in TRANSPORTS}
     return {"scenario": SCENARIO, "start": start.isoformat(),
             "hours": QUICK_THROUGHPUT_HOURS if quick else 6.0,
-            "throughput": throughput, "latency": latency}
+            "throughput": throughput, "latency": latency["kafka-python"],
+            "latency_confluent": latency["confluent"]}
 
 
 def _kafka(broker: LocalBroker) -> KafkaSettings:
@@ -243,11 +246,12 @@ class _OpenReader(threading.Thread):
 
 
 def open_latency(broker: LocalBroker, datasets: list[Dataset], pace: float, quick: bool,
-                 work: Path, say: Say = quiet) -> dict:
-    runs = [_latency_run(broker, dataset, pace, quick, work, say) for dataset in datasets]
+                 work: Path, say: Say = quiet, transport: str = "kafka-python") -> dict:
+    runs = [_latency_run(broker, dataset, pace, quick, work, say, transport)
+            for dataset in datasets]
     found = [run for run in runs if run.get("wall_s") is not None]
-    summary = {"pace": pace, "runs": runs, "n": len(found), "missed": len(runs) - len(found),
-               "lateness_s": LATENESS_S}
+    summary = {"pace": pace, "transport": transport, "runs": runs, "n": len(found),
+               "missed": len(runs) - len(found), "lateness_s": LATENESS_S}
     for name in ("wall_s", "detection_delay_s", "overhead_s", "worker_s", "read_back_s",
                  "projected_real_time_s"):
         values = [run[name] for run in found if run.get(name) is not None]
@@ -258,7 +262,7 @@ def open_latency(broker: LocalBroker, datasets: list[Dataset], pace: float, quic
 
 
 def _latency_run(broker: LocalBroker, dataset: Dataset, pace: float, quick: bool, work: Path,
-                 say: Say) -> dict:
+                 say: Say, transport: str) -> dict:
     truth = dataset.truth()
     incident = truth["incidents"][0]
     onset = parse_time(incident["start"]).timestamp()
@@ -274,11 +278,12 @@ def _latency_run(broker: LocalBroker, dataset: Dataset, pace: float, quick: bool
     ensure_topics(kafka, {topics[name]: {} for name in ("mail", "dns", "anomalies")})
     config = work / f"latency-{tag}.toml"
     config.write_text(
-        "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n[topics]\n"
+        "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n"
+        f'transport = "{transport}"\n[topics]\n'
         + "".join(f'{k} = "{v}"\n' for k, v in topics.items())
         + f'[worker]\ngroup_id = "lat-{tag}"\nlog_format = "json"\n')
     metrics_port = free_port()
-    log = open(work / f"latency-worker-s{truth['seed']}.log", "wb")
+    log = open(work / f"latency-worker-{transport}-s{truth['seed']}.log", "wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "detector.cli", "run", "--bootstrap-servers", broker.bootstrap,
          "--config", str(config), "--metrics-port", str(metrics_port)],
@@ -329,7 +334,8 @@ def _latency_run(broker: LocalBroker, dataset: Dataset, pace: float, quick: bool
     sent = [line for line in paced if line.acked is not None]
     first = next((line for line in sent if line.ts >= onset), None)
     if not opened or first is None:
-        say(f"latency: seed {truth['seed']}: no open event for {incident['outcome']}")
+        say(f"latency ({transport}): seed {truth['seed']}: no open event for "
+            f"{incident['outcome']}")
         return row | {"wall_s": None}
     arrived, created, event = opened[0]
     detected_at = parse_time(event["detected_at"]).timestamp()
@@ -346,7 +352,8 @@ def _latency_run(broker: LocalBroker, dataset: Dataset, pace: float, quick: bool
             "worker_s": created - enabled if enabled is not None else None,
             "read_back_s": arrived - created,
             "projected_real_time_s": (delay + LATENESS_S + overhead) if overhead is not None else None}
-    say(f"latency: seed {truth['seed']}: open {arrived - first.acked:.2f} s after the spike's "
+    say(f"latency ({transport}): seed {truth['seed']}: open {arrived - first.acked:.2f} s after "
+        f"the spike's "
         f"first record at {pace:g}x (detection delay {delay:.0f} s event time, overhead "
         f"{overhead if overhead is not None else float('nan'):.3f} s)")
     return row

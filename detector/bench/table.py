@@ -107,7 +107,15 @@ def _kafka(k: dict) -> list[str]:
              + ("detected every incident and raised no false alarm."
                 if any(c["incidents"] for c in t["worker_detection"])
                 else "raised no false alarm (the input holds no incident).")]
-    lat = k["latency"]
+    for lat in (k["latency"], k.get("latency_confluent")):
+        if lat is not None:
+            lines += _latency(lat)
+    return lines
+
+
+def _latency(lat: dict) -> list[str]:
+    lines = []
+    transport = lat.get("transport", "kafka-python")
     if lat["n"]:
         rows = [("", "p50", "p99", "max")]
         for name, label, digits in (
@@ -120,12 +128,12 @@ def _kafka(k: dict) -> list[str]:
             stats = lat.get(name)
             rows.append((label, *(_seconds(stats[q] if stats else None, digits)
                                   for q in ("p50", "p99", "max"))))
-        lines += [f"  Latency from a spike's first record produced to its open event on the "
-                  f"anomalies topic ({lat['n']} runs, {lat['missed']} missed; the watermark adds "
-                  f"the {lat['lateness_s']:g} s allowed lateness):",
+        lines += [f"  Latency, transport {transport}, from a spike's first record produced to its "
+                  f"open event on the anomalies topic ({lat['n']} runs, {lat['missed']} missed; "
+                  f"the watermark adds the {lat['lateness_s']:g} s allowed lateness):",
                   aligned(rows, "  ")]
     else:
-        lines.append("  Latency: no open event was read in any run.")
+        lines.append(f"  Latency, transport {transport}: no open event was read in any run.")
     return lines
 
 
