@@ -59,7 +59,7 @@ class KafkaSettings:
     #: Topic creation for missing output/state topics (-1: the broker's default replication).
     replication_factor: int = -1
     #: "kafka-python" (pure Python, always installed) or "confluent" (records decoded and
-    #: produced by librdkafka; the extra ``otp-dns-detector[confluent]``): 1.3x the worker's
+    #: produced by librdkafka; the extra ``otp-dns-detector[confluent]``): 1.2-1.3x the worker's
     #: throughput in the benchmark, for a worker that cannot keep up with its topics.
     transport: str = "kafka-python"
 
