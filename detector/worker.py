@@ -120,7 +120,12 @@ class Worker:
         idle_exit = settings.worker.exit_when_idle_s
         try:
             while not self.stopping.is_set():
-                self._step()
+                try:
+                    self._step()
+                except TransportError as err:      # pause, seek, assign...: retried next step
+                    log.warning("a Kafka operation failed; retrying", extra={"error": repr(err)})
+                    time.sleep(self._backoff())
+                    continue
                 if idle_exit and self._all_idle_for(idle_exit):
                     log.info("input idle: flushing and exiting", extra={"idle_s": idle_exit})
                     self._flush_input()
@@ -468,7 +473,6 @@ class Worker:
                 time.sleep(self._backoff())
                 return
         self.pending_assignment = None
-        self.first_assignment = False
         if restored is not None:
             state, offsets = restored
             try:
@@ -478,6 +482,17 @@ class Worker:
                 self.detector, offsets = Detector(self.settings.detector), {}
         else:
             self.detector, offsets = Detector(self.settings.detector), {}
+        try:
+            self._seek_and_resume(assigned, start, restored, offsets, times)
+        except TransportError:
+            # Not active after all: the next step starts the restore again from the checkpoint.
+            self.detector, self.progress, self.adapters = None, {}, {}
+            self.pending_assignment = set(assigned)
+            raise
+        self.first_assignment = False
+
+    def _seek_and_resume(self, assigned: set[TP], start: str, restored, offsets: dict,
+                         times: dict) -> None:
         self.progress = {tp: PartitionProgress() for tp in assigned}
         saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
         self.adapters = {}
@@ -499,6 +514,7 @@ class Worker:
                     self.transport.seek_to(tp, "latest")
                 else:
                     self.transport.seek(tp, times[tp])
+                    self.progress[tp].next_offset = times[tp]
         self.transport.resume(assigned)
         log.info("partitions assigned", extra={
             "partitions": len(assigned), "restored": restored is not None, "start": start})

@@ -40,11 +40,13 @@ def topics(broker):
     return [TP(n, 0) for n in names[:2]], names[2]
 
 
-def joined(broker, name: str, tps: list[TP], max_poll_records: int = 400):
+def joined(broker, name: str, tps: list[TP], max_poll_records: int = 400,
+           group: str | None = None):
     kafka = KafkaSettings(bootstrap_servers=broker.bootstrap, session_timeout_ms=6000,
                           heartbeat_interval_ms=1000, max_poll_records=max_poll_records,
                           transport=name)
-    transport = make_transport(kafka, f"group-{uuid.uuid4().hex[:8]}", SingleActiveAssignor())
+    transport = make_transport(kafka, group or f"group-{uuid.uuid4().hex[:8]}",
+                               SingleActiveAssignor())
     assigned: set[TP] = set()
 
     def on_assigned(tps_in):
@@ -131,6 +133,29 @@ def test_a_partition_paused_before_its_first_record_starts_where_it_was_told(bro
         assert transport.offset_for_time(a, 946_684_800_000) == 0
     finally:
         transport.close()
+
+
+def test_without_a_seek_a_member_starts_at_the_groups_committed_offsets(broker, topics,
+                                                                         transport_name):
+    tps, _ = topics
+    a, b = tps
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    first = joined(broker, transport_name, tps, group=group)
+    try:
+        first.commit({a: 1234, b: 2000})
+    finally:
+        first.close()
+    second = joined(broker, transport_name, tps, group=group)
+    try:
+        second.resume(tps)                    # no seek: the committed offsets
+        assert second.position(a) == 1234 and second.position(b) == 2000
+        seen: dict[TP, list] = {}
+        read(second, seen, lambda: len(seen.get(a, [])) >= RECORDS - 1234
+             and len(seen.get(b, [])) >= RECORDS - 2000)
+        assert seen[a][0][0] == 1234 and seen[b][0][0] == 2000
+        assert second.position(a) == RECORDS
+    finally:
+        second.close()
 
 
 def test_writes_are_acknowledged_and_readable(broker, topics, transport_name):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -380,7 +381,9 @@ class ConfluentTransport(KafkaPythonTransport):
         self._stopped: set[TP] = set()     # paused in librdkafka too (see ``pause``)
         self._parked: dict[TP, Batch] = {}  # records of paused partitions, in hand
         self._ready: dict[TP, Batch] = {}   # parked records of resumed partitions, next out
-        self._starts: dict[TP, int] = {}   # where a partition not yet fetching starts
+        # Where each partition was told to start (kept until revoked: librdkafka knows no
+        # position before the first record after an assign or a seek).
+        self._starts: dict[TP, int] = {}
         super().__init__(kafka, group_id, assignor)
         # The kafka-python member: membership and commits only. It fetches nothing, because
         # every partition it is given is paused before its first fetch (in the callback).
@@ -392,6 +395,8 @@ class ConfluentTransport(KafkaPythonTransport):
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
+            # As kafka-python (and the Kafka default): every record, transactional or not.
+            "isolation.level": "read_uncommitted",
             # Prefetch at most ~16 MB per partition (librdkafka's default is 64 MB): a
             # partition paused for being ahead of the watermark keeps no more than that.
             "queued.max.messages.kbytes": 16_384,
@@ -409,6 +414,10 @@ class ConfluentTransport(KafkaPythonTransport):
             "linger.ms": self.kafka.linger_ms,
             # A write not acknowledged in this long is reported failed and retried by the worker.
             "delivery.timeout.ms": 30_000,
+            # As kafka-python: the same key goes to the same partition whichever transport
+            # wrote it (murmur2), and records up to 4 MB.
+            "partitioner": "murmur2_random",
+            "message.max.bytes": 4_000_000,
         })
 
     # ---------------------------------------------------------------- group
@@ -442,7 +451,10 @@ class ConfluentTransport(KafkaPythonTransport):
             return
         fetching = revoked & self._fetching
         if fetching:
-            self.fetcher.incremental_unassign([self._ctp(tp) for tp in fetching])
+            try:
+                self.fetcher.incremental_unassign([self._ctp(tp) for tp in fetching])
+            except self._ck.KafkaException as err:     # not ours any more either way
+                log.warning("unassign failed", extra={"error": repr(err)})
             self._fetching -= fetching
         self._paused -= revoked
         for tp in revoked:
@@ -468,6 +480,7 @@ class ConfluentTransport(KafkaPythonTransport):
         if not self._fetching:
             return []
         batches, self._ready = self._ready, {}
+        messages: list = []
         try:
             # consume(n, timeout) waits until n records are in or the timeout ends: take what is
             # there now, and wait only for a first record when there is none.
@@ -477,7 +490,11 @@ class ConfluentTransport(KafkaPythonTransport):
                 if messages:
                     messages += self.fetcher.consume(self.max_records - 1, 0)
         except self._ck.KafkaException as err:
-            raise TransportError(f"consume failed: {err!r}") from err
+            # Records in hand (parked, or returned by an earlier call) are past librdkafka's
+            # position: hand them over now; the error shows again at the next poll.
+            if not messages and not batches:
+                raise TransportError(f"consume failed: {err!r}") from err
+            log.warning("consume failed", extra={"error": repr(err)})
         last = None
         for message in messages:
             if message.error() is not None:
@@ -507,8 +524,11 @@ class ConfluentTransport(KafkaPythonTransport):
             parked.values += batch.values
             parked.offsets += batch.offsets
             if len(parked.values) >= self.max_records and batch.tp not in self._stopped:
-                self.fetcher.pause([self._ctp(batch.tp)])
-                self._stopped.add(batch.tp)
+                try:
+                    self.fetcher.pause([self._ctp(batch.tp)])
+                    self._stopped.add(batch.tp)
+                except self._ck.KafkaException as err:   # parking goes on; tried again later
+                    log.warning("pause failed", extra={"error": repr(err)})
 
     def pause(self, tps) -> None:
         """Pausing a partition in librdkafka drops what it has prefetched, to be fetched again
@@ -526,7 +546,8 @@ class ConfluentTransport(KafkaPythonTransport):
         self._paused -= tps
         stopped = tps & self._stopped
         if stopped:
-            self.fetcher.resume([self._ctp(tp) for tp in stopped])
+            with self._errors("resume"):
+                self.fetcher.resume([self._ctp(tp) for tp in stopped])
             self._stopped -= stopped
         for tp in tps:
             parked = self._parked.pop(tp, None)
@@ -536,21 +557,22 @@ class ConfluentTransport(KafkaPythonTransport):
         new = (tps - self._fetching) & self.assignment()
         if new:
             stored = self._ck.OFFSET_STORED
-            self.fetcher.incremental_assign(
-                [self._ctp(tp, self._starts.pop(tp, stored)) for tp in sorted(new)])
+            with self._errors("assign"):
+                self.fetcher.incremental_assign(
+                    [self._ctp(tp, self._starts.get(tp, stored)) for tp in sorted(new)])
             self._fetching |= new
 
     def paused(self) -> set[TP]:
         return set(self._paused)
 
     def _start_at(self, tp: TP, offset: int) -> None:
+        self._starts[tp] = offset
         if tp in self._fetching:
-            if tp in self._stopped:
-                self.fetcher.resume([self._ctp(tp)])
-            self._forget({tp})
-            self.fetcher.seek(self._ctp(tp, offset))
-        else:
-            self._starts[tp] = offset
+            with self._errors("seek"):
+                if tp in self._stopped:
+                    self.fetcher.resume([self._ctp(tp)])
+                self._forget({tp})
+                self.fetcher.seek(self._ctp(tp, offset))
 
     def seek(self, tp, offset) -> None:
         self._start_at(tp, offset)
@@ -564,6 +586,8 @@ class ConfluentTransport(KafkaPythonTransport):
             found = self.fetcher.offsets_for_times([self._ctp(tp, millis)], timeout=10)
         except self._ck.KafkaException as err:
             raise TransportError(f"offsets_for_times failed: {err!r}") from err
+        if found and found[0].error is not None:      # e.g. no leader: retried, not "the end"
+            raise TransportError(f"offsets_for_times failed: {found[0].error}")
         offset = found[0].offset if found else -1
         return offset if offset >= 0 else None
 
@@ -586,16 +610,35 @@ class ConfluentTransport(KafkaPythonTransport):
         return self._watermarks(tp)[1]
 
     def position(self, tp) -> int | None:
-        """librdkafka knows a position only once a record was read; before that the position
-        is where the partition was told to start (the log's start or end, when symbolic)."""
-        found = self.fetcher.position([self._ctp(tp)])[0].offset if tp in self._fetching else -1
+        """librdkafka knows a position only once a record was read after an assign or a seek;
+        before that the position is where the partition was told to start: an offset, the
+        log's end or start, or the group's committed offset (the start when there is none)."""
+        found = -1
+        if tp in self._fetching:
+            with self._errors("position"):
+                found = self.fetcher.position([self._ctp(tp)])[0].offset
         if found >= 0:
             return found
         start = self._starts.get(tp, self._ck.OFFSET_STORED)
         if start >= 0:
             return start
+        if start == self._ck.OFFSET_STORED:
+            try:
+                committed = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
+            except KafkaError as err:
+                raise TransportError(f"committed failed: {err!r}") from err
+            if committed is not None and committed >= 0:
+                return committed
         low, high = self._watermarks(tp)
         return high if start == self._ck.OFFSET_END else low
+
+    @contextmanager
+    def _errors(self, what: str):
+        """librdkafka's errors as ``TransportError`` (the worker retries those)."""
+        try:
+            yield
+        except self._ck.KafkaException as err:
+            raise TransportError(f"{what} failed: {err!r}") from err
 
     # -------------------------------------------------------------- writing
 
