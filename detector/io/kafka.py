@@ -12,10 +12,10 @@ partitions from a healthy active member.
 
 **State store.** Checkpoints go to a compacted topic. A checkpoint is a manifest (key = the group
 id) and its parts (key = ``<group>#<slot>#<n>``), gzip-compressed JSON cut into parts that fit in a
-Kafka message. Checkpoints alternate between two slots and the manifest, written last, names the
-slot, so a worker killed while writing a checkpoint leaves the previous one whole; the parts carry
-the checkpoint id, so a part of another checkpoint is never mixed in. Compaction keeps the topic at
-two checkpoints per group.
+Kafka message. Checkpoints rotate over three slots (``SLOTS``) and the manifest, written last,
+names the slot, so a worker killed while writing a checkpoint leaves the previous one whole; the
+parts carry the checkpoint id, so a part of another checkpoint is never mixed in. Compaction keeps
+the topic at three checkpoints per group.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 #: A checkpoint part's size: under Kafka's default 1 MB message limit with room for headers.
 STATE_PART_BYTES = 900_000
 STATE_FORMAT = 2
+#: Checkpoint slots. Two would do if a failed manifest write never landed; but a write reported
+#: failed (timed out) may still be delivered later, naming the slot the retry is overwriting.
+#: With three, a retry never writes the slot of the last good checkpoint nor that of the failed
+#: attempt, so whichever manifest lands last names parts that are whole.
+SLOTS = 3
 
 
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -175,6 +180,7 @@ class StateStore:
         self.topic = topic
         self.group_id = group_id
         self.slot = 0            # the slot of the newest complete checkpoint
+        self.attempted: int | None = None   # a failed write's slot: its manifest may land late
 
     def write(self, transport, state: dict, offsets: dict[str, int],
               timeout_s: float = 30.0) -> int:
@@ -183,7 +189,8 @@ class StateStore:
         blob = gzip.compress(orjson.dumps(state), compresslevel=1)
         checkpoint_id = f"{time.time_ns():x}-{hashlib.sha1(blob).hexdigest()[:12]}"
         parts = [blob[i:i + STATE_PART_BYTES] for i in range(0, len(blob), STATE_PART_BYTES)] or [b""]
-        slot = 1 - self.slot
+        slot = next(s for s in range(SLOTS) if s not in (self.slot, self.attempted))
+        self.attempted = slot
         handles = [transport.send(self.topic, self._part_key(slot, n), part,
                                   [("checkpoint", checkpoint_id.encode())])
                    for n, part in enumerate(parts)]
@@ -193,7 +200,7 @@ class StateStore:
                     "offsets": offsets, "written_at": time.time()}
         _await(transport, [transport.send(self.topic, self.group_id.encode(),
                                           orjson.dumps(manifest), [])], timeout_s)
-        self.slot = slot
+        self.slot, self.attempted = slot, None
         return len(blob)
 
     def _part_key(self, slot: int, n: int) -> bytes:
