@@ -507,7 +507,9 @@ class Worker:
             if source in offsets:
                 self.transport.seek(tp, offsets[source])
                 self.progress[tp].next_offset = offsets[source]
-            elif start in ("earliest", "latest"):
+            elif start in ("earliest", "latest", "committed"):
+                # "committed" with no checkpoint offset for it (a new member, a partition the
+                # checkpoint does not know): the group's offset, never wherever the client was.
                 self.transport.seek_to(tp, start)
             elif tp in times:
                 if times[tp] is None:              # nothing at or after that time: the end

@@ -135,7 +135,7 @@ def test_a_partition_paused_before_its_first_record_starts_where_it_was_told(bro
         transport.close()
 
 
-def test_without_a_seek_a_member_starts_at_the_groups_committed_offsets(broker, topics,
+def test_a_member_told_committed_or_not_told_starts_at_the_groups_committed_offsets(broker, topics,
                                                                          transport_name):
     tps, _ = topics
     a, b = tps
@@ -147,7 +147,8 @@ def test_without_a_seek_a_member_starts_at_the_groups_committed_offsets(broker, 
         first.close()
     second = joined(broker, transport_name, tps, group=group)
     try:
-        second.resume(tps)                    # no seek: the committed offsets
+        second.seek_to(a, "committed")        # told so, and b without a seek: the same
+        second.resume(tps)
         assert second.position(a) == 1234 and second.position(b) == 2000
         seen: dict[TP, list] = {}
         read(second, seen, lambda: len(seen.get(a, [])) >= RECORDS - 1234

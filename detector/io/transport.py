@@ -100,7 +100,7 @@ class Transport:
         raise NotImplementedError
 
     def seek_to(self, tp: TP, where: str) -> None:
-        """``earliest`` or ``latest``."""
+        """``earliest``, ``latest``, or ``committed`` (the group's offset; earliest if none)."""
         raise NotImplementedError
 
     def offset_for_time(self, tp: TP, millis: int) -> int | None:
@@ -231,10 +231,24 @@ class KafkaPythonTransport(Transport):
         self.consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
 
     def seek_to(self, tp, where) -> None:
+        kp = TopicPartition(tp.topic, tp.partition)
+        if where == "committed":
+            offset = self._committed(tp)
+            if offset is not None:
+                self.consumer.seek(kp, offset)
+                return
+            where = "earliest"
         if where == "earliest":
-            self.consumer.seek_to_beginning(TopicPartition(tp.topic, tp.partition))
+            self.consumer.seek_to_beginning(kp)
         else:
-            self.consumer.seek_to_end(TopicPartition(tp.topic, tp.partition))
+            self.consumer.seek_to_end(kp)
+
+    def _committed(self, tp: TP) -> int | None:
+        try:
+            offset = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
+        except KafkaError as err:
+            raise TransportError(f"committed failed: {err!r}") from err
+        return offset if offset is not None and offset >= 0 else None
 
     def offset_for_time(self, tp, millis) -> int | None:
         kp = TopicPartition(tp.topic, tp.partition)
@@ -578,6 +592,10 @@ class ConfluentTransport(KafkaPythonTransport):
         self._start_at(tp, offset)
 
     def seek_to(self, tp, where) -> None:
+        if where == "committed":
+            offset = self._committed(tp)
+            self._start_at(tp, offset if offset is not None else self._ck.OFFSET_BEGINNING)
+            return
         self._start_at(tp, self._ck.OFFSET_BEGINNING if where == "earliest"
                        else self._ck.OFFSET_END)
 
@@ -623,11 +641,8 @@ class ConfluentTransport(KafkaPythonTransport):
         if start >= 0:
             return start
         if start == self._ck.OFFSET_STORED:
-            try:
-                committed = self.consumer.committed(TopicPartition(tp.topic, tp.partition))
-            except KafkaError as err:
-                raise TransportError(f"committed failed: {err!r}") from err
-            if committed is not None and committed >= 0:
+            committed = self._committed(tp)
+            if committed is not None:
                 return committed
         low, high = self._watermarks(tp)
         return high if start == self._ck.OFFSET_END else low
