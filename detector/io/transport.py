@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple
@@ -72,76 +73,84 @@ class Batch:
 Callback = Callable[[set[TP]], None]
 
 
-class Transport:
+class Transport(ABC):
     """The interface the worker uses (see the module docstring). Offsets are "next to read"."""
 
     name = ""
 
+    @abstractmethod
     def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback) -> None:
         """Subscribe as a member of the worker's group; the callbacks get the partitions."""
-        raise NotImplementedError
 
+    @abstractmethod
     def poll(self, timeout_s: float) -> list[Batch]:
-        raise NotImplementedError
+        """The records fetched since the last poll, a batch per partition; waits up to
+        ``timeout_s`` for a first one."""
 
+    @abstractmethod
     def pause(self, tps: Iterable[TP]) -> None:
-        raise NotImplementedError
+        """No records of these partitions until they are resumed (none is lost)."""
 
+    @abstractmethod
     def resume(self, tps: Iterable[TP]) -> None:
-        raise NotImplementedError
+        """Records of these partitions again, from where they stopped or were sought to."""
 
+    @abstractmethod
     def paused(self) -> set[TP]:
-        raise NotImplementedError
+        """The partitions paused now."""
 
+    @abstractmethod
     def assignment(self) -> set[TP]:
-        raise NotImplementedError
+        """The partitions the group gives this member now."""
 
+    @abstractmethod
     def seek(self, tp: TP, offset: int) -> None:
-        raise NotImplementedError
+        """Read ``tp`` from ``offset`` on."""
 
+    @abstractmethod
     def seek_to(self, tp: TP, where: str) -> None:
         """``earliest``, ``latest``, or ``committed`` (the group's offset; earliest if none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def offset_for_time(self, tp: TP, millis: int) -> int | None:
         """The offset of the first record stamped at or after ``millis``, or ``None``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def highwater(self, tp: TP) -> int | None:
         """The end of the partition as of the last fetch (no request), or ``None``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def end_offset(self, tp: TP) -> int | None:
         """The end of the partition, asked of the broker."""
-        raise NotImplementedError
 
+    @abstractmethod
     def position(self, tp: TP) -> int | None:
         """The next offset this member will read."""
-        raise NotImplementedError
 
+    @abstractmethod
     def commit(self, offsets: dict[TP, int], asynchronous: bool = False) -> None:
-        raise NotImplementedError
+        """Commit these next offsets for the group (without waiting, in a callback)."""
 
+    @abstractmethod
     def send(self, topic: str, key: bytes | None, value: bytes,
              headers: list[tuple[str, bytes]]) -> Any:
         """Start a write (``acks=all``); returns a handle for ``delivery_error``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def flush(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for every started write to be acknowledged or fail."""
-        raise NotImplementedError
 
+    @abstractmethod
     def delivery_error(self, handle: Any) -> Exception | None:
         """After ``flush``: ``None`` when the write was acknowledged, else why not."""
-        raise NotImplementedError
 
+    @abstractmethod
     def rebuild_producer(self) -> None:
         """Replace a producer that keeps failing (an idempotent producer can fail for good)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def close(self, timeout_s: float = 10.0) -> None:
         """Leave the group; give unacknowledged writes ``timeout_s`` to complete."""
-        raise NotImplementedError
 
 
 def make_transport(kafka: KafkaSettings, group_id: str, assignor) -> Transport:
