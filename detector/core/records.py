@@ -38,6 +38,7 @@ NOT_FINAL = frozenset({"pending", "expanded", "getting_status"})
 STATUSES = FINAL_FAILURE | FINAL_SUCCESS | NOT_FINAL
 _OUTCOME_SET = frozenset(OUTCOMES)
 _HOUR_EPOCH: dict[str, float] = {}
+CACHE_ENTRIES = 4096
 #: ``parse_ts`` caches: epoch seconds of a ``YYYY-MM-DDTHH:MM`` head whose hour is in range, and
 #: the (fraction, offset in seconds) of a tail after the seconds; ``None`` for none (or ``Z``).
 _MINUTE_EPOCH: dict[str, float] = {}
@@ -168,14 +169,10 @@ def _parse_rfc3339(value: str) -> float:
     elif base < 0 or base > MAX_EPOCH_S:
         raise Rejected("bad_ts")
     if 0 <= base <= MAX_EPOCH_S:
-        if len(_MINUTE_EPOCH) >= 4096:
-            _MINUTE_EPOCH.clear()
-        _MINUTE_EPOCH[value[:16]] = minute
+        _remember(_MINUTE_EPOCH, value[:16], minute)
         tail = value[19:]
         if len(tail) <= _MAX_CACHED_TAIL:        # a hostile tail of many digits is not kept
-            if len(_TAILS) >= 4096:
-                _TAILS.clear()
-            _TAILS[tail] = (float(frac) if frac else None, offset_s)
+            _remember(_TAILS, tail, (float(frac) if frac else None, offset_s))
     return seconds
 
 
@@ -186,10 +183,16 @@ def _hour_epoch(hour_key: str) -> float:
                         int(hour_key[11:13]), tzinfo=timezone.utc).timestamp()
     except ValueError:  # 31 February and friends
         raise Rejected("bad_ts") from None
-    if len(_HOUR_EPOCH) >= 4096:
-        _HOUR_EPOCH.clear()
-    _HOUR_EPOCH[hour_key] = base
+    _remember(_HOUR_EPOCH, hour_key, base)
     return base
+
+
+def _remember(cache: dict, key: str, value) -> None:
+    """Keep ``value`` in a parse cache of at most ``CACHE_ENTRIES`` (emptied when full: a log
+    repeats a few keys for a long time, so a cold start now and then costs nothing)."""
+    if len(cache) >= CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
 
 
 def format_ts(seconds: float) -> str:
@@ -222,9 +225,7 @@ def domain_of(address: str | None) -> str | None:
     domain = address.strip().strip("<>").rpartition("@")[2]
     domain = normalize_name(domain) if domain and "@" in address else None
     if len(address) <= 320:                   # a hostile long "address" is not kept
-        if len(_DOMAIN_OF) >= 4096:
-            _DOMAIN_OF.clear()
-        _DOMAIN_OF[address] = domain
+        _remember(_DOMAIN_OF, address, domain)
     return domain
 
 

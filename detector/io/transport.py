@@ -396,7 +396,6 @@ class ConfluentTransport(KafkaPythonTransport):
         except ImportError:
             raise ImportError(CONFLUENT_MISSING) from None
         self._ck = confluent_kafka
-        self.group_id = group_id
         self._lock = threading.Lock()
         self._revoked: set[TP] = set()     # revoked by the group, still to unassign (main thread)
         self._fetching: set[TP] = set()    # assigned to the librdkafka consumer
