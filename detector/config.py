@@ -13,7 +13,7 @@ from typing import Any
 
 from .core.config import ConfigError, DetectorConfig
 
-CORE_TABLES = ("clock", "join", "otp", "model", "alerts")
+CORE_TABLES = ("clock", "join", "otp", "model", "alerts", "slices")
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

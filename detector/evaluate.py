@@ -5,7 +5,9 @@ is the incident's outcome (any case) and whose ``detected_at`` lies in [start, e
 delay is the earliest such ``detected_at`` minus the incident's start. An ``open`` event outside
 every incident's [start, end + 30 min] is a false alarm, whatever its outcome, and is attributed to
 the decoy whose [start, end + 30 min] holds it, if any (a decoy's alarm lags it as an incident's
-does). Only ``open`` events count; ``update`` and ``resolved`` events are only tallied.
+does). An ``open`` event inside an incident's [start, end + 5 min] whose outcome is none of the
+outcomes of the incidents there is a *wrong-outcome open*: the incident was blamed on the wrong
+DNS answer. Only ``open`` events count; ``update`` and ``resolved`` events are only tallied.
 """
 
 from __future__ import annotations
@@ -70,6 +72,14 @@ def evaluate(events: Iterable[dict], truth: dict) -> dict:
         false_alarms.append({"id": event.get("id"), "outcome": outcome, "detected_at": _rfc3339(at),
                              "decoy": None if decoy is None else decoys[decoy][2].get("desc", "")})
 
+    wrong_outcome = []
+    for at, outcome, event in opens:
+        during = [str(i["outcome"]).upper() for start, end, i in incidents
+                  if start <= at <= end + DETECT_SLACK]
+        if during and outcome not in during and outcome != "ALL":
+            wrong_outcome.append({"id": event.get("id"), "outcome": outcome,
+                                  "detected_at": _rfc3339(at), "expected": sorted(set(during))})
+
     delays = [row["delay_s"] for row in rows if row["detected"]]
     detected = len(delays)
     return {
@@ -80,6 +90,8 @@ def evaluate(events: Iterable[dict], truth: dict) -> dict:
         "recall": detected / len(rows) if rows else None,
         "false_alarm_count": len(false_alarms),
         "false_alarms": false_alarms,
+        "wrong_outcome_count": len(wrong_outcome),
+        "wrong_outcome": wrong_outcome,
         "decoys": [{"start": d["start"], "end": d["end"], "desc": d.get("desc", ""),
                     "false_alarms": per_decoy[n]} for n, (_, _, d) in enumerate(decoys)],
         "median_delay_s": statistics.median(delays) if delays else None,
@@ -102,6 +114,10 @@ def format_table(report: dict) -> str:
     for alarm in report["false_alarms"]:
         lines.append(f"  {alarm['detected_at']:<20} {alarm['outcome'] or '?':<9} {alarm['id']}"
                      f"  decoy: {alarm['decoy'] or '-'}")
+    lines.append(f"Wrong-outcome opens: {report['wrong_outcome_count']}")
+    for wrong in report["wrong_outcome"]:
+        lines.append(f"  {wrong['detected_at']:<20} {wrong['outcome']:<9} {wrong['id']}"
+                     f"  during {', '.join(wrong['expected'])}")
     lines.append(f"Delay: median {_seconds(report['median_delay_s'])}, max {_seconds(report['max_delay_s'])}")
     lines.append("Events: " + ", ".join(f"{state} {n}" for state, n in report["events_by_state"].items()))
     return "\n".join(lines)

@@ -85,14 +85,19 @@ def test_nothing_is_raised_during_warm_up():
     assert feed_all(Detector(), traffic) == []
 
 
-def test_a_small_sustained_rise_is_caught_by_the_long_window():
+def test_a_small_sustained_rise_is_caught_by_the_sequential_test_before_the_long_window():
     traffic = (Traffic().minutes(0, 120, 300, fail_every=100)     # 1 % failures
                .minutes(120, 30, 300, fail_every=40)              # 2.5 %: no minute shows it
                .sorted())
     events = feed_all(Detector(), traffic)
     opens = [e for e in events if e["state"] == "open"]
-    assert [(e["key"]["outcome"], e["rule"]) for e in opens] == [("NOERROR", "long")]
-    assert at(120) < parse_ts(opens[0]["detected_at"]) <= at(135)
+    # One page, from the CUSUM, sooner than the 15-minute window could; it stays open while
+    # the rise goes on (no flapping), with its slices referenced, not paged.
+    assert [(e["key"], e["rule"]) for e in opens] == [({"outcome": "NOERROR"}, "cusum")]
+    assert at(120) < parse_ts(opens[0]["detected_at"]) <= at(130)
+    assert parse_ts(opens[0]["since"]) <= at(120)
+    assert [e["state"] for e in events] == ["open"]
+    assert opens[0]["related"] and all(r.startswith("noerror-") for r in opens[0]["related"])
 
 
 def test_non_otp_mail_failures_are_not_counted():

@@ -9,6 +9,14 @@ hysteresis that keeps a noisy incident from flapping (the same scheme as Prometh
 ``keep_firing_for:``). An open anomaly emits at most one ``update`` per bucket, and only when its
 severity changes or its failure rate moved by ``update_change`` since the last event. Ids come
 from the key and the onset, so a replay of the same input gives the same ids.
+
+A key may also open on the sequential test (rule ``cusum``, ``sequential``), which has no window
+of its own to judge the end by, and a faint rise it found may be significant in no window at
+all. Such an anomaly stays elevated until the evidence that its rate is back to the baseline
+outweighs the evidence that it is still at the rate that opened it by ``10 ** resolve_score``
+to one: a CUSUM of the reverse change (Page 1954 again), kept by the pipeline and passed as
+``still_elevated``. Its ``update`` events report its recent window. Keys are strings: an outcome (``SERVFAIL``, ``ALL``) or a slice,
+``OUTCOME|dimension=value`` (``slice_key``), shown to consumers as the event's ``key`` object.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ class Judgement:
     fires: bool
     start: float
     end: float
-    rule: str                  # "short" or "long"
+    rule: str                  # "short", "long" or "cusum"
 
     @property
     def rate(self) -> float:
@@ -54,6 +62,40 @@ class Alert:
     attempts: int = 0          # totals over the steps since it opened
     failures: int = 0
     evidence: dict = field(default_factory=dict)   # field index -> {value: failures}
+    # An anomaly opened by the sequential test: [attempts, failures] of its newest
+    # ``recent_steps`` steps (what its updates report), the failure rate that opened it, and
+    # the evidence that the rate is back to the baseline (a reverse CUSUM, nats).
+    recent: list = field(default_factory=list)
+    recent_steps: int = 0
+    incident_rate: float = 0.0
+    back: float = 0.0
+    # One incident, one page: an anomaly another open one explains is not paged; its id is in
+    # the paged one's ``related`` and ``parent`` names the paged one.
+    paged: bool = True
+    parent: str | None = None
+    related: list = field(default_factory=list)
+
+
+def slice_key(outcome: str, dimension: str, value: str) -> str:
+    """The key string of a slice.
+
+    >>> slice_key("SERVFAIL", "sender_domain", "auth.bank1.example")
+    'SERVFAIL|sender_domain=auth.bank1.example'
+    """
+    return f"{outcome}|{dimension}={value}"
+
+
+def key_fields(key: str) -> dict[str, str]:
+    """A key string as the event's ``key`` object (a value may hold any character).
+
+    >>> key_fields("TIMEOUT|resolver=res=b|x")
+    {'outcome': 'TIMEOUT', 'resolver': 'res=b|x'}
+    """
+    outcome, _, rest = key.partition("|")
+    if not rest:
+        return {"outcome": outcome}
+    dimension, _, value = rest.partition("=")
+    return {"outcome": outcome, dimension: value}
 
 
 def anomaly_id(key: str, since: float) -> str:
@@ -61,8 +103,13 @@ def anomaly_id(key: str, since: float) -> str:
 
     >>> anomaly_id("SERVFAIL", 1795774500.0)
     'servfail-73dabdff62c7572c'
+    >>> anomaly_id("SERVFAIL|sender_domain=auth.bank1.example", 1795774500.0)[:16]
+    'servfail-sender-'
     """
     digest = hashlib.sha1(f"{key}|{round(since * 1000)}".encode()).hexdigest()[:16]
+    outcome, _, rest = key.partition("|")
+    if rest:
+        return f"{outcome.lower()}-{rest.partition('=')[0].split('_')[0]}-{digest}"
     return f"{key.lower()}-{digest}"
 
 
@@ -85,20 +132,35 @@ class AlertBook:
         excess = judgement.rate - judgement.expected_rate
         return "critical" if excess >= self.config.critical_excess_rate else "warning"
 
-    def decide(self, key: str, end: float, short: Judgement, long: Judgement,
-               step_attempts: int, step_failures: int, alertable: bool
-               ) -> tuple[str, Alert, Judgement] | None:
+    def decide(self, key: str, end: float, step_attempts: int, step_failures: int,
+               alertable: bool, short: Judgement | None = None, long: Judgement | None = None,
+               sequential: Judgement | None = None, recent: Judgement | None = None,
+               still_elevated: bool = False) -> tuple[str, Alert, Judgement] | None:
+        """The transition of ``key`` at the step ending at ``end``, if an event is due.
+
+        ``short`` and ``long`` are the windows' verdicts (outcome-wide keys), ``sequential`` the
+        sequential test's (its window is the CUSUM's run), ``recent`` the exponentially weighted
+        last minutes of an open anomaly.
+        """
         config = self.config
         alert = self.open.get(key)
         if alert is None:
             if not alertable:
                 return None
+            floor = self._evidence_floor(key)
             # The long window opens only while the newest minute is still above the baseline: it
             # must not re-open an incident that has just ended from the evidence it still holds.
-            long_opens = (long.fires and _still_high(short, config.long_min_lift)
-                          and long.start >= self._evidence_floor(key))
-            judgement = short if short.fires else long if long_opens else None
-            if judgement is None:
+            long_opens = (long is not None and long.fires and short is not None
+                          and _still_high(short, config.long_min_lift) and long.start >= floor)
+            sequential_opens = (sequential is not None and sequential.fires
+                                and sequential.start >= floor)
+            if short is not None and short.fires:
+                judgement = short
+            elif long_opens:
+                judgement = long
+            elif sequential_opens:
+                judgement = sequential
+            else:
                 return None
             alert = Alert(id=anomaly_id(key, judgement.start), key=key, since=judgement.start,
                           opened_at=end, rule=judgement.rule, severity=self.severity(judgement),
@@ -111,13 +173,18 @@ class AlertBook:
         alert.failures += step_failures
         # An anomaly is judged on the window that opened it: the long window lags an incident's
         # end by its whole length, which must not delay resolving a short, sharp incident.
-        judgement = short if alert.rule == "short" else long
-        elevated = judgement.score >= config.resolve_score and (
-            alert.rule == "short" or _still_high(short, 1.0))
+        if alert.rule == "short":
+            judgement = short
+            elevated = judgement.score >= config.resolve_score
+        elif alert.rule == "long":
+            judgement = long
+            elevated = judgement.score >= config.resolve_score and _still_high(short, 1.0)
+        else:
+            judgement = recent
+            elevated = still_elevated
         if not elevated:
             if end - alert.last_elevated_end >= config.resolve_hold_s:
-                del self.open[key]
-                self.resolved_until[key] = alert.last_elevated_end
+                self.close(key)
                 return "resolved", alert, judgement
             return None
         alert.last_elevated_end = end
@@ -128,6 +195,12 @@ class AlertBook:
             alert.severity, alert.last_rate, alert.last_emit_end = severity, rate, end
             return "update", alert, judgement
         return None
+
+    def close(self, key: str) -> Alert:
+        """Forget an open anomaly (resolved, or dropped with the page that explained it)."""
+        alert = self.open.pop(key)
+        self.resolved_until[key] = alert.last_elevated_end
+        return alert
 
     def _evidence_floor(self, key: str) -> float:
         """Event time before which the long window holds a resolved anomaly's failures: those of
@@ -150,6 +223,8 @@ class AlertBook:
         for row in state["open"]:
             row = dict(row)
             row["evidence"] = {int(f): dict(v) for f, v in row["evidence"].items()}
+            row["related"] = list(row["related"])
+            row["recent"] = [list(pair) for pair in row["recent"]]
             self.open[row["key"]] = Alert(**row)
 
 

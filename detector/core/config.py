@@ -108,6 +108,28 @@ class AlertConfig:
     #: Evidence lists keep this many values; samples this many message ids.
     evidence_top: int = 5
     evidence_samples: int = 5
+    #: The sequential test's false-alarm budget, per day: half for the outcome-wide keys, half
+    #: shared by all slices (``sequential.threshold``). One false page in 20 days at most keeps
+    #: a pager trusted; the windows' guards above make it rarer still.
+    false_alarms_per_day: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SliceConfig:
+    #: Sender domains watched one by one (the busiest, Space-Saving). A large provider's OTP
+    #: comes from a few hundred to a few thousand sending domains (banks, shops, identity
+    #: providers); past the busiest 2048 a sender sends too few codes for its own test to
+    #: become significant within minutes, and the outcome-wide keys still see it. 0: none.
+    sender_capacity: int = 2048
+    #: Resolvers watched one by one: a resolver fleet has tens to a few hundred instances.
+    resolver_capacity: int = 256
+    #: Weight (in attempts) of a slice's prior, centred on its outcome's provider-wide rate: 20
+    #: attempts let a sender's own few hours of history dominate, while its first minutes are
+    #: judged by what is normal for everyone.
+    prior_attempts: float = 20.0
+    #: A slice may alarm once its baseline has learned this many (decayed) attempts: at the
+    #: 3 h half-life every sender with about one OTP mail in five minutes or more qualifies.
+    warmup_attempts: float = 50.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +139,7 @@ class DetectorConfig:
     otp: OtpConfig = field(default_factory=OtpConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    slices: SliceConfig = field(default_factory=SliceConfig)
 
     def __post_init__(self) -> None:
         m, a = self.model, self.alerts
@@ -124,6 +147,8 @@ class DetectorConfig:
             raise ConfigError("model: step_s must divide bucket_s, and bucket_s long_window_s")
         if m.long_window_s < m.bucket_s:
             raise ConfigError("model.long_window_s must be at least bucket_s")
+        if not a.false_alarms_per_day > 0:
+            raise ConfigError("alerts.false_alarms_per_day must be positive")
         if not a.resolve_score <= a.open_score:
             raise ConfigError("alerts.resolve_score must not exceed alerts.open_score")
         for name in ("sender_patterns", "subject_patterns"):

@@ -7,20 +7,57 @@ record with the same name (and type, and ``client == s``, where both sides give 
 before ``t`` within ``[t - before, t]``; failing that, the earliest one in ``(t, t + after]``
 (clocks of mail servers and resolvers disagree by a few seconds). A delivery takes the worst
 outcome of its lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is ``UNMATCHED``.
+
+**Attribution follows the delivery's own result.** At OTP volumes one mail server asks for the
+same name many times a minute, so the window often holds several answers, healthy and failing.
+The nearest answer in time is not always the one the delivery saw (resolver caches, retries,
+parallel lookups), so a delivery's own status picks among them: a failed or deferred delivery
+whose status says DNS (``says_dns``: enhanced status X.4.3/X.4.4 routing and name-service
+errors, X.7.24 SPF temperror, X.1.8 bad sender domain, or a text such as Postfix's "Name service
+error" / "Host not found" / "Domain not found", M365's 4.4.3xx/5.4.3xx) prefers the nearest
+*failing* answer, a delivered mail prefers the nearest NOERROR answer, and any other delivery
+takes the nearest answer. When a preferred answer exists and is not the nearest, the join was
+*ambiguous*: counted (``ambiguous``), so a user can see how often the rule decided.
 """
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_left, bisect_right, insort
 from heapq import heapify, heappop, heappush
+from itertools import chain
 from operator import itemgetter
 
 from .outcomes import RANK
-from .records import DnsRecord, MailRecord
+from .records import FINAL_FAILURE, DnsRecord, MailRecord
 
 # A buffered resolver answer is the parsed ``DnsRecord`` itself:
 # (ts, qname, qtype, outcome, resolver, client).
 Entry = DnsRecord
+
+
+#: What a delivery prefers among several answers in its window (see the module docstring).
+PREFER_NEAREST, PREFER_HEALTHY, PREFER_FAILING = 0, 1, 2
+#: Outcomes that are a DNS failure (a failing answer): every rank above UNMATCHED.
+_FAILING = frozenset(outcome for outcome, rank in RANK.items() if rank < RANK["UNMATCHED"])
+
+_DNS_STATUS_CODE = re.compile(r"[45]\.(?:4\.[34]|7\.24|1\.8)(?:\d|\b)")
+_DNS_DETAIL = re.compile(
+    r"(?i)name ?service error|host not found|domain not found|\bdns\b|name resolution"
+    r"|\b(?:servfail|nxdomain|temperror)\b|lookup (?:failed|timed out)")
+
+
+def says_dns(status_code: str | None, detail: str | None) -> bool:
+    """Whether a failed delivery's status or text blames DNS (rules in the module docstring).
+
+    >>> says_dns("4.4.3", None), says_dns("5.4.312", None), says_dns("5.2.2", "Mailbox full")
+    (True, True, False)
+    >>> says_dns(None, "Name service error for name=bank.example type=TXT: Host not found")
+    True
+    """
+    if status_code and _DNS_STATUS_CODE.match(status_code):
+        return True
+    return bool(detail) and _DNS_DETAIL.search(detail) is not None
 
 
 #: An entry's time, the key of every bisection: itemgetter runs in C, where a function of ours
@@ -55,6 +92,8 @@ class DnsJoin:
         self._expiry: list[tuple[float, str]] = []
         self.size = 0
         self.evicted = 0
+        #: Joins where the delivery's status chose an answer other than the nearest one.
+        self.ambiguous = 0
 
     def add(self, record: DnsRecord) -> None:
         self.add_many((record,))
@@ -111,7 +150,10 @@ class DnsJoin:
         self.size -= dropped
         return dropped
 
-    def match(self, ts: float, qname: str, qtype: str | None, server: str | None) -> Entry | None:
+    def match(self, ts: float, qname: str, qtype: str | None, server: str | None,
+              prefer: int = PREFER_NEAREST) -> Entry | None:
+        """The answer a lookup at ``ts`` joins: the nearest compatible one, or with ``prefer``
+        the nearest compatible one of the preferred kind when the window holds one."""
         entries = self._by_name.get(qname)
         if not entries:
             return None
@@ -120,24 +162,30 @@ class DnsJoin:
         lo = bisect_left(entries, ts - self.before_s, key=_entry_ts)
         hi = bisect_right(entries, ts + self.after_s, key=_entry_ts)
         split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
+        nearest = None
         # Nearest before first (scan backwards), then the earliest after.
-        for i in range(split - 1, lo - 1, -1):
+        for i in chain(range(split - 1, lo - 1, -1), range(split, hi)):
             entry = entries[i]
-            if _compatible(entry, qtype, server):
+            if not _compatible(entry, qtype, server):
+                continue
+            if prefer == PREFER_NEAREST:
                 return entry
-        for i in range(split, hi):
-            entry = entries[i]
-            if _compatible(entry, qtype, server):
+            if (entry[3] in _FAILING) == (prefer == PREFER_FAILING):
+                if nearest is not None:
+                    self.ambiguous += 1
                 return entry
-        return None
+            if nearest is None:
+                nearest = entry
+        return nearest
 
     def resolve(self, mail: MailRecord) -> tuple[str, str | None]:
         """The delivery's outcome and the resolver that gave it (``None`` when unknown)."""
         return self.resolve_fields(mail.ts, mail.server, mail.sender_domain, mail.lookups,
-                                   mail.dns_outcome)
+                                   mail.dns_outcome, prefer_of(mail))
 
     def resolve_fields(self, ts: float, server: str | None, sender_domain: str | None,
-                       lookups: list | None, dns_outcome: str | None) -> tuple[str, str | None]:
+                       lookups: list | None, dns_outcome: str | None,
+                       prefer: int = PREFER_NEAREST) -> tuple[str, str | None]:
         """``resolve`` on the fields the pipeline keeps of a pending delivery."""
         if dns_outcome is not None:
             return dns_outcome, None
@@ -149,7 +197,7 @@ class DnsJoin:
             return "NO_LOOKUP", None
         worst, worst_rank, worst_resolver = "NO_LOOKUP", RANK["NO_LOOKUP"], None
         for qname, qtype in lookups:
-            entry = self.match(ts, qname, qtype, server)
+            entry = self.match(ts, qname, qtype, server, prefer)
             if entry is None:
                 outcome, resolver = "UNMATCHED", None
             else:
@@ -174,6 +222,15 @@ class DnsJoin:
             self.size += 1
         self._expiry = [(entries[0][0], qname) for qname, entries in self._by_name.items()]
         heapify(self._expiry)
+
+
+def prefer_of(mail: MailRecord) -> int:
+    """What a delivery prefers among the answers in its window, from its own status."""
+    if mail.status == "delivered":
+        return PREFER_HEALTHY
+    if mail.status in FINAL_FAILURE and says_dns(mail.status_code, mail.detail):
+        return PREFER_FAILING
+    return PREFER_NEAREST
 
 
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:

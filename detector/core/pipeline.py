@@ -21,16 +21,23 @@ import numpy as np
 from river import stats
 
 from . import records as rec
-from .alerts import AlertBook, Judgement
+from .alerts import Alert, AlertBook, Judgement, key_fields, slice_key
 from .clock import Deduplicator, EventClock
 from .config import DetectorConfig
-from .join import DnsJoin
-from .model import Baseline, score_of
+from .join import DnsJoin, prefer_of
+from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
-from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS
+from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS, OUTCOMES
+from .sequential import Cusum, threshold
+from .slices import RESOLVER, SENDER, SliceTable, learn_score_nats
 from .windows import SlidingCounts, StepCounts, top_counted, top_values
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+N_OUTCOMES = len(OUTCOMES)
+#: Slice dimensions in the order of ``StepCounts.slice_attempts``; each is also the index of its
+#: value in a failure's evidence tuple.
+DIMENSIONS = (SENDER, RESOLVER)
+_LN10 = math.log(10.0)
 EVIDENCE_FIELDS = ("sender_domains", "resolvers", "tenants", "status_codes")
 SAMPLES_FIELD = 4
 #: An open anomaly keeps at most this many distinct values per evidence field (and samples).
@@ -38,8 +45,24 @@ ALERT_EVIDENCE_VALUES = 100
 MAIL, DNS = "mail", "dns"
 
 # A delivery waiting for its join: (ts, seq, failed, message_id, sender_domain, tenant, server,
-# status_code, lookups, dns_outcome). Plain tuples: cheap to heap and to checkpoint.
+# status_code, lookups, dns_outcome, prefer). Plain tuples: cheap to heap and to checkpoint.
 Pending = tuple
+
+
+@dataclass(slots=True)
+class SliceStep:
+    """One closed step of one slice dimension: its values' rows, attempts and failures per
+    outcome, their baselines, and the CUSUM keys it updated (``flats``) with their statistic."""
+
+    rows: np.ndarray
+    attempts: np.ndarray
+    failures: np.ndarray          # (rows, outcomes)
+    rates: np.ndarray             # (rows, outcomes)
+    position: dict
+    flats: np.ndarray
+    stat: np.ndarray
+    hot_rows: np.ndarray
+    hot_outcomes: np.ndarray
 
 
 @dataclass
@@ -71,6 +94,15 @@ class Detector:
         self.volume = stats.EWMean(fading_factor=1.0 - self.baseline.decay)
         self.volume_seen = False
         self.books = AlertBook(config.alerts, model.bucket_s)
+        # The sequential test of the outcome-wide keys, and the slices with theirs.
+        self.cusum = Cusum(N_KEYS)
+        budget = config.alerts.false_alarms_per_day / 2
+        self.h_outcome = threshold(budget, N_KEYS, model.step_s)
+        sl = config.slices
+        self.slices = [
+            (d, SliceTable(DIMENSIONS[d], capacity, N_OUTCOMES, self.baseline.decay,
+                           sl.prior_attempts, sl.warmup_attempts))
+            for d, capacity in enumerate((sl.sender_capacity, sl.resolver_capacity)) if capacity]
         self.pending: list[Pending] = []
         self.seq = 0
         self.open_steps: dict[int, StepCounts] = {}
@@ -203,7 +235,8 @@ class Detector:
             self.seq += 1
             heapq.heappush(pending, (
                 mail.ts, self.seq, mail.status in failure, mail.message_id, mail.sender_domain,
-                mail.tenant, mail.server, mail.status_code, mail.lookups, mail.dns_outcome))
+                mail.tenant, mail.server, mail.status_code, mail.lookups, mail.dns_outcome,
+                prefer_of(mail)))
 
     # ------------------------------------------------------------ event time
 
@@ -222,8 +255,8 @@ class Detector:
         steps = self.open_steps
         while pending and pending[0][0] <= limit:
             (ts, _, failed, message_id, sender_domain, tenant, server, status_code, lookups,
-             dns_outcome) = heapq.heappop(pending)
-            outcome, resolver = resolve(ts, server, sender_domain, lookups, dns_outcome)
+             dns_outcome, prefer) = heapq.heappop(pending)
+            outcome, resolver = resolve(ts, server, sender_domain, lookups, dns_outcome, prefer)
             index = int(ts // step_s)
             step = steps.get(index)
             if step is None:
@@ -231,11 +264,24 @@ class Detector:
             step.attempts += 1
             counters["otp_attempts"] += 1
             counters[f"otp_outcome:{outcome}"] += 1
+            senders, resolvers = step.slice_attempts
+            if sender_domain:
+                senders[sender_domain] = senders.get(sender_domain, 0) + 1
+            if resolver:
+                resolvers[resolver] = resolvers.get(resolver, 0) + 1
             if failed:
                 counters["otp_failures"] += 1
+                k = KEY_INDEX[outcome]
                 failure = (sender_domain, resolver, tenant, status_code, message_id)
-                step.add_failure(KEY_INDEX[outcome], failure)
+                step.add_failure(k, failure)
                 step.add_failure(ALL_INDEX, failure)
+                sender_failures, resolver_failures = step.slice_failures
+                if sender_domain:
+                    slot = (sender_domain, k)
+                    sender_failures[slot] = sender_failures.get(slot, 0) + 1
+                if resolver:
+                    slot = (resolver, k)
+                    resolver_failures[slot] = resolver_failures.get(slot, 0) + 1
 
     def _close_steps_until(self, limit: float, events: list[dict]) -> None:
         """Close every step whose end is at or before ``limit``."""
@@ -260,6 +306,8 @@ class Detector:
         per_bucket = self.steps_per_bucket
         buckets = target // per_bucket - self.next_step // per_bucket
         self.baseline.fade(buckets)
+        for _, table in self.slices:
+            table.fade(buckets)
         for _ in range(min(buckets, 10_000)):
             self.volume.update(0.0)
         self.windows.pushed += target - self.next_step
@@ -268,56 +316,375 @@ class Detector:
         self.next_step = target
 
     def _close_step(self, index: int, events: list[dict]) -> None:
+        """Judge the step ``index``: the outcome-wide keys on their windows and sequential test,
+        the slices on theirs, then one page per incident (``_one_page``)."""
         step = self.open_steps.pop(index, None) or StepCounts()
         windows = self.windows
-        windows.push(step)
         end = (index + 1) * self.step_s
+        start = end - self.step_s
         model, alerts = self.config.model, self.config.alerts
         a, b = self.baseline.params()
         expected = a / (a + b)
+        parent = expected[:N_OUTCOMES]
+        slice_steps = [self._slice_step(d, table, step, parent, start)
+                       for d, table in self.slices]
+        mix = self._mix_expected(step, slice_steps, expected)
+        windows.push(step, mix)
         short_n, long_n = windows.short_attempts, windows.long_attempts
         short_x, long_x = windows.short_failures, windows.long_failures
-        candidates = set(self.books.open)
-        short_gate = self._gate(short_n, short_x, expected, alerts.min_lift)
-        long_gate = self._gate(long_n, long_x, expected, alerts.long_min_lift)
-        candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate))
+        # A window's expected rate follows the traffic mix: when senders that always fail send
+        # more, their usual failures are expected, not an incident.
+        short_p = _mixed_rate(expected, windows.short_expected, short_n)
+        long_p = _mixed_rate(expected, windows.long_expected, long_n)
+        step_p = _mixed_rate(expected, mix, step.attempts)
+        statistic = self._outcome_sequential(step, step_p, start)
+        sequential_fires = self._run_passes(self.cusum, np.arange(N_KEYS), statistic, step_p,
+                                            self.h_outcome)
+        candidates = set(key for key in self.books.open if "|" not in key)
+        short_gate = self._gate(short_n, short_x, short_p, alerts.min_lift)
+        long_gate = self._gate(long_n, long_x, long_p, alerts.long_min_lift)
+        candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate
+                                                            | sequential_fires))
         alertable = (self.first_ts is not None and end - self.first_ts >= model.warmup_s
                      and self.learned_attempts >= model.warmup_attempts)
+        decisions: list[tuple[str, Alert, Judgement]] = []
         # Excess failures of open outcome keys in each window, to judge ALL against.
         explained_short = explained_long = 0.0
         for key in sorted(candidates, key=KEY_INDEX.__getitem__):
             k = KEY_INDEX[key]
-            short = self._judge(k, short_n, int(short_x[k]), a, b, bool(short_gate[k]),
+            ak, bk = _beta_at(a[k], b[k], short_p[k])
+            short = self._judge(short_n, int(short_x[k]), ak, bk, bool(short_gate[k]),
                                 end - model.bucket_s, end, "short")
-            long = self._judge(k, long_n, int(long_x[k]), a, b, bool(long_gate[k]),
+            ak, bk = _beta_at(a[k], b[k], long_p[k])
+            long = self._judge(long_n, int(long_x[k]), ak, bk, bool(long_gate[k]),
                                end - model.long_window_s, end, "long")
-            self.bucket_max_score[k] = max(self.bucket_max_score[k], short.score, long.score)
+            sequential = self._sequential_judgement(self.cusum, k, statistic[k], step_p[k],
+                                                    bool(sequential_fires[k]), end)
+            self.bucket_max_score[k] = max(self.bucket_max_score[k], short.score, long.score,
+                                           sequential.score)
             alert = self.books.open.get(key)
+            recent, elevated = None, False
             if alert is not None:
                 _merge_evidence(alert.evidence, step.evidence.get(k, ()))
+                recent, elevated = self._recent(alert, step.attempts, step.failures[k],
+                                                step_p[k], a[k] + b[k], end)
             may_open = alertable
             if k == ALL_INDEX and alert is None:
                 # ALL is for failures spread over outcomes: it stays quiet when open outcome
                 # keys already explain half of its excess in either window (one incident, one
                 # page).
                 may_open = alertable and not (
-                    explained_short >= 0.5 * (short_x[k] - short_n * expected[k])
-                    or explained_long >= 0.5 * (long_x[k] - long_n * expected[k]))
-            decision = self.books.decide(key, end, short, long, step.attempts,
-                                         step.failures[k], may_open)
+                    explained_short >= 0.5 * (short_x[k] - short_n * short_p[k])
+                    or explained_long >= 0.5 * (long_x[k] - long_n * long_p[k]))
+            decision = self.books.decide(key, end, step.attempts, step.failures[k], may_open,
+                                         short, long, sequential, recent, elevated)
             if decision is not None:
-                if decision[0] == "open":
-                    _merge_evidence(decision[1].evidence,
-                                    windows.evidence(k, self._steps_of(decision[2])))
-                events.append(self._event(*decision, end))
+                self._opened_or_closed(decision, self.cusum, k, end)
+                decisions.append(decision)
             if k != ALL_INDEX and key in self.books.open:
-                explained_short += max(0.0, short_x[k] - short_n * expected[k])
-                explained_long += max(0.0, long_x[k] - long_n * expected[k])
+                explained_short += max(0.0, short_x[k] - short_n * short_p[k])
+                explained_long += max(0.0, long_x[k] - long_n * long_p[k])
+        self._shares: dict[str, float] = {}
+        for (d, table), slice_step in zip(self.slices, slice_steps):
+            self._judge_slices(d, table, slice_step, step, parent, alertable, end, decisions)
+        if not alertable:
+            # No evidence is gathered against a baseline still being learned.
+            self.cusum.reset(slice(None))
+            for _, table in self.slices:
+                table.cusum.reset(slice(None))
+        self._one_page(decisions)
+        for state, alert, judgement in decisions:
+            if alert.paged:
+                events.append(self._event(state, alert, judgement, end))
+            if state == "resolved":
+                self._drop_explained(alert)
         if (index + 1) % self.steps_per_bucket == 0:
             self._learn_bucket(end)
 
+    # ------------------------------------------------------- sequential test
+
+    def _outcome_sequential(self, step: StepCounts, step_p: np.ndarray,
+                            start: float) -> np.ndarray:
+        """Fold the step into the outcome-wide CUSUMs; their statistic (nats) per key."""
+        if not step.attempts:
+            return self.cusum.statistic()
+        attempts = np.full(N_KEYS, float(step.attempts))
+        return self.cusum.update(np.arange(N_KEYS), attempts,
+                                 np.asarray(step.failures, dtype=float), step_p,
+                                 self.config.alerts.min_lift, start)
+
+    def _run_passes(self, cusum: Cusum, keys: np.ndarray, statistic: np.ndarray,
+                    baseline: np.ndarray, h: float) -> np.ndarray:
+        """The sequential test fires: the statistic reached ``h`` and the run since its change
+        point passes the windows' guards (failures, lift, excess)."""
+        alerts = self.config.alerts
+        attempts, failures = cusum.run_attempts[keys], cusum.run_failures[keys]
+        rate = failures / np.maximum(attempts, 1.0)
+        return ((statistic >= h) & (failures >= alerts.min_failures)
+                & (rate >= baseline * alerts.min_lift)
+                & (rate - baseline >= alerts.min_excess_rate))
+
+    def _sequential_judgement(self, cusum: Cusum, key: int, statistic: float, baseline: float,
+                              fires: bool, end: float) -> Judgement:
+        """The sequential test's verdict; its window is the run, its score ``log10`` of the
+        likelihood ratio."""
+        return Judgement(int(cusum.run_attempts[key]), int(cusum.run_failures[key]),
+                         float(baseline), min(MAX_SCORE, float(statistic) / _LN10), fires,
+                         float(cusum.run_start[key]) if statistic > 0 else end, end, "cusum")
+
+    def _recent(self, alert: Alert, attempts: int, failures: int, baseline: float,
+                strength: float, end: float) -> tuple[Judgement, bool]:
+        """An open anomaly's newest ``recent_steps`` steps scored like a window against the
+        baseline (of weight ``strength``), and whether it is still elevated: for an anomaly of
+        the sequential test, until a reverse CUSUM of "back to ``baseline``" against "still at
+        the rate that opened it" reaches ``resolve_score`` (in log10 units)."""
+        recent = alert.recent
+        recent.append([attempts, failures])
+        del recent[:-max(1, alert.recent_steps)]
+        n = int(round(sum(pair[0] for pair in recent)))
+        x = int(round(sum(pair[1] for pair in recent)))
+        a, b = _beta_at(float(strength) * baseline, float(strength) * (1.0 - baseline), baseline)
+        score = score_of(x, n, a, b) if x else 0.0
+        p0 = min(max(baseline, 1e-9), 1.0 - 1e-6)
+        p1 = min(max(alert.incident_rate, p0), 1.0 - 1e-6)
+        if p1 > p0:
+            alert.back = max(0.0, alert.back + failures * math.log(p0 / p1)
+                             + (attempts - failures) * (math.log1p(-p0) - math.log1p(-p1)))
+        else:
+            alert.back = math.inf
+        elevated = alert.back < self.config.alerts.resolve_score * _LN10
+        return Judgement(n, x, float(baseline), score, False,
+                         end - len(recent) * self.step_s, end, "cusum"), elevated
+
+    def _opened_or_closed(self, decision: tuple, cusum: Cusum, key: int, end: float) -> None:
+        """A key's CUSUM starts again when its anomaly opens or resolves: the next anomaly of
+        the key must rest on evidence of its own. An anomaly opening gets its recent window:
+        long enough for about ``min_failures`` failures at the rate that opened it, from one
+        bucket to ``resolve_hold_s``, first filled with the opening run's average step."""
+        state, alert, judgement = decision
+        if state == "open":
+            cusum.reset([key])
+            run_steps = self._steps_of(judgement)
+            _merge_evidence(alert.evidence, self._evidence_of(alert, run_steps))
+            per_step = judgement.failures / run_steps
+            config = self.config
+            wanted = math.ceil(config.alerts.min_failures / per_step) if per_step > 0 else 0
+            longest = max(self.steps_per_bucket, int(config.alerts.resolve_hold_s // self.step_s))
+            alert.recent_steps = min(max(wanted, self.steps_per_bucket), longest)
+            fill = min(run_steps, alert.recent_steps)
+            alert.recent = [[judgement.attempts / run_steps, per_step] for _ in range(fill)]
+            alert.incident_rate = judgement.rate
+            alert.back = 0.0
+        elif state == "resolved":
+            cusum.reset([key])
+
+    # ---------------------------------------------------------------- slices
+
+    def _slice_step(self, d: int, table: SliceTable, step: StepCounts, parent: np.ndarray,
+                    start: float) -> SliceStep | None:
+        """Count one step into dimension ``d``'s rows and run their sequential tests."""
+        counts = step.slice_attempts[d]
+        if not counts:
+            return None
+        pinned = {table.row_of[key_fields(key)[table.dimension]]
+                  for key, alert in self.books.open.items()
+                  if table.dimension in key_fields(key) and
+                  key_fields(key)[table.dimension] in table.row_of}
+        rows = table.rows_of(counts, pinned)
+        attempts = np.fromiter(counts.values(), dtype=float, count=len(counts))
+        position = {value: i for i, value in enumerate(counts)}
+        failures = np.zeros((len(rows), N_OUTCOMES))
+        fails = step.slice_failures[d]
+        if fails:
+            where = np.fromiter((position[value] for value, _ in fails), dtype=np.int64,
+                                count=len(fails))
+            outcome = np.fromiter((k for _, k in fails), dtype=np.int64, count=len(fails))
+            failures[where, outcome] = np.fromiter(fails.values(), dtype=float, count=len(fails))
+            table.count(rows, attempts, rows[where], outcome, failures[where, outcome])
+        else:
+            table.count(rows, attempts, rows[:0], rows[:0], attempts[:0])
+        rates = table.rates(rows, parent)
+        flat_of = rows[:, None] * N_OUTCOMES + np.arange(N_OUTCOMES)
+        live = table.cusum.stat[flat_of.ravel()].any(axis=1).reshape(flat_of.shape)
+        hot = table.warm(rows) & ((failures > 0) | live)
+        hot_rows, hot_outcomes = np.nonzero(hot)
+        flats = flat_of[hot_rows, hot_outcomes]
+        stat = (table.cusum.update(flats, attempts[hot_rows], failures[hot_rows, hot_outcomes],
+                                   rates[hot_rows, hot_outcomes], self.config.alerts.min_lift,
+                                   start) if len(flats) else np.zeros(0))
+        return SliceStep(rows, attempts, failures, rates, position, flats, stat, hot_rows,
+                         hot_outcomes)
+
+    def _mix_expected(self, step: StepCounts, slice_steps: list, expected: np.ndarray
+                      ) -> np.ndarray:
+        """Expected failures per key of the step given who sent it: each sender's attempts at
+        its own baseline, the rest at the outcome-wide one."""
+        mix = expected * step.attempts
+        for (d, _), slice_step in zip(self.slices, slice_steps):
+            if d != 0 or slice_step is None:
+                continue
+            others = step.attempts - slice_step.attempts.sum()
+            per_outcome = slice_step.attempts @ slice_step.rates + others * expected[:N_OUTCOMES]
+            mix = np.append(per_outcome, per_outcome.sum())
+        return mix
+
+    def _judge_slices(self, d: int, table: SliceTable, slice_step: SliceStep | None,
+                      step: StepCounts, parent: np.ndarray, alertable: bool, end: float,
+                      decisions: list) -> None:
+        """Decisions of dimension ``d``'s slices: those whose test fired, and the open ones."""
+        dimension = table.dimension
+        live = sum(t.live() for _, t in self.slices)
+        h = threshold(self.config.alerts.false_alarms_per_day / 2, live * N_OUTCOMES,
+                      self.step_s)
+        due: dict[str, tuple[int, int, Judgement | None]] = {}
+        if slice_step is not None and len(slice_step.flats):
+            baseline = slice_step.rates[slice_step.hot_rows, slice_step.hot_outcomes]
+            fires = self._run_passes(table.cusum, slice_step.flats, slice_step.stat, baseline, h)
+            for j in np.flatnonzero(fires):
+                flat = int(slice_step.flats[j])
+                row, k = divmod(flat, N_OUTCOMES)
+                key = slice_key(OUTCOMES[k], dimension, table.names[row])
+                due[key] = (row, k, self._sequential_judgement(
+                    table.cusum, flat, slice_step.stat[j], baseline[j], True, end))
+        for key in self.books.open:
+            fields = key_fields(key)
+            value = fields.get(dimension)
+            if value is not None and key not in due:
+                due[key] = (table.row_of.get(value, -1), KEY_INDEX[fields["outcome"]], None)
+        for key in sorted(due):
+            row, k, sequential = due[key]
+            value = key_fields(key)[dimension]
+            i = slice_step.position.get(value) if slice_step is not None else None
+            attempts = int(slice_step.attempts[i]) if i is not None else 0
+            failures = int(slice_step.failures[i, k]) if i is not None else 0
+            alert = self.books.open.get(key)
+            recent, elevated = None, False
+            if alert is not None:
+                _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
+                                                 if f[d] == value])
+                if row >= 0:
+                    baseline = float(table.rates(np.array([row]), parent)[0, k])
+                    strength = table.prior_attempts + table.attempts[row, k]
+                else:
+                    baseline, strength = float(parent[k]), table.prior_attempts
+                recent, elevated = self._recent(alert, attempts, failures, baseline, strength,
+                                                end)
+            decision = self.books.decide(key, end, attempts, failures, alertable,
+                                         sequential=sequential, recent=recent,
+                                         still_elevated=elevated)
+            if decision is not None and decision[0] == "open" and step.attempts:
+                self._shares[key] = attempts / step.attempts
+            if decision is not None:
+                if row >= 0:
+                    self._opened_or_closed(decision, table.cusum, row * N_OUTCOMES + k, end)
+                decisions.append(decision)
+
+    # -------------------------------------------------------- one page each
+
+    def _one_page(self, decisions: list) -> None:
+        """Of the anomalies opened at this step, page those no open page explains.
+
+        An anomaly *explains* another of the same outcome when at least half of the other's
+        failures (in its window's evidence) belong to it: an outcome-wide anomaly explains every
+        slice of its outcome, a sender's anomaly explains the outcome-wide one when that sender
+        holds half its failures, a resolver's the senders whose failures went through it. An
+        explained anomaly is not paged: its id is in the page's ``related`` (and the page's
+        events carry it from then on). Among anomalies opened at the same step the broadest
+        goes first, unless one slice explains it with its failures concentrated there
+        (``_concentrated``: not a slice that is most of the traffic anyway): then that slice
+        is the page, naming where the incident is.
+        """
+        opened = [(alert, judgement) for state, alert, judgement in decisions if state == "open"]
+        if not opened:
+            return
+        new = {alert.key for alert, _ in opened}
+        for outcome in sorted({key_fields(alert.key)["outcome"] for alert, _ in opened}):
+            if outcome == "ALL":
+                continue
+            family = [(alert, judgement) for alert, judgement in opened
+                      if key_fields(alert.key)["outcome"] == outcome]
+            family.sort(key=lambda item: _breadth(item[0].key, -item[1].failures))
+            wide = family[0] if "|" not in family[0][0].key else None
+            if wide is not None:
+                # A slice names the incident only when it is a part of the traffic, not all.
+                explaining = [item for item in family[1:]
+                              if self._concentrated(item[0], *wide)]
+                if explaining:
+                    family.remove(explaining[0])
+                    family.insert(0, explaining[0])
+            # Every open anomaly of the outcome may explain a new one; a new one explained by
+            # an anomaly that is itself explained joins that one's page.
+            known = [alert for alert in self.books.open.values()
+                     if alert.key not in new and key_fields(alert.key)["outcome"] == outcome]
+            for alert, judgement in family:
+                cover = next((c for c in known if self._explains(c, alert, judgement)), None)
+                known.append(alert)
+                if cover is None:
+                    continue
+                page = cover if cover.paged else self._page_of(cover)
+                if page is None:
+                    continue
+                alert.paged, alert.parent = False, page.id
+                page.related.append(alert.id)
+
+    def _concentrated(self, part: Alert, whole: Alert, judgement: Judgement) -> bool:
+        """``part`` (a slice) holds half of ``whole``'s failures, far more than its share of the
+        attempts would give it by chance (binomial tail below ``1e-3``)."""
+        fields = key_fields(part.key)
+        (dimension, value), = ((f, v) for f, v in fields.items() if f != "outcome")
+        failures = self._evidence_of(whole, self._steps_of(judgement))
+        d = DIMENSIONS.index(dimension)
+        mine = sum(1 for f in failures if f[d] == value)
+        share = min(max(self._shares.get(part.key, 1.0), 1e-9), 1.0 - 1e-9)
+        if not failures or mine < 0.5 * len(failures):
+            return False
+        return beta_binomial_sf(mine, len(failures), share * 1e12, (1 - share) * 1e12) < 1e-3
+
+    def _page_of(self, alert: Alert) -> Alert | None:
+        """The open, paged anomaly that explains ``alert``."""
+        return next((a for a in self.books.open.values() if a.paged and a.id == alert.parent),
+                    None)
+
+    def _explains(self, page: Alert, alert: Alert, judgement: Judgement,
+                  at_least: float = 0.5) -> bool:
+        """``page`` holds at least half (and ``at_least``) of ``alert``'s failures."""
+        fields = key_fields(page.key)
+        if len(fields) == 1:
+            return True
+        (dimension, value), = ((f, v) for f, v in fields.items() if f != "outcome")
+        failures = self._evidence_of(alert, self._steps_of(judgement))
+        if not failures:
+            return False
+        d = DIMENSIONS.index(dimension)
+        share = sum(1 for f in failures if f[d] == value) / len(failures)
+        return share >= max(0.5, at_least)
+
+    def _evidence_of(self, alert: Alert, steps: int) -> list:
+        """The failure tuples of ``alert``'s key over the newest ``steps`` steps."""
+        fields = key_fields(alert.key)
+        found = self.windows.evidence(KEY_INDEX[fields["outcome"]], steps)
+        for dimension, value in fields.items():
+            if dimension != "outcome":
+                d = DIMENSIONS.index(dimension)
+                found = [f for f in found if f[d] == value]
+        return found
+
+    def _drop_explained(self, page: Alert) -> None:
+        """A page resolved: the anomalies it explained end with it."""
+        for key in [key for key, alert in self.books.open.items() if alert.parent == page.id]:
+            self.books.close(key)
+            fields = key_fields(key)
+            k = KEY_INDEX[fields["outcome"]]
+            if len(fields) == 1:
+                self.cusum.reset([k])
+                continue
+            for d, table in self.slices:
+                row = table.row_of.get(fields.get(table.dimension, ""))
+                if table.dimension in fields and row is not None:
+                    table.cusum.reset([row * N_OUTCOMES + k])
+
     def _steps_of(self, judgement: Judgement) -> int:
-        return int(round((judgement.end - judgement.start) / self.step_s))
+        return max(1, int(round((judgement.end - judgement.start) / self.step_s)))
 
     def _gate(self, attempts: int, failures: np.ndarray, expected: np.ndarray,
               min_lift: float) -> np.ndarray:
@@ -329,10 +696,10 @@ class Detector:
         return ((failures >= alerts.min_failures) & (rate >= expected * min_lift)
                 & (rate - expected >= alerts.min_excess_rate))
 
-    def _judge(self, k: int, attempts: int, failures: int, a: np.ndarray, b: np.ndarray,
-               gate: bool, start: float, end: float, rule: str) -> Judgement:
-        score = score_of(failures, attempts, float(a[k]), float(b[k])) if failures else 0.0
-        expected = float(a[k] / (a[k] + b[k]))
+    def _judge(self, attempts: int, failures: int, a: float, b: float, gate: bool,
+               start: float, end: float, rule: str) -> Judgement:
+        score = score_of(failures, attempts, a, b) if failures else 0.0
+        expected = a / (a + b)
         fires = gate and score >= self.config.alerts.open_score
         return Judgement(attempts, failures, expected, score, fires, start, end, rule)
 
@@ -340,22 +707,33 @@ class Detector:
         model = self.config.model
         windows = self.windows
         attempts = windows.short_attempts
-        learn = self.bucket_max_score < model.learn_max_score
+        learn = (self.bucket_max_score < model.learn_max_score)
+        frozen = set()
         for key, alert in self.books.open.items():
             if end - alert.opened_at < model.max_freeze_s:
-                learn[KEY_INDEX[key]] = False
+                frozen.add(key)
+                if "|" not in key:
+                    learn[KEY_INDEX[key]] = False
         self.baseline.learn(attempts, windows.short_failures, learn)
         self.learned_attempts += attempts
         self.volume.update(float(attempts))
         self.volume_seen = True
         self.bucket_max_score[:] = 0.0
+        calm = learn_score_nats(model.learn_max_score)
+        for _, table in self.slices:
+            mask = (table.cusum.statistic() < calm).reshape(table.capacity, N_OUTCOMES)
+            for key in frozen:
+                fields = key_fields(key)
+                row = table.row_of.get(fields.get(table.dimension, ""))
+                if table.dimension in fields and row is not None:
+                    mask[row, KEY_INDEX[fields["outcome"]]] = False
+            table.learn(mask)
 
     # ---------------------------------------------------------------- output
 
-    def _event(self, state: str, alert, judgement: Judgement, end: float) -> dict:
+    def _event(self, state: str, alert: Alert, judgement: Judgement, end: float) -> dict:
         alerts, model = self.config.alerts, self.config.model
         self.counters[f"anomalies:{state}"] += 1
-        k = KEY_INDEX[alert.key]
         top = alerts.evidence_top
         if state == "resolved":
             # The whole anomaly: its totals and the evidence gathered while it was open.
@@ -366,7 +744,7 @@ class Detector:
         else:
             window_start, window_end = judgement.start, judgement.end
             attempts, failures = judgement.attempts, judgement.failures
-            found = self.windows.evidence(k, self._steps_of(judgement))
+            found = self._evidence_of(alert, self._steps_of(judgement))
             evidence = {name: top_values(found, field, top)
                         for field, name in enumerate(EVIDENCE_FIELDS)}
         samples = alert.evidence.get(SAMPLES_FIELD, {})
@@ -375,15 +753,20 @@ class Detector:
         expected_rate = judgement.expected_rate
         window_buckets = (window_end - window_start) / model.bucket_s
         expected_attempts = self.volume.get() * window_buckets if self.volume_seen else 0.0
-        reason = (
-            f"{alert.key} OTP failures {failures}/{attempts} ({rate:.1%}) vs expected "
-            f"{expected_rate:.2%} over {int(window_end - window_start)} s"
-            + (f"; p = 1e-{judgement.score:.1f}" if state != "resolved" else "; back to normal")
-        )
-        return {
+        key = key_fields(alert.key)
+        name = " ".join([key["outcome"]] + [v for f, v in key.items() if f != "outcome"])
+        if state == "resolved":
+            how = "; back to normal"
+        elif judgement.rule == "cusum":
+            how = f"; likelihood ratio 1e{judgement.score:.1f} since {rec.format_ts(window_start)}"
+        else:
+            how = f"; p = 1e-{judgement.score:.1f}"
+        reason = (f"{name} OTP failures {failures}/{attempts} ({rate:.1%}) vs expected "
+                  f"{expected_rate:.2%} over {int(window_end - window_start)} s" + how)
+        event = {
             "id": alert.id,
             "state": state,
-            "key": {"outcome": alert.key},
+            "key": key,
             "detected_at": rec.format_ts(end + self.config.join.window_after_s),
             "since": rec.format_ts(alert.since),
             "window": {"start": rec.format_ts(window_start), "end": rec.format_ts(window_end)},
@@ -397,6 +780,9 @@ class Detector:
             "reason": reason,
             "evidence": evidence,
         }
+        if alert.related:
+            event["related"] = sorted(alert.related)
+        return event
 
     # ----------------------------------------------------------------- state
 
@@ -415,6 +801,10 @@ class Detector:
         out["dns_evicted"] = self.join.evicted
         out["dedup_entries"] = len(self.dedup)
         out["dedup_evicted"] = self.dedup.evicted
+        out["ambiguous_joins"] = self.join.ambiguous
+        for _, table in self.slices:
+            out[f"slices_{table.dimension}"] = table.live()
+            out[f"slices_{table.dimension}_evicted"] = table.evicted
         out["open_anomalies"] = len(self.books.open)
         return out
 
@@ -427,7 +817,7 @@ class Detector:
             "dedup": self.dedup.snapshot(),
             "join": self.join.snapshot(),
             "pending": [[p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
-                         None if p[8] is None else [list(lk) for lk in p[8]], p[9]]
+                         None if p[8] is None else [list(lk) for lk in p[8]], p[9], p[10]]
                         for p in sorted(self.pending)],
             "seq": self.seq,
             "open_steps": {str(i): s.to_plain() for i, s in sorted(self.open_steps.items())},
@@ -439,8 +829,11 @@ class Detector:
             "learned_attempts": self.learned_attempts,
             "bucket_max_score": self.bucket_max_score.tolist(),
             "alerts": self.books.snapshot(),
+            "cusum": self.cusum.snapshot(),
+            "slices": {table.dimension: table.snapshot() for _, table in self.slices},
             "counters": dict(self.counters),
             "evicted": {"dns": self.join.evicted, "dedup": self.dedup.evicted},
+            "ambiguous_joins": self.join.ambiguous,
         }
 
     def _restore(self, state: dict) -> None:
@@ -450,7 +843,7 @@ class Detector:
         self.dedup.restore(state["dedup"])
         self.join.restore(state["join"])
         self.pending = [(p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7],
-                         None if p[8] is None else [tuple(lk) for lk in p[8]], p[9])
+                         None if p[8] is None else [tuple(lk) for lk in p[8]], p[9], p[10])
                         for p in state["pending"]]
         heapq.heapify(self.pending)
         self.seq = int(state["seq"])
@@ -466,6 +859,11 @@ class Detector:
         self.learned_attempts = int(state["learned_attempts"])
         self.bucket_max_score = np.asarray(state["bucket_max_score"], dtype=float)
         self.books.restore(state["alerts"])
+        self.cusum.restore(state["cusum"])
+        for _, table in self.slices:
+            if table.dimension in state["slices"]:
+                table.restore(state["slices"][table.dimension])
+        self.join.ambiguous = int(state["ambiguous_joins"])
         self.counters = Counter(state["counters"])
         self.join.evicted = int(state["evicted"]["dns"])
         self.dedup.evicted = int(state["evicted"]["dedup"])
@@ -488,3 +886,27 @@ def _merge_evidence(evidence: dict, failures) -> None:
             elif len(counts) < ALERT_EVIDENCE_VALUES:
                 counts[value] = 1
 
+
+
+def _mixed_rate(expected: np.ndarray, mixed_failures: np.ndarray, attempts: float) -> np.ndarray:
+    """The expected rate per key: the baseline, or the traffic mix's expectation when higher."""
+    if attempts <= 0:
+        return expected
+    return np.maximum(expected, mixed_failures / attempts)
+
+
+def _beta_at(a: float, b: float, rate: float) -> tuple[float, float]:
+    """Beta parameters with the weight of ``(a, b)`` and the mean ``rate``."""
+    a, b, rate = float(a), float(b), float(rate)
+    if rate == a / (a + b):
+        return a, b
+    strength = a + b
+    rate = min(max(rate, 1e-12), 1.0 - 1e-9)
+    return strength * rate, strength * (1.0 - rate)
+
+
+def _breadth(key: str, tiebreak: float) -> tuple:
+    """Order of anomalies opened together: outcome-wide, then resolvers, then senders."""
+    fields = key_fields(key)
+    rank = 0 if len(fields) == 1 else 1 if RESOLVER in fields else 2
+    return rank, tiebreak, key

@@ -85,6 +85,7 @@ class MailRecord:
     status_code: str | None
     lookups: list[tuple[str, str | None]] | None   # (qname, qtype upper) or None when not given
     dns_outcome: str | None       # upper case outcome when the mail system logged one
+    detail: str | None = None     # the status text (read by the join's attribution rule)
 
 
 class DnsRecord(NamedTuple):
@@ -336,6 +337,7 @@ def mail_from_object(obj: dict) -> MailRecord:
         status_code and status_code[:32],
         lookups,
         dns_outcome,
+        detail and detail[:MAX_FIELD_CHARS],
     )
 
 

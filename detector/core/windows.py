@@ -25,14 +25,21 @@ Failure = tuple[str | None, str | None, str | None, str | None, str]
 
 
 class StepCounts:
-    """Counts of one open step: attempts, failures per key, and failure evidence per key."""
+    """Counts of one open step: attempts, failures per key, and failure evidence per key.
 
-    __slots__ = ("attempts", "failures", "evidence")
+    ``slice_attempts[d]`` and ``slice_failures[d]`` hold the same per value of slice dimension
+    ``d`` (0: sender domain, 1: resolver): ``{value: attempts}`` and ``{(value, outcome index):
+    failures}``.
+    """
+
+    __slots__ = ("attempts", "failures", "evidence", "slice_attempts", "slice_failures")
 
     def __init__(self) -> None:
         self.attempts = 0
         self.failures = [0] * N_KEYS
         self.evidence: dict[int, list[Failure]] = {}
+        self.slice_attempts: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self.slice_failures: tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] = ({}, {})
 
     def add_failure(self, key: int, failure: Failure) -> None:
         self.failures[key] += 1
@@ -44,7 +51,10 @@ class StepCounts:
 
     def to_plain(self) -> list:
         return [self.attempts, list(self.failures),
-                {str(k): [list(f) for f in v] for k, v in self.evidence.items()}]
+                {str(k): [list(f) for f in v] for k, v in self.evidence.items()},
+                [sorted(d.items()) for d in self.slice_attempts],
+                [sorted([value, k, n] for (value, k), n in d.items())
+                 for d in self.slice_failures]]
 
     @classmethod
     def from_plain(cls, row: list) -> "StepCounts":
@@ -52,6 +62,9 @@ class StepCounts:
         counts.attempts = int(row[0])
         counts.failures = [int(v) for v in row[1]]
         counts.evidence = {int(k): [tuple(f) for f in v] for k, v in row[2].items()}
+        counts.slice_attempts = tuple({value: int(n) for value, n in d} for d in row[3])
+        counts.slice_failures = tuple({(value, int(k)): int(n) for value, k, n in d}
+                                      for d in row[4])
         return counts
 
 
@@ -71,27 +84,36 @@ class SlidingCounts:
         self.long_steps = long_steps
         self.ring_attempts = np.zeros(long_steps, dtype=np.int64)
         self.ring_failures = np.zeros((long_steps, N_KEYS), dtype=np.int64)
+        # Expected failures per key of each step, from the slices' baselines (the traffic mix).
+        self.ring_expected = np.zeros((long_steps, N_KEYS))
         self.ring_evidence: list[dict[int, list[Failure]]] = [{} for _ in range(long_steps)]
         self.pushed = 0          # steps pushed so far; the newest is at (pushed - 1) % long_steps
         self._recompute()
 
-    def push(self, step: StepCounts) -> None:
+    def push(self, step: StepCounts, expected: np.ndarray | None = None) -> None:
+        """Slide both windows by one closed step; ``expected`` are its expected failures per key
+        (zero when not given)."""
         pos = self.pushed % self.long_steps
         failures = np.asarray(step.failures, dtype=np.int64)
+        expected = np.zeros(N_KEYS) if expected is None else expected
         # The slot about to be overwritten leaves the long window ...
         self.long_attempts += step.attempts - int(self.ring_attempts[pos])
         self.long_failures += failures - self.ring_failures[pos]
+        self.long_expected += expected - self.ring_expected[pos]
         self.ring_attempts[pos] = step.attempts
         self.ring_failures[pos] = failures
+        self.ring_expected[pos] = expected
         self.ring_evidence[pos] = step.evidence
         self.pushed += 1
         # ... and the step short_steps back leaves the short window.
         self.short_attempts += step.attempts
         self.short_failures += failures
+        self.short_expected += expected
         if self.pushed > self.short_steps:
             gone = (self.pushed - 1 - self.short_steps) % self.long_steps
             self.short_attempts -= int(self.ring_attempts[gone])
             self.short_failures -= self.ring_failures[gone]
+            self.short_expected -= self.ring_expected[gone]
 
     def is_empty(self) -> bool:
         return self.long_attempts == 0
@@ -100,6 +122,7 @@ class SlidingCounts:
         """Forget everything (after a gap longer than the long window)."""
         self.ring_attempts[:] = 0
         self.ring_failures[:] = 0
+        self.ring_expected[:] = 0.0
         self.ring_evidence = [{} for _ in range(self.long_steps)]
         self._recompute()
 
@@ -114,15 +137,19 @@ class SlidingCounts:
     def _recompute(self) -> None:
         self.long_attempts = int(self.ring_attempts.sum())
         self.long_failures = self.ring_failures.sum(axis=0)
+        self.long_expected = self.ring_expected.sum(axis=0)
         newest = [(self.pushed - 1 - back) % self.long_steps
                   for back in range(min(self.short_steps, self.pushed))]
         self.short_attempts = int(self.ring_attempts[newest].sum()) if newest else 0
         self.short_failures = (self.ring_failures[newest].sum(axis=0) if newest
                                else np.zeros(N_KEYS, dtype=np.int64))
+        self.short_expected = (self.ring_expected[newest].sum(axis=0) if newest
+                               else np.zeros(N_KEYS))
 
     def snapshot(self) -> dict:
         return {"pushed": self.pushed, "attempts": self.ring_attempts.tolist(),
                 "failures": self.ring_failures.tolist(),
+                "expected": self.ring_expected.tolist(),
                 "evidence": [{str(k): [list(f) for f in v] for k, v in slot.items()}
                              for slot in self.ring_evidence]}
 
@@ -130,6 +157,8 @@ class SlidingCounts:
         self.pushed = int(state["pushed"])
         self.ring_attempts = np.asarray(state["attempts"], dtype=np.int64)
         self.ring_failures = np.asarray(state["failures"], dtype=np.int64).reshape(
+            self.long_steps, N_KEYS)
+        self.ring_expected = np.asarray(state["expected"], dtype=float).reshape(
             self.long_steps, N_KEYS)
         self.ring_evidence = [{int(k): [tuple(f) for f in v] for k, v in slot.items()}
                               for slot in state["evidence"]]
