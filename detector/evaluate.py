@@ -22,6 +22,9 @@ from pathlib import Path
 import orjson
 
 DETECT_SLACK = timedelta(minutes=5)
+#: An incident whose truth lists its first failures is reported with the time of its k-th: no
+#: detector that needs k failures (the default ``alerts.min_failures``) can open before it.
+KTH_FAILURE = 5
 ALARM_SLACK = timedelta(minutes=30)
 
 
@@ -61,6 +64,7 @@ def evaluate(events: Iterable[dict], truth: dict) -> dict:
             "detected_at": _rfc3339(hits[0][0]) if hits else None,
             "delay_s": (hits[0][0] - start).total_seconds() if hits else None,
             "anomaly_id": hits[0][1] if hits else None,
+            "kth_failure_s": _kth_failure_s(incident, start),
         })
 
     false_alarms, per_decoy = [], Counter()
@@ -105,10 +109,12 @@ def format_table(report: dict) -> str:
     recall = "n/a" if report["recall"] is None else f"{report['recall']:.0%}"
     width = max([7] + [len(str(row["anomaly_id"])) for row in report["incidents"]])
     lines = [f"Incidents: {report['detected']} of {report['total_incidents']} detected, recall {recall}",
-             f"  {'outcome':<9} {'start':<20} {'end':<20} {'detected':<8} {'delay':>7}  {'anomaly':<{width}}  desc"]
+             f"  {'outcome':<9} {'start':<20} {'end':<20} {'detected':<8} {'delay':>7} "
+             f"{f'{KTH_FAILURE}th fail':>9}  {'anomaly':<{width}}  desc"]
     for row in report["incidents"]:
         lines.append(f"  {row['outcome']:<9} {row['start']:<20} {row['end']:<20} "
-                     f"{'yes' if row['detected'] else 'NO':<8} {_seconds(row['delay_s']):>7}  "
+                     f"{'yes' if row['detected'] else 'NO':<8} {_seconds(row['delay_s']):>7} "
+                     f"{_seconds(row.get('kth_failure_s')):>9}  "
                      f"{str(row['anomaly_id'] or '-'):<{width}}  {row['desc']}")
     lines.append(f"False alarms: {report['false_alarm_count']}")
     for alarm in report["false_alarms"]:
@@ -121,6 +127,13 @@ def format_table(report: dict) -> str:
     lines.append(f"Delay: median {_seconds(report['median_delay_s'])}, max {_seconds(report['max_delay_s'])}")
     lines.append("Events: " + ", ".join(f"{state} {n}" for state, n in report["events_by_state"].items()))
     return "\n".join(lines)
+
+
+def _kth_failure_s(incident: dict, start: datetime) -> float | None:
+    failures = incident.get("first_failures") or []
+    if len(failures) < KTH_FAILURE:
+        return None
+    return (parse_time(sorted(failures, key=parse_time)[KTH_FAILURE - 1]) - start).total_seconds()
 
 
 def _detected_at(event: dict) -> datetime:

@@ -91,7 +91,7 @@ class AlertConfig:
     #: An anomaly stays open while the score stays at or above this (hysteresis).
     resolve_score: float = 2.0
     #: "One failure of two at 3 a.m. is not an incident": at least this many failures in a window.
-    min_failures: int = 5
+    min_failures: int = 4
     #: At high volume a tiny rise is significant but not an incident: the failure rate must be
     #: at least this multiple of the baseline ...
     min_lift: float = 2.0

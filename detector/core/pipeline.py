@@ -29,7 +29,7 @@ from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
 from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS, OUTCOMES
 from .sequential import Cusum, threshold
-from .slices import RESOLVER, SENDER, SliceTable, learn_score_nats
+from .slices import RESOLVER, SENDER, SliceTable
 from .windows import SlidingCounts, StepCounts, top_counted, top_values
 
 STATE_VERSION = 3
@@ -51,18 +51,17 @@ Pending = tuple
 
 @dataclass(slots=True)
 class SliceStep:
-    """One closed step of one slice dimension: its values' rows, attempts and failures per
-    outcome, their baselines, and the CUSUM keys it updated (``flats``) with their statistic."""
+    """One closed step of one slice dimension: its counts (``{value: attempts}``,
+    ``{(value, outcome index): failures}``) and the CUSUM keys it updated (``flats``) with
+    their attempts, failures, baselines and statistics."""
 
-    rows: np.ndarray
-    attempts: np.ndarray
-    failures: np.ndarray          # (rows, outcomes)
-    rates: np.ndarray             # (rows, outcomes)
-    position: dict
+    attempts: dict
+    failures: dict
     flats: np.ndarray
+    flat_attempts: np.ndarray
+    flat_failures: np.ndarray
+    baseline: np.ndarray
     stat: np.ndarray
-    hot_rows: np.ndarray
-    hot_outcomes: np.ndarray
 
 
 @dataclass
@@ -253,6 +252,9 @@ class Detector:
         pending, counters, step_s = self.pending, self.counters, self.step_s
         resolve = self.join.resolve_fields
         steps = self.open_steps
+        # Senders that usually fail: which resolvers they went through this step sets what
+        # those resolvers are expected to fail (``_slice_step``).
+        deviant = self.slices[0][1].deviant if self.slices and self.slices[0][0] == 0 else {}
         while pending and pending[0][0] <= limit:
             (ts, _, failed, message_id, sender_domain, tenant, server, status_code, lookups,
              dns_outcome, prefer) = heapq.heappop(pending)
@@ -269,6 +271,10 @@ class Detector:
                 senders[sender_domain] = senders.get(sender_domain, 0) + 1
             if resolver:
                 resolvers[resolver] = resolvers.get(resolver, 0) + 1
+                if sender_domain in deviant:
+                    pairs = step.pairs
+                    pair = (resolver, sender_domain)
+                    pairs[pair] = pairs.get(pair, 0) + 1
             if failed:
                 counters["otp_failures"] += 1
                 k = KEY_INDEX[outcome]
@@ -328,7 +334,7 @@ class Detector:
         parent = expected[:N_OUTCOMES]
         slice_steps = [self._slice_step(d, table, step, parent, start)
                        for d, table in self.slices]
-        mix = self._mix_expected(step, slice_steps, expected)
+        mix = self._mix_expected(step, expected)
         windows.push(step, mix)
         short_n, long_n = windows.short_attempts, windows.long_attempts
         short_x, long_x = windows.short_failures, windows.long_failures
@@ -345,8 +351,7 @@ class Detector:
         long_gate = self._gate(long_n, long_x, long_p, alerts.long_min_lift)
         candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate
                                                             | sequential_fires))
-        alertable = (self.first_ts is not None and end - self.first_ts >= model.warmup_s
-                     and self.learned_attempts >= model.warmup_attempts)
+        alertable = self._alertable(end)
         decisions: list[tuple[str, Alert, Judgement]] = []
         # Excess failures of open outcome keys in each window, to judge ALL against.
         explained_short = explained_long = 0.0
@@ -360,8 +365,7 @@ class Detector:
                                end - model.long_window_s, end, "long")
             sequential = self._sequential_judgement(self.cusum, k, statistic[k], step_p[k],
                                                     bool(sequential_fires[k]), end)
-            self.bucket_max_score[k] = max(self.bucket_max_score[k], short.score, long.score,
-                                           sequential.score)
+            self.bucket_max_score[k] = max(self.bucket_max_score[k], short.score, long.score)
             alert = self.books.open.get(key)
             recent, elevated = None, False
             if alert is not None:
@@ -379,7 +383,7 @@ class Detector:
             decision = self.books.decide(key, end, step.attempts, step.failures[k], may_open,
                                          short, long, sequential, recent, elevated)
             if decision is not None:
-                self._opened_or_closed(decision, self.cusum, k, end)
+                self._opened_or_closed(decision, self.cusum.reset, k)
                 decisions.append(decision)
             if k != ALL_INDEX and key in self.books.open:
                 explained_short += max(0.0, short_x[k] - short_n * short_p[k])
@@ -391,7 +395,7 @@ class Detector:
             # No evidence is gathered against a baseline still being learned.
             self.cusum.reset(slice(None))
             for _, table in self.slices:
-                table.cusum.reset(slice(None))
+                table.reset_all()
         self._one_page(decisions)
         for state, alert, judgement in decisions:
             if alert.paged:
@@ -456,14 +460,14 @@ class Detector:
         return Judgement(n, x, float(baseline), score, False,
                          end - len(recent) * self.step_s, end, "cusum"), elevated
 
-    def _opened_or_closed(self, decision: tuple, cusum: Cusum, key: int, end: float) -> None:
+    def _opened_or_closed(self, decision: tuple, reset, key: int) -> None:
         """A key's CUSUM starts again when its anomaly opens or resolves: the next anomaly of
         the key must rest on evidence of its own. An anomaly opening gets its recent window:
         long enough for about ``min_failures`` failures at the rate that opened it, from one
         bucket to ``resolve_hold_s``, first filled with the opening run's average step."""
         state, alert, judgement = decision
         if state == "open":
-            cusum.reset([key])
+            reset([key])
             run_steps = self._steps_of(judgement)
             _merge_evidence(alert.evidence, self._evidence_of(alert, run_steps))
             per_step = judgement.failures / run_steps
@@ -476,69 +480,64 @@ class Detector:
             alert.incident_rate = judgement.rate
             alert.back = 0.0
         elif state == "resolved":
-            cusum.reset([key])
+            reset([key])
 
     # ---------------------------------------------------------------- slices
 
     def _slice_step(self, d: int, table: SliceTable, step: StepCounts, parent: np.ndarray,
-                    start: float) -> SliceStep | None:
-        """Count one step into dimension ``d``'s rows and run their sequential tests."""
-        counts = step.slice_attempts[d]
-        if not counts:
-            return None
-        pinned = {table.row_of[key_fields(key)[table.dimension]]
-                  for key, alert in self.books.open.items()
-                  if table.dimension in key_fields(key) and
-                  key_fields(key)[table.dimension] in table.row_of}
-        rows = table.rows_of(counts, pinned)
-        attempts = np.fromiter(counts.values(), dtype=float, count=len(counts))
-        position = {value: i for i, value in enumerate(counts)}
-        failures = np.zeros((len(rows), N_OUTCOMES))
-        fails = step.slice_failures[d]
-        if fails:
-            where = np.fromiter((position[value] for value, _ in fails), dtype=np.int64,
-                                count=len(fails))
-            outcome = np.fromiter((k for _, k in fails), dtype=np.int64, count=len(fails))
-            failures[where, outcome] = np.fromiter(fails.values(), dtype=float, count=len(fails))
-            table.count(rows, attempts, rows[where], outcome, failures[where, outcome])
-        else:
-            table.count(rows, attempts, rows[:0], rows[:0], attempts[:0])
-        rates = table.rates(rows, parent)
-        flat_of = rows[:, None] * N_OUTCOMES + np.arange(N_OUTCOMES)
-        live = table.cusum.stat[flat_of.ravel()].any(axis=1).reshape(flat_of.shape)
-        hot = table.warm(rows) & ((failures > 0) | live)
-        hot_rows, hot_outcomes = np.nonzero(hot)
-        flats = flat_of[hot_rows, hot_outcomes]
-        stat = (table.cusum.update(flats, attempts[hot_rows], failures[hot_rows, hot_outcomes],
-                                   rates[hot_rows, hot_outcomes], self.config.alerts.min_lift,
-                                   start) if len(flats) else np.zeros(0))
-        return SliceStep(rows, attempts, failures, rates, position, flats, stat, hot_rows,
-                         hot_outcomes)
+                    start: float) -> SliceStep:
+        """Count one step into dimension ``d`` and run the sequential tests it touches.
 
-    def _mix_expected(self, step: StepCounts, slice_steps: list, expected: np.ndarray
-                      ) -> np.ndarray:
-        """Expected failures per key of the step given who sent it: each sender's attempts at
-        its own baseline, the rest at the outcome-wide one."""
+        A resolver's baseline follows its traffic mix as the outcome-wide ones do: when senders
+        whose zones always fail send more through it, it is expected to fail more."""
+        attempts, failures = step.slice_attempts[d], step.slice_failures[d]
+        table.add_step(attempts, failures)
+        flats, n, x = table.hot(attempts, failures)
+        if not len(flats):
+            return SliceStep(attempts, failures, flats, n, x, n, n)
+        rows, outcomes = np.divmod(flats, N_OUTCOMES)
+        baseline = table.rates_of(rows, outcomes, parent)
+        if d == 1 and step.pairs:
+            senders = self.slices[0][1].deviant
+            extra: dict[str, np.ndarray] = {}
+            for (resolver, sender), count in step.pairs.items():
+                excess = senders.get(sender)      # still deviant at the bucket's end
+                if excess is not None:
+                    extra[resolver] = extra.get(resolver, 0.0) + count * excess
+            names = table.names
+            mixed = np.array([extra[names[row]][k] if names[row] in extra else 0.0
+                              for row, k in zip(rows.tolist(), outcomes.tolist())])
+            baseline = np.maximum(baseline, parent[outcomes] + mixed / n)
+        stat = table.update(flats, n, x, baseline, self.config.alerts.min_lift, start)
+        return SliceStep(attempts, failures, flats, n, x, baseline, stat)
+
+    def _mix_expected(self, step: StepCounts, expected: np.ndarray) -> np.ndarray:
+        """Expected failures per key of the step given who sent it: the outcome-wide rates,
+        plus the excess of each sender that usually fails more (``SliceTable.deviant``)."""
         mix = expected * step.attempts
-        for (d, _), slice_step in zip(self.slices, slice_steps):
-            if d != 0 or slice_step is None:
-                continue
-            others = step.attempts - slice_step.attempts.sum()
-            per_outcome = slice_step.attempts @ slice_step.rates + others * expected[:N_OUTCOMES]
-            mix = np.append(per_outcome, per_outcome.sum())
+        if not self.slices or self.slices[0][0] != 0 or not step.attempts:
+            return mix
+        deviant, counts = self.slices[0][1].deviant, step.slice_attempts[0]
+        if len(deviant) > len(counts):
+            found = [(counts[v], deviant[v]) for v in counts if v in deviant]
+        else:
+            found = [(counts[v], excess) for v, excess in deviant.items() if v in counts]
+        for n, excess in found:
+            mix[:N_OUTCOMES] += n * excess
+            mix[ALL_INDEX] += n * excess.sum()
         return mix
 
-    def _judge_slices(self, d: int, table: SliceTable, slice_step: SliceStep | None,
+    def _judge_slices(self, d: int, table: SliceTable, slice_step: SliceStep,
                       step: StepCounts, parent: np.ndarray, alertable: bool, end: float,
                       decisions: list) -> None:
         """Decisions of dimension ``d``'s slices: those whose test fired, and the open ones."""
         dimension = table.dimension
-        live = sum(t.live() for _, t in self.slices)
-        h = threshold(self.config.alerts.false_alarms_per_day / 2, live * N_OUTCOMES,
-                      self.step_s)
         due: dict[str, tuple[int, int, Judgement | None]] = {}
-        if slice_step is not None and len(slice_step.flats):
-            baseline = slice_step.rates[slice_step.hot_rows, slice_step.hot_outcomes]
+        if len(slice_step.flats):
+            watched = sum(t.live_slices() for _, t in self.slices)
+            h = threshold(self.config.alerts.false_alarms_per_day / 2, watched * N_OUTCOMES,
+                          self.step_s)
+            baseline = slice_step.baseline
             fires = self._run_passes(table.cusum, slice_step.flats, slice_step.stat, baseline, h)
             for j in np.flatnonzero(fires):
                 flat = int(slice_step.flats[j])
@@ -546,6 +545,8 @@ class Detector:
                 key = slice_key(OUTCOMES[k], dimension, table.names[row])
                 due[key] = (row, k, self._sequential_judgement(
                     table.cusum, flat, slice_step.stat[j], baseline[j], True, end))
+        if not due and not self.books.open:
+            return
         for key in self.books.open:
             fields = key_fields(key)
             value = fields.get(dimension)
@@ -554,17 +555,16 @@ class Detector:
         for key in sorted(due):
             row, k, sequential = due[key]
             value = key_fields(key)[dimension]
-            i = slice_step.position.get(value) if slice_step is not None else None
-            attempts = int(slice_step.attempts[i]) if i is not None else 0
-            failures = int(slice_step.failures[i, k]) if i is not None else 0
+            attempts = slice_step.attempts.get(value, 0)
+            failures = slice_step.failures.get((value, k), 0)
             alert = self.books.open.get(key)
             recent, elevated = None, False
             if alert is not None:
                 _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
                                                  if f[d] == value])
                 if row >= 0:
-                    baseline = float(table.rates(np.array([row]), parent)[0, k])
-                    strength = table.prior_attempts + table.attempts[row, k]
+                    baseline = float(table.rates_of(np.array([row]), np.array([k]), parent)[0])
+                    strength = table.strength(row, k)
                 else:
                     baseline, strength = float(parent[k]), table.prior_attempts
                 recent, elevated = self._recent(alert, attempts, failures, baseline, strength,
@@ -576,7 +576,7 @@ class Detector:
                 self._shares[key] = attempts / step.attempts
             if decision is not None:
                 if row >= 0:
-                    self._opened_or_closed(decision, table.cusum, row * N_OUTCOMES + k, end)
+                    self._opened_or_closed(decision, table.reset, row * N_OUTCOMES + k)
                 decisions.append(decision)
 
     # -------------------------------------------------------- one page each
@@ -598,6 +598,18 @@ class Detector:
         if not opened:
             return
         new = {alert.key for alert, _ in opened}
+        for alert, judgement in opened:
+            if alert.key == "ALL":
+                # ALL is for failures spread over outcomes: open anomalies of other keys whose
+                # failures make half of its excess explain it (the largest is its page).
+                excess = judgement.failures - judgement.attempts * judgement.expected_rate
+                others = sorted((c for c in self.books.open.values() if c.key != "ALL"),
+                                key=lambda c: (-c.failures, c.key))
+                if others and sum(c.failures for c in others) >= 0.5 * excess:
+                    page = others[0] if others[0].paged else self._page_of(others[0])
+                    if page is not None:
+                        alert.paged, alert.parent = False, page.id
+                        page.related.append(alert.id)
         for outcome in sorted({key_fields(alert.key)["outcome"] for alert, _ in opened}):
             if outcome == "ALL":
                 continue
@@ -670,7 +682,9 @@ class Detector:
         return found
 
     def _drop_explained(self, page: Alert) -> None:
-        """A page resolved: the anomalies it explained end with it."""
+        """A page resolved: the anomalies it explained end with it, and the evidence its
+        incident left in the sequential tests of its outcome and of ALL is spent."""
+        self.cusum.reset([KEY_INDEX[key_fields(page.key)["outcome"]], ALL_INDEX])
         for key in [key for key, alert in self.books.open.items() if alert.parent == page.id]:
             self.books.close(key)
             fields = key_fields(key)
@@ -681,7 +695,7 @@ class Detector:
             for d, table in self.slices:
                 row = table.row_of.get(fields.get(table.dimension, ""))
                 if table.dimension in fields and row is not None:
-                    table.cusum.reset([row * N_OUTCOMES + k])
+                    table.reset([row * N_OUTCOMES + k])
 
     def _steps_of(self, judgement: Judgement) -> int:
         return max(1, int(round((judgement.end - judgement.start) / self.step_s)))
@@ -703,11 +717,19 @@ class Detector:
         fires = gate and score >= self.config.alerts.open_score
         return Judgement(attempts, failures, expected, score, fires, start, end, rule)
 
+    def _alertable(self, end: float) -> bool:
+        """Past the warm-up: ``warmup_s`` of event time and ``warmup_attempts`` learned."""
+        model = self.config.model
+        return (self.first_ts is not None and end - self.first_ts >= model.warmup_s
+                and self.learned_attempts >= model.warmup_attempts)
+
     def _learn_bucket(self, end: float) -> None:
         model = self.config.model
         windows = self.windows
         attempts = windows.short_attempts
         learn = (self.bucket_max_score < model.learn_max_score)
+        if not self._alertable(end):
+            learn[:] = True             # warming up: everything seen is the normal to learn
         frozen = set()
         for key, alert in self.books.open.items():
             if end - alert.opened_at < model.max_freeze_s:
@@ -719,15 +741,15 @@ class Detector:
         self.volume.update(float(attempts))
         self.volume_seen = True
         self.bucket_max_score[:] = 0.0
-        calm = learn_score_nats(model.learn_max_score)
+        a, b = self.baseline.params()
+        parent = (a / (a + b))[:N_OUTCOMES]
         for _, table in self.slices:
-            mask = (table.cusum.statistic() < calm).reshape(table.capacity, N_OUTCOMES)
+            pinned = set()
             for key in frozen:
                 fields = key_fields(key)
-                row = table.row_of.get(fields.get(table.dimension, ""))
-                if table.dimension in fields and row is not None:
-                    mask[row, KEY_INDEX[fields["outcome"]]] = False
-            table.learn(mask)
+                if table.dimension in fields:
+                    pinned.add((fields[table.dimension], KEY_INDEX[fields["outcome"]]))
+            table.close_bucket(parent, pinned, model.learn_max_score)
 
     # ---------------------------------------------------------------- output
 
@@ -803,7 +825,7 @@ class Detector:
         out["dedup_evicted"] = self.dedup.evicted
         out["ambiguous_joins"] = self.join.ambiguous
         for _, table in self.slices:
-            out[f"slices_{table.dimension}"] = table.live()
+            out[f"slices_{table.dimension}"] = table.live_slices()
             out[f"slices_{table.dimension}_evicted"] = table.evicted
         out["open_anomalies"] = len(self.books.open)
         return out
@@ -860,9 +882,10 @@ class Detector:
         self.bucket_max_score = np.asarray(state["bucket_max_score"], dtype=float)
         self.books.restore(state["alerts"])
         self.cusum.restore(state["cusum"])
+        a, b = self.baseline.params()
         for _, table in self.slices:
             if table.dimension in state["slices"]:
-                table.restore(state["slices"][table.dimension])
+                table.restore(state["slices"][table.dimension], (a / (a + b))[:N_OUTCOMES])
         self.join.ambiguous = int(state["ambiguous_joins"])
         self.counters = Counter(state["counters"])
         self.join.evicted = int(state["evicted"]["dns"])

@@ -29,14 +29,19 @@ an incident: they are all we know of it).
 threshold that grows with the number of slices being watched (``sequential.threshold``: the
 false-alarm budget of the slices is shared by all of them), and the guards of the outcome-wide
 keys on its run (minimum failures, lift, excess).
+
+**Cost.** Per step, only the slices that fail in it or whose statistic is above zero are
+touched (a handful); admitting values, counting and learning happen once a bucket. Senders whose
+baseline for some outcome is well above their outcome's (``deviant``: a zone that is always
+broken) are listed at each bucket, so the traffic mix's expectation costs a lookup per such
+sender, not per sender.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from .model import score_of
 from .sequential import Cusum
 
 #: Slice dimensions: the event key's field and the failure evidence tuple's index.
@@ -48,7 +53,11 @@ class SliceTable:
 
     >>> table = SliceTable("resolver", capacity=2, n_outcomes=3, decay=0.99,
     ...                    prior_attempts=20.0, warmup_attempts=10.0)
-    >>> rows = table.rows_of({"res-a": 5, "res-b": 3, "res-c": 1}, pinned=set())
+    >>> parent = np.full(3, 0.01)
+    >>> table.add_step({"res-a": 5, "res-b": 3}, {("res-b", 0): 3})
+    >>> table.close_bucket(parent, frozen=set(), learn_max_score=3.0)
+    >>> table.add_step({"res-c": 1}, {})
+    >>> table.close_bucket(parent, frozen=set(), learn_max_score=3.0)
     >>> table.names, table.evicted       # res-c replaced res-b, the less busy one
     (['res-a', 'res-c'], 1)
     """
@@ -61,84 +70,185 @@ class SliceTable:
         self.decay = decay
         self.prior_attempts = prior_attempts
         self.warmup_attempts = warmup_attempts
-        self.names: list[str | None] = []
+        self.names: list[str] = []
         self.row_of: dict[str, int] = {}
         self.weight = np.zeros(capacity)          # Space-Saving counts (decayed attempts)
         self.attempts = np.zeros((capacity, n_outcomes))   # learned, decayed, per outcome
         self.failures = np.zeros((capacity, n_outcomes))
         self.cusum = Cusum(capacity * n_outcomes)
-        self.bucket_attempts = np.zeros(capacity)
-        self.bucket_failures = np.zeros((capacity, n_outcomes))
+        #: CUSUM keys (``row * n_outcomes + outcome``) whose statistic is above zero.
+        self.live: set[int] = set()
+        #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome.
+        self.deviant: dict[str, np.ndarray] = {}
+        # The bucket being gathered, step by step: attempts per value, failures per (value, k).
+        self.bucket_attempts: dict[str, int] = {}
+        self.bucket_failures: dict[tuple[str, int], int] = {}
         self.evicted = 0
 
-    # ------------------------------------------------------------------ rows
+    # ------------------------------------------------------------- per step
 
-    def rows_of(self, counts: dict[str, int], pinned: set[int]) -> np.ndarray:
-        """The row of each value of one step's ``{value: attempts}``, admitting new values."""
+    def add_step(self, attempts: dict[str, int], failures: dict[tuple[str, int], int]) -> None:
+        """Gather one closed step's counts into the bucket."""
+        counts = self.bucket_attempts
+        for value, n in attempts.items():
+            counts[value] = counts.get(value, 0) + n
+        counts = self.bucket_failures
+        for slot, n in failures.items():
+            counts[slot] = counts.get(slot, 0) + n
+
+    def hot(self, attempts: dict[str, int], failures: dict[tuple[str, int], int]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CUSUM keys to update for a step: warm (row, outcome) pairs that failed in it or
+        whose statistic is above zero and that had attempts; with their attempts and failures."""
+        row_of, names, n_out = self.row_of, self.names, self.n_outcomes
+        found: dict[int, int] = {}
+        for (value, k), x in failures.items():
+            row = row_of.get(value)
+            if row is not None:
+                found[row * n_out + k] = x
+        for flat in self.live:
+            if flat not in found and attempts.get(names[flat // n_out]):
+                found[flat] = 0
+        if not found:
+            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+        flats = np.fromiter(found, dtype=np.int64, count=len(found))
+        rows, outcomes = np.divmod(flats, n_out)
+        warm = self.attempts[rows, outcomes] >= self.warmup_attempts
+        flats = flats[warm]
+        n = np.fromiter((attempts[names[flat // n_out]] for flat in flats.tolist()),
+                        dtype=float, count=len(flats))
+        x = np.fromiter((found[flat] for flat in flats.tolist()), dtype=float, count=len(flats))
+        return flats, n, x
+
+    def update(self, flats: np.ndarray, attempts: np.ndarray, failures: np.ndarray,
+               baseline: np.ndarray, min_lift: float, step_start: float) -> np.ndarray:
+        """The CUSUM update of ``flats``, keeping ``live`` in step."""
+        stat = self.cusum.update(flats, attempts, failures, baseline, min_lift, step_start)
+        for flat, value in zip(flats.tolist(), stat.tolist()):
+            if value > 0.0:
+                self.live.add(flat)
+            else:
+                self.live.discard(flat)
+        return stat
+
+    def reset(self, flats) -> None:
+        self.cusum.reset(flats)
+        self.live.difference_update(np.asarray(flats, dtype=np.int64).ravel().tolist())
+
+    def reset_all(self) -> None:
+        self.cusum.reset(slice(None))
+        self.live.clear()
+
+    def rates_of(self, rows: np.ndarray, outcomes: np.ndarray, parent: np.ndarray
+                 ) -> np.ndarray:
+        """Baseline rates of (row, outcome) pairs: own history shrunk toward ``parent``,
+        floored at half of it."""
+        m = self.prior_attempts
+        p = parent[outcomes]
+        shrunk = (self.failures[rows, outcomes] + m * p) / (self.attempts[rows, outcomes] + m)
+        return np.maximum(shrunk, 0.5 * p)
+
+    def strength(self, row: int, outcome: int) -> float:
+        """The weight (in attempts) of a row's baseline for one outcome."""
+        return float(self.attempts[row, outcome]) + self.prior_attempts
+
+    def live_slices(self) -> int:
+        """Rows in use: the number of slices being watched in this dimension."""
+        return len(self.names)
+
+    # ----------------------------------------------------------- per bucket
+
+    def close_bucket(self, parent: np.ndarray, frozen: set[tuple[str, int]],
+                     learn_max_score: float) -> None:
+        """End of a bucket: admit its values (Space-Saving), learn it where its own evidence
+        is calm (failures under ``learn_max_score`` against the baseline: an incident's onset
+        must not raise the baseline that judges it, and only the bucket's own evidence counts,
+        so the baseline is not biased low; a slice still warming up learns everything), skip
+        ``frozen`` (value, outcome) pairs (open
+        anomalies), fade the rest, and list the deviant values."""
+        counts, failures = self.bucket_attempts, self.bucket_failures
+        pinned = {self.row_of[value] for value, _ in frozen if value in self.row_of}
+        rows = self._rows_of(counts, pinned)
+        decay = self.decay
+        kept = [(self.row_of[value], k) for value, k in frozen if value in self.row_of]
+        saved = [(row, k, self.attempts[row, k], self.failures[row, k]) for row, k in kept]
+        self.weight *= decay
+        self.attempts *= decay
+        self.failures *= decay
+        if counts:
+            n = np.fromiter(counts.values(), dtype=float, count=len(counts))
+            self.weight[rows] += n
+            learn = np.ones((len(rows), self.n_outcomes), dtype=bool)
+            x = np.zeros((len(rows), self.n_outcomes))
+            if failures:
+                position = {value: i for i, value in enumerate(counts)}
+                for (value, k), fails in failures.items():
+                    i = position.get(value)
+                    if i is not None:
+                        x[i, k] = fails
+                where_i, where_k = np.nonzero(x)
+                rates = self.rates_of(rows[where_i], where_k, parent)
+                for i, k, rate in zip(where_i.tolist(), where_k.tolist(), rates.tolist()):
+                    if self.attempts[rows[i], k] < self.warmup_attempts:
+                        continue            # warming up: what it sees is its normal
+                    weight = self.strength(int(rows[i]), k)
+                    score = score_of(int(x[i, k]), int(n[i]), rate * weight,
+                                     (1.0 - rate) * weight)
+                    learn[i, k] = score < learn_max_score
+            self.attempts[rows] += np.where(learn, n[:, None], 0.0)
+            self.failures[rows] += np.where(learn, x, 0.0)
+        for row, k, attempts, fails in saved:
+            self.attempts[row, k], self.failures[row, k] = attempts, fails
+        self.bucket_attempts, self.bucket_failures = {}, {}
+        self._list_deviant(parent)
+
+    def _rows_of(self, counts: dict[str, int], pinned: set[int]) -> np.ndarray:
         rows = np.empty(len(counts), dtype=np.int64)
-        row_of, weight = self.row_of, self.weight
-        for i, (value, attempts) in enumerate(counts.items()):
+        row_of = self.row_of
+        taken = set(pinned)
+        for i, value in enumerate(counts):
             row = row_of.get(value)
             if row is None:
-                row = self._admit(value, pinned)
-            weight[row] += attempts
+                row = self._admit(value, taken)
+            taken.add(row)
             rows[i] = row
         return rows
 
-    def _admit(self, value: str, pinned: set[int]) -> int:
+    def _admit(self, value: str, taken: set[int]) -> int:
         if len(self.names) < self.capacity:
             row = len(self.names)
             self.names.append(value)
         else:
             weights = self.weight.copy()
-            if pinned:
-                weights[list(pinned)] = np.inf
+            if taken:
+                weights[list(taken)] = np.inf
             row = int(np.argmin(weights))
             del self.row_of[self.names[row]]
             self.names[row] = value
             self.evicted += 1
-            # The newcomer inherits the count it displaced (Space-Saving's overestimate).
+            # The newcomer keeps the count it displaced (Space-Saving's overestimate) and
+            # starts its model from the prior.
             self.attempts[row] = 0.0
             self.failures[row] = 0.0
-            self.bucket_attempts[row] = 0.0
-            self.bucket_failures[row] = 0.0
             n = self.n_outcomes
-            self.cusum.reset(np.arange(row * n, (row + 1) * n))
+            self.reset(np.arange(row * n, (row + 1) * n))
         self.row_of[value] = row
         return row
 
-    def live(self) -> int:
-        """Rows in use: the number of slices being watched in this dimension."""
-        return len(self.names)
-
-    # ------------------------------------------------------------- baselines
-
-    def rates(self, rows: np.ndarray, parent: np.ndarray) -> np.ndarray:
-        """Baseline rates ``(len(rows), n_outcomes)``: own history shrunk toward ``parent``."""
+    def _list_deviant(self, parent: np.ndarray) -> None:
+        used = len(self.names)
+        if not used:
+            self.deviant = {}
+            return
+        rows = np.arange(used)
         m = self.prior_attempts
-        shrunk = (self.failures[rows] + m * parent) / (self.attempts[rows] + m)
-        return np.maximum(shrunk, 0.5 * parent)
-
-    def warm(self, rows: np.ndarray) -> np.ndarray:
-        return self.attempts[rows] >= self.warmup_attempts
-
-    def count(self, rows: np.ndarray, attempts: np.ndarray, fail_rows: np.ndarray,
-              fail_outcomes: np.ndarray, fail_counts: np.ndarray) -> None:
-        """Add one step's counts to the bucket being gathered for the baselines."""
-        np.add.at(self.bucket_attempts, rows, attempts)
-        np.add.at(self.bucket_failures, (fail_rows, fail_outcomes), fail_counts)
-
-    def learn(self, learn_mask: np.ndarray) -> None:
-        """Fold the bucket into every (row, outcome) of ``learn_mask``; fade the Space-Saving
-        counts. Outcomes left out (elevated or anomalous) keep their baseline as it was."""
-        decay = self.decay
-        attempts = self.bucket_attempts[:, None]
-        self.attempts = np.where(learn_mask, self.attempts * decay + attempts, self.attempts)
-        self.failures = np.where(learn_mask, self.failures * decay + self.bucket_failures,
-                                 self.failures)
-        self.weight *= decay
-        self.bucket_attempts[:] = 0.0
-        self.bucket_failures[:] = 0.0
+        rates = (self.failures[:used] + m * parent) / (self.attempts[:used] + m)
+        excess = np.where(self.attempts[:used] >= self.warmup_attempts,
+                          np.maximum(rates - parent, 0.0), 0.0)
+        # Twice the parent rate and half a point above it: the guards' own idea of "more".
+        deviant = np.flatnonzero(((rates >= 2.0 * parent) & (excess >= 0.005)).any(axis=1)
+                                 & (self.attempts[:used].max(axis=1) >= self.warmup_attempts))
+        self.deviant = {self.names[row]: excess[row] for row in rows[deviant].tolist()}
 
     def fade(self, buckets: int) -> None:
         """Forget ``buckets`` empty buckets at once (a gap in the data)."""
@@ -156,13 +266,13 @@ class SliceTable:
             "weight": self.weight[:used].tolist(),
             "attempts": self.attempts[:used].tolist(),
             "failures": self.failures[:used].tolist(),
-            "bucket_attempts": self.bucket_attempts[:used].tolist(),
-            "bucket_failures": self.bucket_failures[:used].tolist(),
-            "cusum": self.cusum.snapshot(),
+            "bucket_attempts": sorted(self.bucket_attempts.items()),
+            "bucket_failures": sorted([v, k, n] for (v, k), n in self.bucket_failures.items()),
+            "cusum": self.cusum.snapshot(sorted(self.live)),
             "evicted": self.evicted,
         }
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict, parent: np.ndarray) -> None:
         names = state["names"]
         if len(names) > self.capacity:
             raise ValueError(f"{self.dimension}: {len(names)} slices in the state, capacity "
@@ -170,17 +280,15 @@ class SliceTable:
         used = len(names)
         self.names = list(names)
         self.row_of = {name: row for row, name in enumerate(names)}
-        for field in ("weight", "attempts", "failures", "bucket_attempts", "bucket_failures"):
+        for field in ("weight", "attempts", "failures"):
             array = getattr(self, field)
             array[:] = 0.0
             if used:
                 array[:used] = np.asarray(state[field], dtype=float).reshape(
                     (used,) + array.shape[1:])
+        self.bucket_attempts = {value: int(n) for value, n in state["bucket_attempts"]}
+        self.bucket_failures = {(value, int(k)): int(n) for value, k, n in state["bucket_failures"]}
         self.cusum.restore(state["cusum"])
+        self.live = {int(row[0]) for row in state["cusum"]}
         self.evicted = int(state["evicted"])
-
-
-def learn_score_nats(learn_max_score: float) -> float:
-    """The CUSUM statistic (nats) above which a slice's outcome is not learned: the same
-    evidence as the outcome-wide ``learn_max_score`` (a -log10 tail probability)."""
-    return learn_max_score * math.log(10.0)
+        self._list_deviant(parent)

@@ -29,10 +29,11 @@ class StepCounts:
 
     ``slice_attempts[d]`` and ``slice_failures[d]`` hold the same per value of slice dimension
     ``d`` (0: sender domain, 1: resolver): ``{value: attempts}`` and ``{(value, outcome index):
-    failures}``.
+    failures}``; ``pairs`` the attempts per ``(resolver, sender domain)``, which say what each
+    resolver's traffic mix should fail.
     """
 
-    __slots__ = ("attempts", "failures", "evidence", "slice_attempts", "slice_failures")
+    __slots__ = ("attempts", "failures", "evidence", "slice_attempts", "slice_failures", "pairs")
 
     def __init__(self) -> None:
         self.attempts = 0
@@ -40,6 +41,7 @@ class StepCounts:
         self.evidence: dict[int, list[Failure]] = {}
         self.slice_attempts: tuple[dict[str, int], dict[str, int]] = ({}, {})
         self.slice_failures: tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] = ({}, {})
+        self.pairs: dict[tuple[str, str], int] = {}
 
     def add_failure(self, key: int, failure: Failure) -> None:
         self.failures[key] += 1
@@ -54,7 +56,8 @@ class StepCounts:
                 {str(k): [list(f) for f in v] for k, v in self.evidence.items()},
                 [sorted(d.items()) for d in self.slice_attempts],
                 [sorted([value, k, n] for (value, k), n in d.items())
-                 for d in self.slice_failures]]
+                 for d in self.slice_failures],
+                sorted([resolver, sender, n] for (resolver, sender), n in self.pairs.items())]
 
     @classmethod
     def from_plain(cls, row: list) -> "StepCounts":
@@ -65,6 +68,7 @@ class StepCounts:
         counts.slice_attempts = tuple({value: int(n) for value, n in d} for d in row[3])
         counts.slice_failures = tuple({(value, int(k)): int(n) for value, k, n in d}
                                       for d in row[4])
+        counts.pairs = {(resolver, sender): int(n) for resolver, sender, n in row[5]}
         return counts
 
 

@@ -28,8 +28,9 @@ import numpy as np
 import orjson
 
 from . import world
-from .scenarios import (DELETED_DOMAIN, OVERLOADED_RESOLVER, REJECTING_TENANTS, SCENARIOS,
-                        SEED_DOMAIN, Event)
+from .scenarios import (DELETED_DOMAIN, FAINT_DOMAIN, FAINT_SHARE, LAME_SURGE_FACTOR,
+                        OVERLOADED_RESOLVER, RAMP_PEAK_SHARE, RAMP_RESOLVER, REJECTING_TENANTS,
+                        SCENARIOS, SEED_DOMAIN, SMALL_DOMAIN, SURGING_LAME, Event)
 
 MINUTE_MS = 60_000
 DNS_ERROR_RANK = {"TIMEOUT": 5, "SERVFAIL": 4, "REFUSED": 3, "NXDOMAIN": 2, "NODATA": 1, "NOERROR": 0}
@@ -59,6 +60,10 @@ SURGE_FACTOR = 5.0
 STORM_PER_MINUTE = 3000.0
 WAVE_PER_BULK = 0.55         # extra newsletter mail per ordinary non-OTP mail during the wave
 TINY_BURST_MAILS = 4
+FLAP_SERVFAIL = 0.5
+#: truth.json lists the times of an incident's first OTP failures (that many): an incident of a
+#: small slice cannot be seen before its k-th failure, whatever the detector.
+FIRST_FAILURES = 10
 
 # Status when the lookups were healthy: cumulative probability, status, code, detail.
 OTP_FAILURES = (
@@ -131,14 +136,18 @@ def generate(scenario: str, outdir: Path, seed: int = 1, hours: float | None = N
     outdir.mkdir(parents=True, exist_ok=True)
     paths = outdir / "mail.jsonl.gz", outdir / "dns.jsonl.gz", outdir / "truth.json"
     with _ArrivalOrderedSink(paths[0]) as mail, _ArrivalOrderedSink(paths[1]) as dns:
-        traffic = _Traffic(seed, mail, dns, [(ev, _ms(s), _ms(e)) for ev, s, e in events])
+        traffic = _Traffic(seed, mail, dns, [(ev, _ms(s), _ms(e)) for ev, s, e in events],
+                           long_tail=spec.long_tail, ambiguous=spec.ambiguous_lookups)
         start_ms = _ms(start)
         for minute in range(minutes):
             traffic.minute(start_ms + minute * MINUTE_MS)
     truth = {
         "scenario": scenario, "seed": seed, "start": _rfc3339(start), "end": _rfc3339(end),
-        "incidents": [{"outcome": ev.outcome, "start": _rfc3339(s), "end": _rfc3339(e), "desc": ev.desc}
-                      for ev, s, e in events if ev.outcome],
+        "incidents": [{"outcome": ev.outcome, "start": _rfc3339(s), "end": _rfc3339(e),
+                       "desc": ev.desc,
+                       "first_failures": [_rfc3339_ms(t) for t in
+                                          sorted(traffic.first_failures[n])[:FIRST_FAILURES]]}
+                      for n, (ev, s, e) in enumerate(events) if ev.outcome],
         "decoys": [{"start": _rfc3339(s), "end": _rfc3339(e), "desc": ev.desc}
                    for ev, s, e in events if not ev.outcome],
     }
@@ -155,6 +164,11 @@ def _ms(moment: datetime) -> int:
 
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rfc3339_ms(ms: int) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 class _ArrivalOrderedSink:
@@ -191,23 +205,29 @@ class _ArrivalOrderedSink:
 class _Conditions:
     """What the active events change during one minute."""
 
-    zone_rcode: dict[str, tuple[str, float]]       # sender zone -> (rcode, share of its lookups)
-    resolver_rcode: dict[str, tuple[str, float]]   # resolver -> (rcode, share of its answers)
+    # sender zone -> (rcode, share of its lookups, the incident's index or None)
+    zone_rcode: dict[str, tuple[str, float, int | None]]
+    # resolver -> (rcode, share of its answers, the incident's index)
+    resolver_rcode: dict[str, tuple[str, float, int | None]]
     tenant_reject: dict[str, float]                # tenant -> share of its OTP mail rejected
     otp_factor: float = 1.0
     storm: bool = False
     bounce_wave: bool = False
+    lame_surge: bool = False
 
 
-_DEAD_ZONES = {domain.name: ("NXDOMAIN", 1.0) for domain in world.DEAD_BULK_DOMAINS}
-_HEALTHY = _Conditions(dict(_DEAD_ZONES), {}, {})
+_DEAD_ZONES = {domain.name: ("NXDOMAIN", 1.0, None) for domain in world.DEAD_BULK_DOMAINS}
+#: The tail's zones that are always broken (scenarios with ``long_tail``).
+_BROKEN_TAIL = {**{name: ("SERVFAIL", world.LAME_SERVFAIL_SHARE, None) for name in world.LAME_TAIL},
+                **{name: ("NXDOMAIN", 1.0, None) for name in world.DEAD_TAIL}}
 
 
 class _Traffic:
     """Generates one minute of event time at a time into the two sinks."""
 
     def __init__(self, seed: int, mail: _ArrivalOrderedSink, dns: _ArrivalOrderedSink,
-                 events: list[tuple[Event, int, int]]) -> None:
+                 events: list[tuple[Event, int, int]], long_tail: bool = False,
+                 ambiguous: bool = False) -> None:
         self._rng = random.Random(seed)
         self._rand = self._rng.random
         self._counts = np.random.default_rng(seed)
@@ -217,6 +237,23 @@ class _Traffic:
         self._prefix_cache: dict[int, str] = {}
         self._tenant_cum = list(accumulate(t.weight for t in world.TENANTS))
         self._otp_cum = list(accumulate(d.weight for d in world.OTP_DOMAINS))
+        self._otp_domains = world.OTP_DOMAINS
+        self._ambiguous = ambiguous
+        self._broken = dict(_DEAD_ZONES)
+        if long_tail:
+            # The tail sends TAIL_SHARE of the codes; the 25 senders above keep their proportions.
+            head = sum(d.weight for d in world.OTP_DOMAINS)
+            tail = sum(d.weight for d in world.TAIL_OTP_DOMAINS)
+            scale = head * world.TAIL_SHARE / (1.0 - world.TAIL_SHARE) / tail
+            self._otp_domains = world.OTP_DOMAINS + world.TAIL_OTP_DOMAINS
+            self._otp_cum = list(accumulate([d.weight for d in world.OTP_DOMAINS]
+                                            + [d.weight * scale for d in world.TAIL_OTP_DOMAINS]))
+            self._broken.update(_BROKEN_TAIL)
+            lame = next(d for d in world.TAIL_OTP_DOMAINS if d.name == SURGING_LAME)
+            self._lame = lame
+            self._lame_share = lame.weight * scale / self._otp_cum[-1]
+        self._healthy = _Conditions(dict(self._broken), {}, {})
+        self.first_failures: dict[int, list[int]] = {n: [] for n in range(len(events))}
         self._bulk_cum = list(accumulate(d.weight for d in world.BULK_DOMAINS))
         self._client_resolver = {c: world.RESOLVERS[i % 4] for i, c in enumerate(world.BACKGROUND_CLIENTS)}
         self.mail_records = self.dns_records = self.duplicates = 0
@@ -239,19 +276,25 @@ class _Traffic:
         choices, tenants = self._rng.choices, world.TENANTS
         mail = self._mail
         for tenant, domain in zip(choices(tenants, cum_weights=self._tenant_cum, k=n_otp),
-                                  choices(world.OTP_DOMAINS, cum_weights=self._otp_cum, k=n_otp)):
+                                  choices(self._otp_domains, cum_weights=self._otp_cum, k=n_otp)):
             mail(t0 + int(rand() * MINUTE_MS), tenant, domain, True, OTP_FAILURES, cond)
+        if cond.lame_surge:
+            extra = int(self._counts.poisson(otp_rate * self._lame_share * (LAME_SURGE_FACTOR - 1)))
+            for tenant in choices(tenants, cum_weights=self._tenant_cum, k=extra):
+                mail(t0 + int(rand() * MINUTE_MS), tenant, self._lame, True, OTP_FAILURES, cond)
+        if self._ambiguous:
+            self._repeated_lookups(t0, cond)
         for tenant, domain in zip(choices(tenants, cum_weights=self._tenant_cum, k=n_bulk),
                                   choices(world.BULK_DOMAINS, cum_weights=self._bulk_cum, k=n_bulk)):
             mail(t0 + int(rand() * MINUTE_MS), tenant, domain, False, BULK_FAILURES, cond)
         tiny = world.TINY_TENANT
         for _ in range(n_tiny):
-            domain = choices(world.OTP_DOMAINS, cum_weights=self._otp_cum)[0]
+            domain = choices(self._otp_domains, cum_weights=self._otp_cum)[0]
             mail(t0 + int(rand() * MINUTE_MS), tiny, domain, True, TINY_FAILURES, cond)
         for ev, s, _ in self._events:
             if ev.kind == "tiny_burst" and t0 <= s < t0 + MINUTE_MS:
                 # Several codes for the same person, retried within two minutes, all bouncing.
-                domain = choices(world.OTP_DOMAINS, cum_weights=self._otp_cum)[0]
+                domain = choices(self._otp_domains, cum_weights=self._otp_cum)[0]
                 for offset in sorted(int(rand() * 2 * MINUTE_MS) for _ in range(TINY_BURST_MAILS)):
                     mail(s + offset, tiny, domain, True, BURST_FAILURES, cond)
         for tenant in choices(tenants, cum_weights=self._tenant_cum, k=n_wave):
@@ -269,17 +312,29 @@ class _Traffic:
         self._dns_sink.flush_before(boundary)
 
     def _conditions(self, t0: int) -> _Conditions:
-        active = [ev for ev, s, e in self._events if s <= t0 < e]
+        active = [(n, ev, s, e) for n, (ev, s, e) in enumerate(self._events) if s <= t0 < e]
         if not active:
-            return _HEALTHY
-        cond = _Conditions(dict(_DEAD_ZONES), {}, {})
-        for ev in active:
+            return self._healthy
+        cond = _Conditions(dict(self._broken), {}, {})
+        for n, ev, s, e in active:
             if ev.kind == "zone_servfail":
-                cond.zone_rcode[SEED_DOMAIN] = ("SERVFAIL", SEED_SERVFAIL)
+                cond.zone_rcode[SEED_DOMAIN] = ("SERVFAIL", SEED_SERVFAIL, n)
+            elif ev.kind == "zone_flap":
+                cond.zone_rcode[SEED_DOMAIN] = ("SERVFAIL", FLAP_SERVFAIL, n)
+            elif ev.kind == "faint_servfail":
+                cond.zone_rcode[FAINT_DOMAIN] = ("SERVFAIL", FAINT_SHARE, n)
+            elif ev.kind == "small_nxdomain":
+                cond.zone_rcode[SMALL_DOMAIN] = ("NXDOMAIN", 1.0, n)
             elif ev.kind == "domain_nxdomain":
-                cond.zone_rcode[DELETED_DOMAIN] = ("NXDOMAIN", 1.0)
+                cond.zone_rcode[DELETED_DOMAIN] = ("NXDOMAIN", 1.0, n)
             elif ev.kind == "resolver_timeout":
-                cond.resolver_rcode[OVERLOADED_RESOLVER] = ("TIMEOUT", TIMEOUT_SHARE)
+                cond.resolver_rcode[OVERLOADED_RESOLVER] = ("TIMEOUT", TIMEOUT_SHARE, n)
+            elif ev.kind == "resolver_ramp":
+                # The share grows with the minute's middle: from 0 to its peak over the event.
+                share = RAMP_PEAK_SHARE * (t0 + MINUTE_MS / 2 - s) / (e - s)
+                cond.resolver_rcode[RAMP_RESOLVER] = ("TIMEOUT", share, n)
+            elif ev.kind == "lame_surge":
+                cond.lame_surge = True
             elif ev.kind == "tenant_reject":
                 cond.tenant_reject.update(dict.fromkeys(REJECTING_TENANTS, REJECT_SHARE))
             elif ev.kind == "otp_surge":
@@ -320,7 +375,7 @@ class _Traffic:
             if rand() < BULK_CATEGORY:
                 record["category"] = category
 
-        worst = "NOERROR"
+        worst, cause = "NOERROR", None
         if tenant.checks_dns:
             name = domain.name
             resolver = world.RESOLVER_OF_SERVER[server]
@@ -328,10 +383,10 @@ class _Traffic:
             lookups = ((name, domain.spf), ("_dmarc." + name, world.DMARC_RECORD)) if explicit \
                 else ((name, domain.spf),)
             for qname, answer in lookups:
-                rcode = self._lookup_rcode(name, resolver, cond)
+                rcode, fault = self._lookup_rcode(name, resolver, cond)
                 self._lookup(ts - 20 - int(rand() * 1980), qname, answer, rcode, resolver, server)
                 if DNS_ERROR_RANK[rcode] > DNS_ERROR_RANK[worst]:
-                    worst = rcode
+                    worst, cause = rcode, fault
             if explicit:
                 record["dns_lookups"] = [{"qname": qname, "qtype": "TXT"} for qname, _ in lookups]
         else:
@@ -359,6 +414,13 @@ class _Traffic:
                     break
         if status is not None:
             record["status"] = status
+            if otp and cause is not None:
+                # Minutes come in order, a minute's deliveries do not: keep the earliest few.
+                first = self.first_failures[cause]
+                first.append(ts)
+                if len(first) > 4 * FIRST_FAILURES:
+                    first.sort()
+                    del first[FIRST_FAILURES:]
             if code is not None:
                 record["status_code"] = code
             record["detail"] = detail
@@ -386,18 +448,29 @@ class _Traffic:
 
     # -- DNS -------------------------------------------------------------------------------
 
-    def _lookup_rcode(self, zone: str, resolver: str, cond: _Conditions) -> str:
+    def _lookup_rcode(self, zone: str, resolver: str, cond: _Conditions) -> tuple[str, int | None]:
+        """A lookup's rcode, and the incident that caused it (None for none)."""
         rand = self._rand
         fault = cond.resolver_rcode.get(resolver)
         if fault is not None and rand() < fault[1]:
-            return fault[0]
+            return fault[0], fault[2]
         fault = cond.zone_rcode.get(zone)
         if fault is not None and rand() < fault[1]:
-            return fault[0]
+            return fault[0], fault[2]
         r = rand()
         if r < TRANSIENT_DNS_FAILURE:
-            return "SERVFAIL" if r < TRANSIENT_DNS_FAILURE / 2 else "TIMEOUT"
-        return "NOERROR"
+            return ("SERVFAIL" if r < TRANSIENT_DNS_FAILURE / 2 else "TIMEOUT"), None
+        return "NOERROR", None
+
+    def _repeated_lookups(self, t0: int, cond: _Conditions) -> None:
+        """mx1's many lookups of auth.bank1.example's SPF record, beyond its mail's own."""
+        domain = world.OTP_DOMAINS[0]
+        server = world.SERVERS[0]
+        resolver = world.RESOLVER_OF_SERVER[server]
+        for _ in range(int(self._counts.poisson(world.AMBIGUOUS_PER_MINUTE))):
+            rcode, _ = self._lookup_rcode(domain.name, resolver, cond)
+            self._lookup(t0 + int(self._rand() * MINUTE_MS), domain.name, domain.spf, rcode,
+                         resolver, server)
 
     def _lookup(self, ts: int, qname: str, answer: str, rcode: str, resolver: str, client: str) -> None:
         """The resolver's record of a TXT lookup a delivery depended on."""

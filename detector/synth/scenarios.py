@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from .world import OTP_DOMAINS, RESOLVERS, TINY_TENANT
+from .world import LAME_TAIL, OTP_DOMAINS, RESOLVERS, TINY_TENANT
 
 DAY0 = datetime(2026, 11, 27, tzinfo=timezone.utc)
 
@@ -23,6 +23,13 @@ SEED_DOMAIN = OTP_DOMAINS[0].name        # ~23% of OTP mail
 DELETED_DOMAIN = OTP_DOMAINS[1].name     # ~12% of OTP mail
 OVERLOADED_RESOLVER = RESOLVERS[0]       # 2 of the 8 mail servers, ~1/3 of the mail
 REJECTING_TENANTS = ("t003.example", "t004.example", "t005.example")   # ~17% of mail, check DNS
+FAINT_DOMAIN = OTP_DOMAINS[4].name       # ~5% of OTP mail: 2 to 3 codes a minute at night
+SMALL_DOMAIN = OTP_DOMAINS[24].name      # ~1% of OTP mail: 3 codes a minute at the peak
+RAMP_RESOLVER = RESOLVERS[1]             # 3 of the 8 mail servers
+SURGING_LAME = LAME_TAIL[0]              # a tail sender whose zone is always half broken
+FAINT_SHARE = 0.30
+RAMP_PEAK_SHARE = 0.40
+LAME_SURGE_FACTOR = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +45,17 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
+    """``long_tail``: 400 small senders share a fifth of the codes, a dozen of them with zones
+    that are always broken. ``ambiguous_lookups``: mx1 asks for auth.bank1.example's SPF record
+    hundreds of times a minute, so a delivery's window holds many answers of one name."""
+
     name: str
     desc: str
     start: datetime
     hours: float
     events: tuple[Event, ...]
+    long_tail: bool = False
+    ambiguous_lookups: bool = False
 
 
 def _at(hours: float) -> timedelta:
@@ -96,9 +109,40 @@ def tiny_burst(offset: timedelta) -> Event:
                  "(mailbox full, DNS fine)")
 
 
-def _single(name: str, desc: str, start_hour: float, event) -> Scenario:
+def faint_sender(offset: timedelta) -> Event:
+    return Event("faint_servfail", offset, timedelta(minutes=60),
+                 f"30% of the SPF lookups of {FAINT_DOMAIN} (~5% of OTP mail, 2-3 codes a minute "
+                 "at night) SERVFAIL: one sender's problem, barely visible provider-wide",
+                 "SERVFAIL")
+
+
+def resolver_ramp(offset: timedelta) -> Event:
+    return Event("resolver_ramp", offset, timedelta(minutes=60),
+                 f"{RAMP_RESOLVER} times out on a share of its queries rising from 0 to 40% over "
+                 "an hour (a creeping overload)", "TIMEOUT")
+
+
+def small_sender_outage(offset: timedelta) -> Event:
+    return Event("small_nxdomain", offset, timedelta(minutes=30),
+                 f"zone of {SMALL_DOMAIN} (~1% of OTP mail) deleted: NXDOMAIN for 30 min",
+                 "NXDOMAIN")
+
+
+def lame_surge(offset: timedelta) -> Event:
+    return Event("lame_surge", offset, timedelta(minutes=30),
+                 f"{SURGING_LAME}, whose zone always SERVFAILs half its lookups, sends x20 its "
+                 "codes: its usual failures, more of them")
+
+
+def zone_flap(offset: timedelta) -> Event:
+    return Event("zone_flap", offset, timedelta(minutes=40),
+                 f"{SEED_DOMAIN}'s name servers flap: half of its SPF lookups SERVFAIL while mx1 "
+                 "asks for the name hundreds of times a minute", "SERVFAIL")
+
+
+def _single(name: str, desc: str, start_hour: float, event, **world) -> Scenario:
     # The event starts 2.5 h after the scenario's start; the scenario runs 6 h.
-    return Scenario(name, desc, DAY0 + _at(start_hour), 6.0, (event(_at(2.5)),))
+    return Scenario(name, desc, DAY0 + _at(start_hour), 6.0, (event(_at(2.5)),), **world)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -120,6 +164,17 @@ SCENARIOS: dict[str, Scenario] = {
                 6.5, bounce_wave),
         _single("decoy-tiny-tenant", "decoy: the tiny tenant bounces 4 OTP mails at night",
                 0.5, tiny_burst),
+        _single("faint-sender-night", "30% of one small sender's SPF lookups SERVFAIL at 00:30",
+                22.0, faint_sender),
+        _single("resolver-ramp", "one resolver's timeouts creep from 0 to 40% over an hour",
+                6.5, resolver_ramp),
+        _single("small-sender-outage", "a sender with ~1% of OTP mail loses its zone, among 400 "
+                "tail senders", 11.5, small_sender_outage, long_tail=True),
+        _single("decoy-lame-surge", "decoy: among 400 tail senders, one whose zone is always "
+                "half broken sends x20", 10.5, lame_surge, long_tail=True),
+        Scenario("ambiguous-joins", "mx1 asks for one name hundreds of times a minute; that "
+                 "zone flaps, then a resolver times out", DAY0 + _at(7.5), 6.0,
+                 (zone_flap(_at(2.5)), resolver_timeout(_at(4.5))), ambiguous_lookups=True),
         Scenario(
             "mixed", "72 h with all four incidents and all four decoys, >= 3 h apart",
             DAY0, 72.0,

@@ -163,3 +163,22 @@ STALE_LIST_DOMAIN = SenderDomain(
 DEAD_BULK_DOMAINS = tuple(
     SenderDomain(f"news.oldlist{n}.example", 0.0, (f"news@news.oldlist{n}.example",), "")
     for n in range(1, 6))
+
+
+#: The long tail (scenarios with ``long_tail``): 400 small OTP senders beside the 25 above, which
+#: then send this share of the codes. Zipf weights continue the 25's curve.
+TAIL_SHARE = 0.2
+TAIL_OTP_DOMAINS = tuple(
+    SenderDomain(f"auth.s{n:03d}.example", (n + 25) ** -0.9, (f"verify@auth.s{n:03d}.example",),
+                 f"v=spf1 ip4:203.0.113.{n % 250 + 1} -all")
+    for n in range(1, 401))
+#: Senders of the tail whose zones are always broken, as some are in real mail: a lame
+#: delegation (half of their SPF lookups SERVFAIL) or no zone at all (NXDOMAIN). Their failures
+#: are their normal, not an incident.
+LAME_TAIL = tuple(d.name for d in TAIL_OTP_DOMAINS[3:9])
+DEAD_TAIL = tuple(d.name for d in TAIL_OTP_DOMAINS[9:15])
+LAME_SERVFAIL_SHARE = 0.5
+#: Extra lookups of one name from one server (``ambiguous_lookups``): a busy mail server asks for
+#: a big sender's SPF record far more often than its own mail needs (other checks, retries,
+#: short TTLs): this many a minute, from mx1 for auth.bank1.example.
+AMBIGUOUS_PER_MINUTE = 300.0
