@@ -52,16 +52,12 @@ Pending = tuple
 @dataclass(slots=True)
 class SliceStep:
     """One closed step of one slice dimension: its counts (``{value: attempts}``,
-    ``{(value, outcome index): failures}``) and the CUSUM keys it updated (``flats``) with
-    their attempts, failures, baselines and statistics."""
+    ``{(value, outcome index): failures}``) and the CUSUM keys it updated, as
+    ``(flat key, baseline, statistic)``."""
 
     attempts: dict
     failures: dict
-    flats: np.ndarray
-    flat_attempts: np.ndarray
-    flat_failures: np.ndarray
-    baseline: np.ndarray
-    stat: np.ndarray
+    updated: list
 
 
 @dataclass
@@ -94,7 +90,7 @@ class Detector:
         self.volume_seen = False
         self.books = AlertBook(config.alerts, model.bucket_s)
         # The sequential test of the outcome-wide keys, and the slices with theirs.
-        self.cusum = Cusum(N_KEYS)
+        self.cusum = Cusum()
         budget = config.alerts.false_alarms_per_day / 2
         self.h_outcome = threshold(budget, N_KEYS, model.step_s)
         sl = config.slices
@@ -344,8 +340,8 @@ class Detector:
         long_p = _mixed_rate(expected, windows.long_expected, long_n)
         step_p = _mixed_rate(expected, mix, step.attempts)
         statistic = self._outcome_sequential(step, step_p, start)
-        sequential_fires = self._run_passes(self.cusum, np.arange(N_KEYS), statistic, step_p,
-                                            self.h_outcome)
+        sequential_fires = np.array([self._run_passes(self.cusum, k, statistic[k], step_p[k],
+                                                      self.h_outcome) for k in range(N_KEYS)])
         candidates = set(key for key in self.books.open if "|" not in key)
         short_gate = self._gate(short_n, short_x, short_p, alerts.min_lift)
         long_gate = self._gate(long_n, long_x, long_p, alerts.long_min_lift)
@@ -393,9 +389,9 @@ class Detector:
             self._judge_slices(d, table, slice_step, step, parent, alertable, end, decisions)
         if not alertable:
             # No evidence is gathered against a baseline still being learned.
-            self.cusum.reset(slice(None))
+            self.cusum.reset_all()
             for _, table in self.slices:
-                table.reset_all()
+                table.cusum.reset_all()
         self._one_page(decisions)
         for state, alert, judgement in decisions:
             if alert.paged:
@@ -408,33 +404,34 @@ class Detector:
     # ------------------------------------------------------- sequential test
 
     def _outcome_sequential(self, step: StepCounts, step_p: np.ndarray,
-                            start: float) -> np.ndarray:
+                            start: float) -> list[float]:
         """Fold the step into the outcome-wide CUSUMs; their statistic (nats) per key."""
-        if not step.attempts:
-            return self.cusum.statistic()
-        attempts = np.full(N_KEYS, float(step.attempts))
-        return self.cusum.update(np.arange(N_KEYS), attempts,
-                                 np.asarray(step.failures, dtype=float), step_p,
-                                 self.config.alerts.min_lift, start)
+        cusum, n, lift = self.cusum, step.attempts, self.config.alerts.min_lift
+        if not n:
+            return [cusum.statistic(k) for k in range(N_KEYS)]
+        return [cusum.update(k, n, x, p, lift, start)
+                for k, (x, p) in enumerate(zip(step.failures, step_p.tolist()))]
 
-    def _run_passes(self, cusum: Cusum, keys: np.ndarray, statistic: np.ndarray,
-                    baseline: np.ndarray, h: float) -> np.ndarray:
+    def _run_passes(self, cusum: Cusum, key: int, statistic: float, baseline: float,
+                    h: float) -> bool:
         """The sequential test fires: the statistic reached ``h`` and the run since its change
         point passes the windows' guards (failures, lift, excess)."""
+        if statistic < h:
+            return False
         alerts = self.config.alerts
-        attempts, failures = cusum.run_attempts[keys], cusum.run_failures[keys]
-        rate = failures / np.maximum(attempts, 1.0)
-        return ((statistic >= h) & (failures >= alerts.min_failures)
-                & (rate >= baseline * alerts.min_lift)
-                & (rate - baseline >= alerts.min_excess_rate))
+        _, attempts, failures = cusum.run(key)
+        rate = failures / max(attempts, 1.0)
+        return (failures >= alerts.min_failures and rate >= baseline * alerts.min_lift
+                and rate - baseline >= alerts.min_excess_rate)
 
     def _sequential_judgement(self, cusum: Cusum, key: int, statistic: float, baseline: float,
                               fires: bool, end: float) -> Judgement:
         """The sequential test's verdict; its window is the run, its score ``log10`` of the
         likelihood ratio."""
-        return Judgement(int(cusum.run_attempts[key]), int(cusum.run_failures[key]),
-                         float(baseline), min(MAX_SCORE, float(statistic) / _LN10), fires,
-                         float(cusum.run_start[key]) if statistic > 0 else end, end, "cusum")
+        start, attempts, failures = cusum.run(key)
+        return Judgement(int(attempts), int(failures), float(baseline),
+                         min(MAX_SCORE, float(statistic) / _LN10), fires,
+                         start if statistic > 0 else end, end, "cusum")
 
     def _recent(self, alert: Alert, attempts: int, failures: int, baseline: float,
                 strength: float, end: float) -> tuple[Judgement, bool]:
@@ -492,24 +489,26 @@ class Detector:
         whose zones always fail send more through it, it is expected to fail more."""
         attempts, failures = step.slice_attempts[d], step.slice_failures[d]
         table.add_step(attempts, failures)
-        flats, n, x = table.hot(attempts, failures)
-        if not len(flats):
-            return SliceStep(attempts, failures, flats, n, x, n, n)
-        rows, outcomes = np.divmod(flats, N_OUTCOMES)
-        baseline = table.rates_of(rows, outcomes, parent)
+        hot = table.hot(attempts, failures)
+        updated = []
+        if not hot:
+            return SliceStep(attempts, failures, updated)
+        extra: dict[str, np.ndarray] = {}
         if d == 1 and step.pairs:
             senders = self.slices[0][1].deviant
-            extra: dict[str, np.ndarray] = {}
             for (resolver, sender), count in step.pairs.items():
                 excess = senders.get(sender)      # still deviant at the bucket's end
                 if excess is not None:
                     extra[resolver] = extra.get(resolver, 0.0) + count * excess
-            names = table.names
-            mixed = np.array([extra[names[row]][k] if names[row] in extra else 0.0
-                              for row, k in zip(rows.tolist(), outcomes.tolist())])
-            baseline = np.maximum(baseline, parent[outcomes] + mixed / n)
-        stat = table.update(flats, n, x, baseline, self.config.alerts.min_lift, start)
-        return SliceStep(attempts, failures, flats, n, x, baseline, stat)
+        lift, names, parents = self.config.alerts.min_lift, table.names, parent.tolist()
+        for flat, n, x in hot:
+            row, k = divmod(flat, N_OUTCOMES)
+            baseline = table.rate(row, k, parents[k])
+            mixed = extra.get(names[row])
+            if mixed is not None:
+                baseline = max(baseline, parents[k] + float(mixed[k]) / n)
+            updated.append((flat, baseline, table.cusum.update(flat, n, x, baseline, lift, start)))
+        return SliceStep(attempts, failures, updated)
 
     def _mix_expected(self, step: StepCounts, expected: np.ndarray) -> np.ndarray:
         """Expected failures per key of the step given who sent it: the outcome-wide rates,
@@ -533,18 +532,16 @@ class Detector:
         """Decisions of dimension ``d``'s slices: those whose test fired, and the open ones."""
         dimension = table.dimension
         due: dict[str, tuple[int, int, Judgement | None]] = {}
-        if len(slice_step.flats):
+        if slice_step.updated:
             watched = sum(t.live_slices() for _, t in self.slices)
             h = threshold(self.config.alerts.false_alarms_per_day / 2, watched * N_OUTCOMES,
                           self.step_s)
-            baseline = slice_step.baseline
-            fires = self._run_passes(table.cusum, slice_step.flats, slice_step.stat, baseline, h)
-            for j in np.flatnonzero(fires):
-                flat = int(slice_step.flats[j])
-                row, k = divmod(flat, N_OUTCOMES)
-                key = slice_key(OUTCOMES[k], dimension, table.names[row])
-                due[key] = (row, k, self._sequential_judgement(
-                    table.cusum, flat, slice_step.stat[j], baseline[j], True, end))
+            for flat, baseline, statistic in slice_step.updated:
+                if self._run_passes(table.cusum, flat, statistic, baseline, h):
+                    row, k = divmod(flat, N_OUTCOMES)
+                    key = slice_key(OUTCOMES[k], dimension, table.names[row])
+                    due[key] = (row, k, self._sequential_judgement(
+                        table.cusum, flat, statistic, baseline, True, end))
         if not due and not self.books.open:
             return
         for key in self.books.open:
@@ -563,7 +560,7 @@ class Detector:
                 _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
                                                  if f[d] == value])
                 if row >= 0:
-                    baseline = float(table.rates_of(np.array([row]), np.array([k]), parent)[0])
+                    baseline = table.rate(row, k, float(parent[k]))
                     strength = table.strength(row, k)
                 else:
                     baseline, strength = float(parent[k]), table.prior_attempts
@@ -576,7 +573,7 @@ class Detector:
                 self._shares[key] = attempts / step.attempts
             if decision is not None:
                 if row >= 0:
-                    self._opened_or_closed(decision, table.reset, row * N_OUTCOMES + k)
+                    self._opened_or_closed(decision, table.cusum.reset, row * N_OUTCOMES + k)
                 decisions.append(decision)
 
     # -------------------------------------------------------- one page each
@@ -695,7 +692,7 @@ class Detector:
             for d, table in self.slices:
                 row = table.row_of.get(fields.get(table.dimension, ""))
                 if table.dimension in fields and row is not None:
-                    table.reset([row * N_OUTCOMES + k])
+                    table.cusum.reset([row * N_OUTCOMES + k])
 
     def _steps_of(self, judgement: Judgement) -> int:
         return max(1, int(round((judgement.end - judgement.start) / self.step_s)))

@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 #: Excess failure rates (absolute) of the charts' alternatives: from the smallest rise worth a
 #: page (one code in 200) to an outage of a third of the traffic.
-EXCESSES = np.array([0.005, 0.02, 0.08, 0.3])
+EXCESSES = (0.005, 0.02, 0.08, 0.3)
 CHARTS = len(EXCESSES)
 #: Rates are kept inside (0, 1) so that every logarithm is finite.
 _P_MIN, _P_MAX = 1e-9, 1.0 - 1e-6
@@ -52,78 +50,85 @@ def threshold(false_alarms_per_day: float, keys: int, step_s: float) -> float:
     return math.log(CHARTS * max(1, keys) * steps_per_day / false_alarms_per_day)
 
 
-def log_likelihood_ratios(attempts: np.ndarray, failures: np.ndarray, baseline: np.ndarray,
-                          min_lift: float) -> np.ndarray:
-    """Per key (rows) and chart (columns): the step's LLR of each alternative against ``baseline``.
+def log_likelihood_ratios(attempts: float, failures: float, baseline: float,
+                          min_lift: float) -> list[float]:
+    """One step's LLR (nats) of each chart's alternative against the ``baseline`` rate.
 
-    >>> llr = log_likelihood_ratios(np.array([100.0]), np.array([30.0]), np.array([0.001]), 2.0)
-    >>> [round(float(v), 1) for v in llr[0]]
+    >>> [round(v, 1) for v in log_likelihood_ratios(100, 30, 0.001, 2.0)]
     [53.4, 89.9, 126.0, 146.2]
     """
-    p0 = np.clip(baseline, _P_MIN, _P_MAX)[:, None]
-    p1 = np.clip(np.maximum(p0 + EXCESSES, p0 * min_lift), _P_MIN, _P_MAX)
-    x = failures[:, None]
-    return x * np.log(p1 / p0) + (attempts[:, None] - x) * (np.log1p(-p1) - np.log1p(-p0))
+    p0 = min(max(baseline, _P_MIN), _P_MAX)
+    log_p0, log_q0 = math.log(p0), math.log1p(-p0)
+    successes = attempts - failures
+    ratios = []
+    for excess in EXCESSES:
+        p1 = min(max(p0 + excess, p0 * min_lift), _P_MAX)
+        ratios.append(failures * (math.log(p1) - log_p0)
+                      + successes * (math.log1p(-p1) - log_q0))
+    return ratios
 
 
 class Cusum:
-    """Multi-chart CUSUM statistics and runs for ``n_keys`` keys, updated a few keys at a time.
+    """Multi-chart CUSUM statistics and runs of many keys, kept only while above zero.
 
-    >>> cusum = Cusum(n_keys=2)
+    A key's entry is ``[statistic per chart..., run start, run attempts, run failures]``; a key
+    whose every chart is at zero has none, so a million quiet keys cost nothing, and a step
+    with no failure cannot raise a statistic (its LLR is negative), so it skips quiet keys.
+
+    >>> cusum = Cusum()
     >>> for step in range(3):
-    ...     _ = cusum.update(np.array([0, 1]), np.array([60.0, 60.0]), np.array([0.0, 6.0]),
-    ...                  np.array([0.001, 0.001]), min_lift=2.0, step_start=step * 10.0)
-    >>> [round(float(s), 1) for s in cusum.statistic()], cusum.run_failures.tolist()
-    ([0.0, 65.6], [0.0, 18.0])
-    >>> float(cusum.run_start[1])
-    0.0
+    ...     _ = cusum.update(1, 60, 6, 0.001, min_lift=2.0, step_start=step * 10.0)
+    ...     _ = cusum.update(0, 60, 0, 0.001, min_lift=2.0, step_start=step * 10.0)
+    >>> round(cusum.statistic(1), 1), cusum.statistic(0), cusum.run(1)
+    (65.6, 0.0, (0.0, 180.0, 18.0))
     """
 
-    def __init__(self, n_keys: int) -> None:
-        self.stat = np.zeros((n_keys, CHARTS))
-        self.run_start = np.zeros(n_keys)
-        self.run_attempts = np.zeros(n_keys)
-        self.run_failures = np.zeros(n_keys)
+    def __init__(self) -> None:
+        self.runs: dict[int, list[float]] = {}
 
-    def update(self, keys: np.ndarray, attempts: np.ndarray, failures: np.ndarray,
-               baseline: np.ndarray, min_lift: float, step_start: float) -> np.ndarray:
-        """Fold one step into ``keys``; returns their largest chart statistic afterwards."""
-        before = self.stat[keys]
-        after = np.maximum(0.0, before + log_likelihood_ratios(attempts, failures, baseline,
-                                                               min_lift))
-        self.stat[keys] = after
-        was_zero = ~before.any(axis=1)
-        live = after.any(axis=1)
-        new_run = live & was_zero
-        # A run starts at the step its statistic left zero and ends when every chart is back.
-        self.run_start[keys[new_run]] = step_start
-        self.run_attempts[keys] = np.where(live, np.where(new_run, 0.0, self.run_attempts[keys])
-                                           + attempts, 0.0)
-        self.run_failures[keys] = np.where(live, np.where(new_run, 0.0, self.run_failures[keys])
-                                           + failures, 0.0)
-        return after.max(axis=1)
+    def update(self, key: int, attempts: float, failures: float, baseline: float,
+               min_lift: float, step_start: float) -> float:
+        """Fold one step into ``key``; its largest chart statistic (nats) afterwards."""
+        run = self.runs.get(key)
+        if run is None:
+            if not failures:
+                return 0.0
+            run = [0.0] * CHARTS + [step_start, 0.0, 0.0]
+        best = 0.0
+        for chart, ratio in enumerate(log_likelihood_ratios(attempts, failures, baseline,
+                                                            min_lift)):
+            value = run[chart] + ratio
+            run[chart] = value = value if value > 0.0 else 0.0
+            if value > best:
+                best = value
+        if best > 0.0:
+            # A run starts at the step its statistic left zero and ends when every chart is back.
+            run[CHARTS + 1] += attempts
+            run[CHARTS + 2] += failures
+            self.runs[key] = run
+        else:
+            self.runs.pop(key, None)
+        return best
 
-    def statistic(self) -> np.ndarray:
-        """The largest chart statistic of every key (nats)."""
-        return self.stat.max(axis=1)
+    def statistic(self, key: int) -> float:
+        """The largest chart statistic of ``key`` (nats)."""
+        run = self.runs.get(key)
+        return max(run[:CHARTS]) if run is not None else 0.0
+
+    def run(self, key: int) -> tuple[float, float, float]:
+        """``(start, attempts, failures)`` of the key's run (zeros when it has none)."""
+        run = self.runs.get(key)
+        return (run[CHARTS], run[CHARTS + 1], run[CHARTS + 2]) if run else (0.0, 0.0, 0.0)
 
     def reset(self, keys) -> None:
-        self.stat[keys] = 0.0
-        self.run_attempts[keys] = 0.0
-        self.run_failures[keys] = 0.0
+        for key in keys:
+            self.runs.pop(key, None)
 
-    def snapshot(self, keys=None) -> list:
-        """``[key, [stats...], run_start, run_attempts, run_failures]`` of every live key."""
-        live = np.flatnonzero(self.stat.any(axis=1)) if keys is None else keys
-        return [[int(k), self.stat[k].tolist(), float(self.run_start[k]),
-                 float(self.run_attempts[k]), float(self.run_failures[k])] for k in live]
+    def reset_all(self) -> None:
+        self.runs.clear()
+
+    def snapshot(self) -> list:
+        return [[key, *run] for key, run in sorted(self.runs.items())]
 
     def restore(self, rows: list) -> None:
-        self.stat[:] = 0.0
-        self.run_attempts[:] = 0.0
-        self.run_failures[:] = 0.0
-        for key, stats, start, attempts, failures in rows:
-            self.stat[key] = stats
-            self.run_start[key] = start
-            self.run_attempts[key] = attempts
-            self.run_failures[key] = failures
+        self.runs = {int(row[0]): [float(v) for v in row[1:]] for row in rows}

@@ -75,9 +75,8 @@ class SliceTable:
         self.weight = np.zeros(capacity)          # Space-Saving counts (decayed attempts)
         self.attempts = np.zeros((capacity, n_outcomes))   # learned, decayed, per outcome
         self.failures = np.zeros((capacity, n_outcomes))
-        self.cusum = Cusum(capacity * n_outcomes)
-        #: CUSUM keys (``row * n_outcomes + outcome``) whose statistic is above zero.
-        self.live: set[int] = set()
+        #: CUSUMs keyed ``row * n_outcomes + outcome``: only those above zero are kept.
+        self.cusum = Cusum()
         #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome.
         self.deviant: dict[str, np.ndarray] = {}
         # The bucket being gathered, step by step: attempts per value, failures per (value, k).
@@ -97,47 +96,37 @@ class SliceTable:
             counts[slot] = counts.get(slot, 0) + n
 
     def hot(self, attempts: dict[str, int], failures: dict[tuple[str, int], int]
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The CUSUM keys to update for a step: warm (row, outcome) pairs that failed in it or
-        whose statistic is above zero and that had attempts; with their attempts and failures."""
+            ) -> list[tuple[int, int, int]]:
+        """The CUSUM keys to update for a step, as ``(flat, attempts, failures)``: warm
+        (row, outcome) pairs that failed in it, or whose statistic is above zero and that had
+        attempts (a quiet step with no failure cannot raise a statistic)."""
         row_of, names, n_out = self.row_of, self.names, self.n_outcomes
         found: dict[int, int] = {}
         for (value, k), x in failures.items():
             row = row_of.get(value)
             if row is not None:
                 found[row * n_out + k] = x
-        for flat in self.live:
+        for flat in self.cusum.runs:
             if flat not in found and attempts.get(names[flat // n_out]):
                 found[flat] = 0
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
-        flats = np.fromiter(found, dtype=np.int64, count=len(found))
-        rows, outcomes = np.divmod(flats, n_out)
-        warm = self.attempts[rows, outcomes] >= self.warmup_attempts
-        flats = flats[warm]
-        n = np.fromiter((attempts[names[flat // n_out]] for flat in flats.tolist()),
-                        dtype=float, count=len(flats))
-        x = np.fromiter((found[flat] for flat in flats.tolist()), dtype=float, count=len(flats))
-        return flats, n, x
-
-    def update(self, flats: np.ndarray, attempts: np.ndarray, failures: np.ndarray,
-               baseline: np.ndarray, min_lift: float, step_start: float) -> np.ndarray:
-        """The CUSUM update of ``flats``, keeping ``live`` in step."""
-        stat = self.cusum.update(flats, attempts, failures, baseline, min_lift, step_start)
-        for flat, value in zip(flats.tolist(), stat.tolist()):
-            if value > 0.0:
-                self.live.add(flat)
-            else:
-                self.live.discard(flat)
-        return stat
+        warmup, learned = self.warmup_attempts, self.attempts
+        hot = []
+        for flat, x in found.items():
+            row, k = divmod(flat, n_out)
+            if learned[row, k] >= warmup:
+                hot.append((flat, attempts[names[row]], x))
+        return hot
 
     def reset(self, flats) -> None:
         self.cusum.reset(flats)
-        self.live.difference_update(np.asarray(flats, dtype=np.int64).ravel().tolist())
 
-    def reset_all(self) -> None:
-        self.cusum.reset(slice(None))
-        self.live.clear()
+    def rate(self, row: int, outcome: int, parent: float) -> float:
+        """The baseline rate of one (row, outcome): its own history shrunk toward ``parent``,
+        floored at half of it."""
+        m = self.prior_attempts
+        shrunk = ((float(self.failures[row, outcome]) + m * parent)
+                  / (float(self.attempts[row, outcome]) + m))
+        return max(shrunk, 0.5 * parent)
 
     def rates_of(self, rows: np.ndarray, outcomes: np.ndarray, parent: np.ndarray
                  ) -> np.ndarray:
@@ -172,9 +161,10 @@ class SliceTable:
         decay = self.decay
         kept = [(self.row_of[value], k) for value, k in frozen if value in self.row_of]
         saved = [(row, k, self.attempts[row, k], self.failures[row, k]) for row, k in kept]
-        self.weight *= decay
-        self.attempts *= decay
-        self.failures *= decay
+        used = len(self.names)
+        self.weight[:used] *= decay
+        self.attempts[:used] *= decay
+        self.failures[:used] *= decay
         if counts:
             n = np.fromiter(counts.values(), dtype=float, count=len(counts))
             self.weight[rows] += n
@@ -231,7 +221,7 @@ class SliceTable:
             self.attempts[row] = 0.0
             self.failures[row] = 0.0
             n = self.n_outcomes
-            self.reset(np.arange(row * n, (row + 1) * n))
+            self.reset(range(row * n, (row + 1) * n))
         self.row_of[value] = row
         return row
 
@@ -268,7 +258,7 @@ class SliceTable:
             "failures": self.failures[:used].tolist(),
             "bucket_attempts": sorted(self.bucket_attempts.items()),
             "bucket_failures": sorted([v, k, n] for (v, k), n in self.bucket_failures.items()),
-            "cusum": self.cusum.snapshot(sorted(self.live)),
+            "cusum": self.cusum.snapshot(),
             "evicted": self.evicted,
         }
 
@@ -289,6 +279,5 @@ class SliceTable:
         self.bucket_attempts = {value: int(n) for value, n in state["bucket_attempts"]}
         self.bucket_failures = {(value, int(k)): int(n) for value, k, n in state["bucket_failures"]}
         self.cusum.restore(state["cusum"])
-        self.live = {int(row[0]) for row in state["cusum"]}
         self.evicted = int(state["evicted"])
         self._list_deviant(parent)
