@@ -28,7 +28,7 @@ from .join import DnsJoin, prefer_of
 from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
 from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS, OUTCOMES
-from .sequential import Cusum, threshold
+from .sequential import Cusum, coefficients, threshold
 from .slices import RESOLVER, SENDER, SliceTable
 from .windows import SlidingCounts, StepCounts, top_counted, top_values
 
@@ -91,6 +91,9 @@ class Detector:
         self.books = AlertBook(config.alerts, model.bucket_s)
         # The sequential test of the outcome-wide keys, and the slices with theirs.
         self.cusum = Cusum()
+        # CUSUM coefficients by baseline rate: the outcome-wide baselines change once a bucket.
+        self._ratios: dict[float, tuple] = {}
+        self._params: tuple | None = None
         budget = config.alerts.false_alarms_per_day / 2
         self.h_outcome = threshold(budget, N_KEYS, model.step_s)
         sl = config.slices
@@ -308,6 +311,8 @@ class Detector:
         per_bucket = self.steps_per_bucket
         buckets = target // per_bucket - self.next_step // per_bucket
         self.baseline.fade(buckets)
+        self._ratios.clear()
+        self._params = None
         for _, table in self.slices:
             table.fade(buckets)
         for _ in range(min(buckets, 10_000)):
@@ -325,28 +330,28 @@ class Detector:
         end = (index + 1) * self.step_s
         start = end - self.step_s
         model, alerts = self.config.model, self.config.alerts
-        a, b = self.baseline.params()
-        expected = a / (a + b)
+        a, b, expected = self._baselines()
         parent = expected[:N_OUTCOMES]
         slice_steps = [self._slice_step(d, table, step, parent, start)
                        for d, table in self.slices]
-        mix = self._mix_expected(step, expected)
-        windows.push(step, mix)
+        excess = self._mix_excess(step)
+        windows.push(step, excess)
         short_n, long_n = windows.short_attempts, windows.long_attempts
         short_x, long_x = windows.short_failures, windows.long_failures
         # A window's expected rate follows the traffic mix: when senders that always fail send
         # more, their usual failures are expected, not an incident.
         short_p = _mixed_rate(expected, windows.short_expected, short_n)
         long_p = _mixed_rate(expected, windows.long_expected, long_n)
-        step_p = _mixed_rate(expected, mix, step.attempts)
+        step_p = expected if excess is None else _mixed_rate(expected, excess, step.attempts)
         statistic = self._outcome_sequential(step, step_p, start)
-        sequential_fires = np.array([self._run_passes(self.cusum, k, statistic[k], step_p[k],
-                                                      self.h_outcome) for k in range(N_KEYS)])
+        sequential_fires = [k for k, value in enumerate(statistic)
+                            if value >= self.h_outcome
+                            and self._run_passes(self.cusum, k, value, step_p[k], self.h_outcome)]
         candidates = set(key for key in self.books.open if "|" not in key)
         short_gate = self._gate(short_n, short_x, short_p, alerts.min_lift)
         long_gate = self._gate(long_n, long_x, long_p, alerts.long_min_lift)
-        candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate
-                                                            | sequential_fires))
+        candidates.update(KEYS[k] for k in np.flatnonzero(short_gate | long_gate))
+        candidates.update(KEYS[k] for k in sequential_fires)
         alertable = self._alertable(end)
         decisions: list[tuple[str, Alert, Judgement]] = []
         # Excess failures of open outcome keys in each window, to judge ALL against.
@@ -360,7 +365,7 @@ class Detector:
             long = self._judge(long_n, int(long_x[k]), ak, bk, bool(long_gate[k]),
                                end - model.long_window_s, end, "long")
             sequential = self._sequential_judgement(self.cusum, k, statistic[k], step_p[k],
-                                                    bool(sequential_fires[k]), end)
+                                                    k in sequential_fires, end)
             self.bucket_max_score[k] = max(self.bucket_max_score[k], short.score, long.score)
             alert = self.books.open.get(key)
             recent, elevated = None, False
@@ -409,8 +414,17 @@ class Detector:
         cusum, n, lift = self.cusum, step.attempts, self.config.alerts.min_lift
         if not n:
             return [cusum.statistic(k) for k in range(N_KEYS)]
-        return [cusum.update(k, n, x, p, lift, start)
-                for k, (x, p) in enumerate(zip(step.failures, step_p.tolist()))]
+        ratios = self._ratios
+        statistic = []
+        for k, (x, p) in enumerate(zip(step.failures, step_p.tolist())):
+            if not x and k not in cusum.runs:
+                statistic.append(0.0)
+                continue
+            found = ratios.get(p)
+            if found is None:
+                found = ratios[p] = coefficients(p, lift)
+            statistic.append(cusum.update(k, n, x, found, start))
+        return statistic
 
     def _run_passes(self, cusum: Cusum, key: int, statistic: float, baseline: float,
                     h: float) -> bool:
@@ -503,28 +517,39 @@ class Detector:
         lift, names, parents = self.config.alerts.min_lift, table.names, parent.tolist()
         for flat, n, x in hot:
             row, k = divmod(flat, N_OUTCOMES)
-            baseline = table.rate(row, k, parents[k])
+            baseline, ratios = table.rate(row, k, parents[k], lift)
             mixed = extra.get(names[row])
-            if mixed is not None:
-                baseline = max(baseline, parents[k] + float(mixed[k]) / n)
-            updated.append((flat, baseline, table.cusum.update(flat, n, x, baseline, lift, start)))
+            if mixed is not None and parents[k] + float(mixed[k]) / n > baseline:
+                baseline = parents[k] + float(mixed[k]) / n
+                ratios = coefficients(baseline, lift)
+            updated.append((flat, baseline, table.cusum.update(flat, n, x, ratios, start)))
         return SliceStep(attempts, failures, updated)
 
-    def _mix_expected(self, step: StepCounts, expected: np.ndarray) -> np.ndarray:
-        """Expected failures per key of the step given who sent it: the outcome-wide rates,
-        plus the excess of each sender that usually fails more (``SliceTable.deviant``)."""
-        mix = expected * step.attempts
+    def _mix_excess(self, step: StepCounts) -> np.ndarray | None:
+        """Failures per key the step's traffic mix makes expected beyond the outcome-wide
+        baselines: the excess of each sender that usually fails more
+        (``SliceTable.deviant``); ``None`` when the step has none of them."""
         if not self.slices or self.slices[0][0] != 0 or not step.attempts:
-            return mix
+            return None
         deviant, counts = self.slices[0][1].deviant, step.slice_attempts[0]
         if len(deviant) > len(counts):
             found = [(counts[v], deviant[v]) for v in counts if v in deviant]
         else:
             found = [(counts[v], excess) for v, excess in deviant.items() if v in counts]
-        for n, excess in found:
-            mix[:N_OUTCOMES] += n * excess
-            mix[ALL_INDEX] += n * excess.sum()
-        return mix
+        if not found:
+            return None
+        excess = np.zeros(N_KEYS)
+        for n, rates in found:
+            excess[:N_OUTCOMES] += n * rates
+        excess[ALL_INDEX] = excess[:N_OUTCOMES].sum()
+        return excess
+
+    def _baselines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The outcome-wide Beta parameters ``(a, b)`` and rates: they change once a bucket."""
+        if self._params is None:
+            a, b = self.baseline.params()
+            self._params = a, b, a / (a + b)
+        return self._params
 
     def _judge_slices(self, d: int, table: SliceTable, slice_step: SliceStep,
                       step: StepCounts, parent: np.ndarray, alertable: bool, end: float,
@@ -560,7 +585,8 @@ class Detector:
                 _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
                                                  if f[d] == value])
                 if row >= 0:
-                    baseline = table.rate(row, k, float(parent[k]))
+                    baseline, _ = table.rate(row, k, float(parent[k]),
+                                             self.config.alerts.min_lift)
                     strength = table.strength(row, k)
                 else:
                     baseline, strength = float(parent[k]), table.prior_attempts
@@ -734,6 +760,8 @@ class Detector:
                 if "|" not in key:
                     learn[KEY_INDEX[key]] = False
         self.baseline.learn(attempts, windows.short_failures, learn)
+        self._ratios.clear()
+        self._params = None
         self.learned_attempts += attempts
         self.volume.update(float(attempts))
         self.volume_seen = True
@@ -871,6 +899,7 @@ class Detector:
         self.next_step = state["next_step"]
         self.windows.restore(state["windows"])
         self.baseline.restore(state["baseline"])
+        self._params = None
         if state["volume"] is not None:
             self.volume.update(float(state["volume"]))   # an EWMean's first update is its value
             self.volume_seen = True
@@ -908,11 +937,11 @@ def _merge_evidence(evidence: dict, failures) -> None:
 
 
 
-def _mixed_rate(expected: np.ndarray, mixed_failures: np.ndarray, attempts: float) -> np.ndarray:
-    """The expected rate per key: the baseline, or the traffic mix's expectation when higher."""
-    if attempts <= 0:
+def _mixed_rate(expected: np.ndarray, excess: np.ndarray, attempts: float) -> np.ndarray:
+    """The expected rate per key: the baseline, plus what the traffic mix adds to it."""
+    if attempts <= 0 or not excess.any():
         return expected
-    return np.maximum(expected, mixed_failures / attempts)
+    return expected + np.maximum(excess, 0.0) / attempts
 
 
 def _beta_at(a: float, b: float, rate: float) -> tuple[float, float]:

@@ -57,15 +57,21 @@ def log_likelihood_ratios(attempts: float, failures: float, baseline: float,
     >>> [round(v, 1) for v in log_likelihood_ratios(100, 30, 0.001, 2.0)]
     [53.4, 89.9, 126.0, 146.2]
     """
+    successes = attempts - failures
+    return [failures * per_failure + successes * per_success
+            for per_failure, per_success in coefficients(baseline, min_lift)]
+
+
+def coefficients(baseline: float, min_lift: float) -> tuple[tuple[float, float], ...]:
+    """Per chart, the LLR of one failure and of one success against ``baseline``. A baseline
+    changes once a bucket, so callers keep these for the bucket."""
     p0 = min(max(baseline, _P_MIN), _P_MAX)
     log_p0, log_q0 = math.log(p0), math.log1p(-p0)
-    successes = attempts - failures
     ratios = []
     for excess in EXCESSES:
         p1 = min(max(p0 + excess, p0 * min_lift), _P_MAX)
-        ratios.append(failures * (math.log(p1) - log_p0)
-                      + successes * (math.log1p(-p1) - log_q0))
-    return ratios
+        ratios.append((math.log(p1) - log_p0, math.log1p(-p1) - log_q0))
+    return tuple(ratios)
 
 
 class Cusum:
@@ -75,10 +81,10 @@ class Cusum:
     whose every chart is at zero has none, so a million quiet keys cost nothing, and a step
     with no failure cannot raise a statistic (its LLR is negative), so it skips quiet keys.
 
-    >>> cusum = Cusum()
+    >>> cusum, ratios = Cusum(), coefficients(0.001, min_lift=2.0)
     >>> for step in range(3):
-    ...     _ = cusum.update(1, 60, 6, 0.001, min_lift=2.0, step_start=step * 10.0)
-    ...     _ = cusum.update(0, 60, 0, 0.001, min_lift=2.0, step_start=step * 10.0)
+    ...     _ = cusum.update(1, 60, 6, ratios, step_start=step * 10.0)
+    ...     _ = cusum.update(0, 60, 0, ratios, step_start=step * 10.0)
     >>> round(cusum.statistic(1), 1), cusum.statistic(0), cusum.run(1)
     (65.6, 0.0, (0.0, 180.0, 18.0))
     """
@@ -86,18 +92,19 @@ class Cusum:
     def __init__(self) -> None:
         self.runs: dict[int, list[float]] = {}
 
-    def update(self, key: int, attempts: float, failures: float, baseline: float,
-               min_lift: float, step_start: float) -> float:
-        """Fold one step into ``key``; its largest chart statistic (nats) afterwards."""
+    def update(self, key: int, attempts: float, failures: float,
+               ratios: tuple[tuple[float, float], ...], step_start: float) -> float:
+        """Fold one step into ``key``, with the ``coefficients`` of its baseline; its largest
+        chart statistic (nats) afterwards."""
         run = self.runs.get(key)
         if run is None:
             if not failures:
                 return 0.0
             run = [0.0] * CHARTS + [step_start, 0.0, 0.0]
         best = 0.0
-        for chart, ratio in enumerate(log_likelihood_ratios(attempts, failures, baseline,
-                                                            min_lift)):
-            value = run[chart] + ratio
+        successes = attempts - failures
+        for chart, (per_failure, per_success) in enumerate(ratios):
+            value = run[chart] + failures * per_failure + successes * per_success
             run[chart] = value = value if value > 0.0 else 0.0
             if value > best:
                 best = value

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from .model import score_of
-from .sequential import Cusum
+from .sequential import Cusum, coefficients
 
 #: Slice dimensions: the event key's field and the failure evidence tuple's index.
 SENDER, RESOLVER = "sender_domain", "resolver"
@@ -77,6 +77,9 @@ class SliceTable:
         self.failures = np.zeros((capacity, n_outcomes))
         #: CUSUMs keyed ``row * n_outcomes + outcome``: only those above zero are kept.
         self.cusum = Cusum()
+        # Baseline rates by CUSUM key, and their CUSUM coefficients: they change only when a
+        # bucket is learned.
+        self._rates: dict[int, tuple[float, tuple]] = {}
         #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome.
         self.deviant: dict[str, np.ndarray] = {}
         # The bucket being gathered, step by step: attempts per value, failures per (value, k).
@@ -120,13 +123,20 @@ class SliceTable:
     def reset(self, flats) -> None:
         self.cusum.reset(flats)
 
-    def rate(self, row: int, outcome: int, parent: float) -> float:
-        """The baseline rate of one (row, outcome): its own history shrunk toward ``parent``,
-        floored at half of it."""
-        m = self.prior_attempts
-        shrunk = ((float(self.failures[row, outcome]) + m * parent)
-                  / (float(self.attempts[row, outcome]) + m))
-        return max(shrunk, 0.5 * parent)
+    def rate(self, row: int, outcome: int, parent: float, min_lift: float
+             ) -> tuple[float, tuple]:
+        """The baseline rate of one (row, outcome), its own history shrunk toward ``parent``
+        and floored at half of it, with its CUSUM coefficients (``parent`` too changes only at
+        a bucket's end)."""
+        flat = row * self.n_outcomes + outcome
+        found = self._rates.get(flat)
+        if found is None:
+            m = self.prior_attempts
+            shrunk = ((float(self.failures[row, outcome]) + m * parent)
+                      / (float(self.attempts[row, outcome]) + m))
+            rate = max(shrunk, 0.5 * parent)
+            found = self._rates[flat] = rate, coefficients(rate, min_lift)
+        return found
 
     def rates_of(self, rows: np.ndarray, outcomes: np.ndarray, parent: np.ndarray
                  ) -> np.ndarray:
@@ -190,6 +200,7 @@ class SliceTable:
         for row, k, attempts, fails in saved:
             self.attempts[row, k], self.failures[row, k] = attempts, fails
         self.bucket_attempts, self.bucket_failures = {}, {}
+        self._rates.clear()
         self._list_deviant(parent)
 
     def _rows_of(self, counts: dict[str, int], pinned: set[int]) -> np.ndarray:
@@ -220,6 +231,7 @@ class SliceTable:
             # starts its model from the prior.
             self.attempts[row] = 0.0
             self.failures[row] = 0.0
+            self._rates.clear()
             n = self.n_outcomes
             self.reset(range(row * n, (row + 1) * n))
         self.row_of[value] = row
@@ -242,6 +254,7 @@ class SliceTable:
 
     def fade(self, buckets: int) -> None:
         """Forget ``buckets`` empty buckets at once (a gap in the data)."""
+        self._rates.clear()
         factor = self.decay ** buckets
         self.attempts *= factor
         self.failures *= factor
@@ -279,5 +292,6 @@ class SliceTable:
         self.bucket_attempts = {value: int(n) for value, n in state["bucket_attempts"]}
         self.bucket_failures = {(value, int(k)): int(n) for value, k, n in state["bucket_failures"]}
         self.cusum.restore(state["cusum"])
+        self._rates.clear()
         self.evicted = int(state["evicted"])
         self._list_deviant(parent)

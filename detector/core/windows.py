@@ -88,15 +88,16 @@ class SlidingCounts:
         self.long_steps = long_steps
         self.ring_attempts = np.zeros(long_steps, dtype=np.int64)
         self.ring_failures = np.zeros((long_steps, N_KEYS), dtype=np.int64)
-        # Expected failures per key of each step, from the slices' baselines (the traffic mix).
+        # Failures per key each step's traffic mix made expected beyond the outcome-wide
+        # baselines (senders whose zones always fail): zero in the usual step.
         self.ring_expected = np.zeros((long_steps, N_KEYS))
         self.ring_evidence: list[dict[int, list[Failure]]] = [{} for _ in range(long_steps)]
         self.pushed = 0          # steps pushed so far; the newest is at (pushed - 1) % long_steps
         self._recompute()
 
     def push(self, step: StepCounts, expected: np.ndarray | None = None) -> None:
-        """Slide both windows by one closed step; ``expected`` are its expected failures per key
-        (zero when not given)."""
+        """Slide both windows by one closed step; ``expected`` are the failures per key its
+        traffic mix made expected beyond the baselines (zero when not given)."""
         pos = self.pushed % self.long_steps
         failures = np.asarray(step.failures, dtype=np.int64)
         expected = np.zeros(N_KEYS) if expected is None else expected
