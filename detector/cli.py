@@ -1,4 +1,11 @@
-"""Command line: each command is a few lines over the core and its shells (``detector --help``)."""
+"""Command line: each command is a few lines over the core and its shells (``detector --help``).
+
+Exit statuses (the README's "Command line" lists them too): 0 the work was done, whatever the
+input held; 2 a usage, configuration or input error, with one line on stderr naming it and nothing
+written; 3 an input broke off part-way (a truncated gzip, trailing garbage, the broker lost while
+producing): what was done is summarised, and no output file was replaced; 130 interrupted
+(Ctrl-C), no output file replaced. Never a Python traceback for an operator's mistake.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +21,42 @@ from .core.config import ConfigError
 MAIL_FORMATS = ("json", "postfix", "m365", "zeek-smtp")
 DNS_FORMATS = ("json", "zeek-dns", "unbound", "bind", "coredns")
 
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
-def _fail(message: str) -> None:
+
+def _fail(message: str, status: int = EXIT_USAGE) -> None:
     """One clear line on stderr and exit status 2: a usage or configuration problem."""
     click.echo(f"detector: error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _warn(message: str) -> None:
+    click.echo(f"detector: warning: {message}", err=True)
+
+
+class _Commands(click.Group):
+    """click's group with one line for a usage error and no ``Aborted!`` traceback story."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            command = err.ctx.command_path if err.ctx is not None else "detector"
+            click.echo(f"detector: error: {command}: {err.format_message()} "
+                       f"(see {command} --help)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as err:          # a bad file argument, ...
+            click.echo(f"detector: error: {err.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("detector: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:                      # `detector convert ... | head`
+            sys.stderr.close()
+            sys.exit(EXIT_OK)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Detect spikes of OTP mail delivery failures tied to DNS resolution outcomes."""
 
@@ -44,31 +79,63 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
            dns_format) -> None:
     """Replay historical logs in event-time order and write anomaly events."""
     from .config import load_detector_config
-    from .io.files import JsonLinesSink, check_readable
-    from .replay import replay as run_replay
+    from .io.files import (InputError, JsonLinesSink, OutputError, OutputFile, check_distinct,
+                           check_readable)
+    from .replay import StateError, load_state, replay as run_replay
 
+    inputs = [*(("--mail", p) for p in mail_paths), *(("--dns", p) for p in dns_paths)]
+    outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path)]
+    opened = []
     try:
         config = load_detector_config(config_path)
-        for path in (*mail_paths, *dns_paths):
+        for _, path in inputs:
             check_readable(path)
         if [*mail_paths, *dns_paths].count("-") > 1:
             raise ConfigError("standard input (-) can be given only once")
-    except (ConfigError, OSError) as err:
+        check_distinct([*inputs, *([("--config", config_path)] if config_path else [])],
+                       outputs)
+        state = load_state(state_path, config) if state_path else None
+        # Every output is opened (as a temporary file beside it) before the first record.
+        sink = JsonLinesSink(out, "--out")
+        opened.append(sink)
+        dead = JsonLinesSink(dead_letter, "--dead-letter") if dead_letter else None
+        if dead is not None:
+            opened.append(dead)
+        state_out = OutputFile(state_path, "--state") if state_path else None
+        if state_out is not None:
+            opened.append(state_out)
+    except (ConfigError, OSError, OutputError, StateError) as err:
+        for output in opened:
+            output.abort()
         _fail(str(err))
     progress = _progress_printer() if sys.stderr.isatty() else None
-    sink = JsonLinesSink(out)
-    dead = JsonLinesSink(dead_letter) if dead_letter else None
     try:
         summary = run_replay(list(mail_paths), list(dns_paths), sink, dead, config,
-                             state_path=state_path, progress=progress, mail_format=mail_format,
-                             dns_format=dns_format, announce=lambda text: click.echo(text, err=True))
-    finally:
-        sink.close()
-        if dead is not None:
-            dead.close()
+                             state=state, save_state=state_out.write if state_out else None,
+                             progress=progress, mail_format=mail_format,
+                             dns_format=dns_format, announce=lambda text: click.echo(text, err=True),
+                             warn=_warn)
+        if summary.error is None:
+            for output in opened:
+                output.close() if isinstance(output, JsonLinesSink) else output.commit()
+    except (InputError, OutputError) as err:
+        for output in opened:
+            output.abort()
+        _fail(str(err))
+    except BaseException:
+        for output in opened:
+            output.abort()
+        raise
     if progress is not None:
         click.echo("", err=True)
     click.echo(summary.format(), err=True)
+    for warning in summary.warnings():
+        _warn(warning)
+    if summary.error is not None:
+        for output in opened:
+            output.abort()
+        _fail(f"{summary.error}; the summary above is of what was read, and no output was "
+              "written", EXIT_PARTIAL)
 
 
 def _progress_printer():
