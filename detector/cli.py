@@ -116,6 +116,8 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
                              dns_format=dns_format, announce=lambda text: click.echo(text, err=True),
                              warn=_warn)
         if summary.error is None:
+            for output in opened:          # all on disk before any replaces its file
+                output.flush()
             for output in opened:
                 output.close() if isinstance(output, JsonLinesSink) else output.commit()
     except (InputError, OutputError) as err:

@@ -270,15 +270,25 @@ class OutputFile:
         except OSError as err:
             raise self._error(err) from None
 
-    def commit(self) -> None:
-        """Make the written data the file's content (flushed, synced, renamed into place)."""
+    def flush(self) -> None:
+        """Everything written on its way to the disk (synced): the first half of ``commit``,
+        so several outputs can fail before any of them replaces its file."""
         try:
             self._file.flush()
+            if self._temp is not None:
+                os.fsync(self._file.fileno())
+        except OSError as err:
+            self.abort()
+            raise self._error(err) from None
+
+    def commit(self) -> None:
+        """Make the written data the file's content (flushed, synced, renamed into place)."""
+        self.flush()
+        try:
             if self._temp is None:
                 if self.path != "-":
                     self._file.close()
                 return
-            os.fsync(self._file.fileno())
             self._file.close()
             os.chmod(self._temp, self._mode)
             os.replace(self._temp, self.path)
@@ -338,6 +348,9 @@ class JsonLinesSink:
         if objs:
             self.output.write(b"".join(orjson.dumps(obj) + b"\n" for obj in objs))
             self.written += len(objs)
+
+    def flush(self) -> None:
+        self.output.flush()
 
     def close(self) -> None:
         self.output.commit()
