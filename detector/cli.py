@@ -163,12 +163,20 @@ def generate(scenario, outdir, seed, hours) -> None:
     decoy-volume-surge, decoy-dns-storm, decoy-bounce-wave, decoy-tiny-tenant, mixed (72 h, all
     of them). See the README.
     """
+    import math
+
     from .synth import SCENARIOS, generate as run_generate
 
     if scenario not in SCENARIOS:
         _fail(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours).to_dict()
+    if hours is not None and not (math.isfinite(hours) and hours > 0):
+        _fail(f"--hours must be a positive number of hours, got {hours:g}")
+    try:
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours).to_dict()
+    except OSError as err:
+        _fail(f"OUTDIR {outdir}: {err.strerror or err}"
+              + (f": {err.filename}" if getattr(err, "filename", None) else ""))
     click.echo(f"{scenario} (seed {seed}): {summary['start']} to {summary['end']}, "
                f"{summary['mail_records']} mail and {summary['dns_records']} DNS records, "
                f"{summary['incidents']} incidents, {summary['decoys']} decoys -> {outdir}", err=True)
@@ -180,9 +188,13 @@ def generate(scenario, outdir, seed, hours) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(anomalies, truth, as_json) -> None:
     """Recall, false alarms and detection delay of ANOMALIES against TRUTH."""
-    from .evaluate import evaluate as run_evaluate, format_table, load_events
+    from .evaluate import (EvaluationInputError, evaluate as run_evaluate, format_table,
+                           load_events, load_truth)
 
-    report = run_evaluate(load_events(anomalies), orjson.loads(Path(truth).read_bytes()))
+    try:
+        report = run_evaluate(load_events(anomalies), load_truth(truth))
+    except EvaluationInputError as err:
+        _fail(str(err))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -283,35 +295,73 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
 @click.argument("file")
 def convert(format_name, file) -> None:
     """Print the contract records FILE turns into: what the detector sees of it."""
-    from .formats import ADAPTERS, SNIFF_LINES, convert_chunks, detect, make_adapter
-    from .io.files import LineSource, check_readable
+    from .formats import ADAPTERS, SNIFF_LINES, convert_chunks, make_adapter, scores
+    from .io.files import InputError, LineSource, TruncatedInput, check_readable
 
     try:
         check_readable(file)
-    except OSError as err:
+        source = LineSource(file, "any")
+        if format_name.startswith("auto-"):
+            stream = format_name.split("-", 1)[1]
+            ranked = scores(source.peek(SNIFF_LINES), stream)
+            format_name, score = next(iter(ranked.items()))
+            best = ", ".join(f"{name} {value:.2f}" for name, value in list(ranked.items())[:3])
+            if score <= 0:
+                _fail(f"{file}: no {stream} log format recognised (best scores: {best})")
+            if format_name == "json":
+                _fail(f"{file} is already in the contract's JSON form (scores: {best}): "
+                      "nothing to convert")
+            click.echo(f"{file}: {stream} format {format_name} (score {score:.2f})", err=True)
+    except (OSError, InputError) as err:
         _fail(str(err))
-    source = LineSource(file, "any")
-    if format_name.startswith("auto-"):
-        stream = format_name.split("-", 1)[1]
-        format_name, score = detect(source.peek(SNIFF_LINES), stream)
-        click.echo(f"{file}: {stream} format {format_name} (score {score:.2f})", err=True)
-        if format_name == "json":
-            _fail("the file is already in the contract's JSON form")
+    except TruncatedInput as err:
+        _fail(str(err), EXIT_PARTIAL)
     adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
     output = click.get_binary_stream("stdout")
-    rejected, records, skipped = {}, 0, 0
-    for batch, numbers in convert_chunks(adapter, source.chunks()):
-        for record in batch.records:
-            output.write(record + b"\n")
-        records += len(batch.records)
-        skipped += batch.skipped
-        for index, reason in batch.rejected:
-            rejected[reason] = rejected.get(reason, 0) + 1
-            click.echo(f"{file}:{numbers[index] if numbers else 'end'}: rejected ({reason})",
-                       err=True)
-    source.close()
-    click.echo(f"{records} records, {skipped} lines skipped, rejected: "
-               + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"), err=True)
+    tally = _Rejections(file)
+    records, skipped = 0, 0
+    try:
+        for batch, numbers in convert_chunks(adapter, source.chunks()):
+            output.write(b"".join(record + b"\n" for record in batch.records))
+            records += len(batch.records)
+            skipped += batch.skipped
+            for index, reason in batch.rejected:
+                tally.add(reason, numbers[index] if numbers else None)
+    except TruncatedInput as err:
+        output.flush()
+        click.echo(f"{records} records, {skipped} lines skipped, {tally.describe()}", err=True)
+        _fail(str(err), EXIT_PARTIAL)
+    finally:
+        source.close()
+    click.echo(f"{records} records, {skipped} lines skipped, {tally.describe()}", err=True)
+
+
+class _Rejections:
+    """Lines rejected by a log format: counts by reason and the first few line numbers, so a
+    wrong file gives a short summary instead of a line per input line."""
+
+    EXAMPLES = 5
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.counts: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def add(self, reason: str, line: int | None) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(f"line {line if line is not None else 'end'} ({reason})")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "rejected: none"
+        return (f"rejected {self.total:,}: "
+                + ", ".join(f"{r} {n:,}" for r, n in sorted(self.counts.items()))
+                + f"; first: {', '.join(self.examples)}")
 
 
 @main.command()
