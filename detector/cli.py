@@ -39,8 +39,12 @@ class _Commands(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name or "detector", complete_var,
+                                standalone_mode=False, **extra)
         except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError" and err.ctx is not None:
+                click.echo(err.ctx.get_help())          # `detector` alone: the help
+                sys.exit(EXIT_OK)
             command = err.ctx.command_path if err.ctx is not None else "detector"
             click.echo(f"detector: error: {command}: {err.format_message()} "
                        f"(see {command} --help)", err=True)
@@ -230,6 +234,12 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
         ("kafka", "bootstrap_servers"): bootstrap_servers, ("worker", "start_from"): start_from,
         ("worker", "group_id"): group_id, ("worker", "metrics_port"): metrics_port,
         ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format})
+    from .io.kafka import bootstrap_addresses
+
+    try:
+        bootstrap_addresses(settings.kafka.bootstrap_servers)
+    except ValueError as err:
+        _fail(f"kafka.bootstrap_servers (--bootstrap-servers): {err}")
     if settings.worker.start_from not in ("earliest", "latest", "committed"):
         try:
             parse_start_time(settings.worker.start_from)
@@ -249,7 +259,13 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
     from .worker_metrics import serve_worker_metrics
 
     worker = Worker(settings)
-    server = serve_worker_metrics(worker, settings.worker.metrics_host, settings.worker.metrics_port)
+    try:
+        server = serve_worker_metrics(worker, settings.worker.metrics_host,
+                                      settings.worker.metrics_port)
+    except OSError as err:
+        _fail(f"--metrics-port {settings.worker.metrics_port}: cannot serve metrics on "
+              f"{settings.worker.metrics_host}:{settings.worker.metrics_port}: "
+              f"{err.strerror or err}")
     worker.install_signal_handlers()
     try:
         code = worker.run()
@@ -272,20 +288,47 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
 def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_name) -> None:
     """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
     from .formats import ADAPTERS, make_adapter
-    from .io.files import check_readable
-    from .io.produce import produce_files
+    from .io.files import InputError, check_readable
+    from .io.kafka import topic_problem, unreachable
+    from .io.produce import ProduceStopped, produce_files
 
     settings = _settings(config_path, {("kafka", "bootstrap_servers"): bootstrap_servers})
+    problem = topic_problem(topic)
+    if problem is not None:
+        _fail(f"--topic {problem}")
+    if speed is not None and not (speed > 0 and speed != float("inf")):
+        _fail(f"--speed must be a positive multiple of real time, got {speed:g}")
+    if files.count("-") > 1:
+        _fail("standard input (-) can be given only once")
     try:
         for path in files:
             check_readable(path)
-    except OSError as err:
+        down = unreachable(settings.kafka.bootstrap_servers)
+    except (OSError, ValueError) as err:
         _fail(str(err))
+    if down is not None:
+        _fail(f"cannot reach the broker at {settings.kafka.bootstrap_servers} ({down}); "
+              "nothing was sent")
     adapter = (make_adapter(format_name, ADAPTERS[format_name].stream)
                if format_name != "json" else None)
-    sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key,
-                         adapter=adapter)
-    click.echo(f"produced {sent} records to {topic}", err=True)
+    tally = _Rejections(", ".join(files))
+    try:
+        sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key,
+                             adapter=adapter, rejected=tally.add)
+    except InputError as err:
+        _fail(f"{err}; nothing was sent")
+    except ProduceStopped as stopped:
+        if not stopped.started:
+            _fail(f"{stopped.cause}; nothing was sent")
+        _fail(f"{stopped.cause}; {stopped.sent:,} records were sent to {topic} before that "
+              "(a re-run sends them again)", EXIT_PARTIAL)
+    if adapter is None:
+        click.echo(f"produced {sent} records to {topic}", err=True)
+    else:
+        click.echo(f"produced {sent} records to {topic} ({format_name}); {tally.describe()}",
+                   err=True)
+        if tally.total and not sent:
+            _warn(f"no line of {', '.join(files)} was {format_name}: nothing was sent")
 
 
 @main.command()
@@ -317,7 +360,7 @@ def convert(format_name, file) -> None:
     except TruncatedInput as err:
         _fail(str(err), EXIT_PARTIAL)
     adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
-    output = click.get_binary_stream("stdout")
+    output = sys.stdout.buffer
     tally = _Rejections(file)
     records, skipped = 0, 0
     try:
@@ -371,8 +414,11 @@ def broker(port) -> None:
     import signal
     import time
 
-    from .io.broker import LocalBroker
+    from .io.broker import LocalBroker, port_problem
 
+    problem = port_problem(port)
+    if problem is not None:
+        _fail(f"--port: {problem}")
     local = LocalBroker(port=port)
     try:
         local.start()
@@ -387,7 +433,10 @@ def broker(port) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        status = local.process.poll()
         local.stop()
+    if status is not None and not stop:
+        _fail(f"the broker exited by itself with status {status}")
     click.echo("broker stopped", err=True)
 
 

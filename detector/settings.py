@@ -131,6 +131,9 @@ class Settings:
             raise ConfigError("worker.log_format must be 'json' or 'text'")
         if not kafka.bootstrap_servers.strip():
             raise ConfigError("kafka.bootstrap_servers is empty")
+        if not 0 <= self.worker.metrics_port <= 65535:
+            raise ConfigError("worker.metrics_port (--metrics-port) must be 0 (no endpoint) or "
+                              f"a port from 1 to 65535, got {self.worker.metrics_port}")
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, secrets masked, for the start-up log line."""

@@ -106,6 +106,9 @@ class Worker:
     def run(self) -> int:
         settings = self.settings
         log.info("starting", extra={"config": settings.describe()})
+        if not self._wait_for_broker():
+            log.info("stopped before the broker could be reached")
+            return 0
         if settings.worker.create_topics:
             self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
@@ -293,9 +296,29 @@ class Worker:
                 return action()
             except (KafkaError, TransportError) as err:
                 log.warning(f"{what} failed; retrying", extra={"error": repr(err)})
-                time.sleep(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
         return None
+
+    def _wait_for_broker(self) -> bool:
+        """Until a bootstrap server accepts a connection: logged at once and at every retry,
+        and a signal ends the wait at once. The Kafka clients would wait 30 s or more before
+        saying anything, and hold signals off while they do. False when stopped first."""
+        servers = self.settings.kafka.bootstrap_servers
+        delay = self.settings.worker.retry_backoff_min_s
+        waited = False
+        while not self.stopping.is_set():
+            problem = kio.unreachable(servers, timeout_s=1.0)
+            if problem is None:
+                if waited:
+                    log.info("broker reachable", extra={"bootstrap_servers": servers})
+                return True
+            waited = True
+            log.warning("broker unreachable; retrying", extra={
+                "bootstrap_servers": servers, "error": problem, "retry_in_s": delay})
+            self.stopping.wait(delay)
+            delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
+        return False
 
     # ------------------------------------------------------------- event time
 

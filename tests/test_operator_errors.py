@@ -309,3 +309,283 @@ def test_suspicious_inputs_exit_0_with_a_warning(tmp_path, logs, case):
     done = replay(*args, "--out", tmp_path / "out.jsonl")
     assert done.returncode == 0
     assert f"detector: warning: {words}" in stderr_of(done)
+
+
+# ---------------------------------------------------------------- generate, evaluate, convert
+
+@pytest.mark.parametrize("hours", ["0", "-1", "nan"])
+def test_generate_refuses_a_non_positive_length_before_creating_outdir(tmp_path, hours):
+    outdir = tmp_path / "out"
+    line = error_line(detector("generate", "seed-incident", outdir, "--hours", hours))
+    assert line.startswith("detector: error: --hours must be a positive number of hours")
+    assert not outdir.exists()
+
+
+def test_generate_into_a_place_it_cannot_write_is_one_line():
+    line = error_line(detector("generate", "seed-incident", "/proc/otp-detector-gen", "--hours",
+                               "0.1"))
+    assert "OUTDIR /proc/otp-detector-gen" in line
+
+
+@pytest.fixture
+def scored(tmp_path):
+    """A truth file and an anomalies file that scores against it."""
+    truth, anomalies = tmp_path / "truth.json", tmp_path / "anomalies.jsonl"
+    truth.write_bytes(orjson.dumps({"incidents": [{"outcome": "SERVFAIL",
+                                                   "start": "2026-11-27T10:00:00Z",
+                                                   "end": "2026-11-27T10:40:00Z"}],
+                                    "decoys": []}, option=orjson.OPT_INDENT_2))
+    anomalies.write_bytes(orjson.dumps({"id": "servfail-1", "state": "open",
+                                        "key": {"outcome": "SERVFAIL"},
+                                        "detected_at": "2026-11-27T10:00:25Z"}) + b"\n")
+    return anomalies, truth
+
+
+def test_evaluate_scores_a_good_pair(scored):
+    done = detector("evaluate", *scored)
+    assert done.returncode == 0 and b"recall 100%" in done.stdout
+
+
+@pytest.mark.parametrize("case,words", [
+    ("swapped", "ANOMALIES {truth} is a truth file (it has 'incidents'): are ANOMALIES and TRUTH "
+                "swapped?"),
+    ("empty_truth", "TRUTH {empty}: the file is empty"),
+    ("garbage_anomalies", "ANOMALIES {garbage}: line 2 is not JSON"),
+    ("records_as_anomalies", "ANOMALIES {records}: line 1 is not an anomaly event (no 'state' "
+                             "and 'detected_at')"),
+    ("garbage_truth", "TRUTH {junk}: not JSON"),
+    ("bad_time", "TRUTH {bad_truth}: incident 1: 'start' 'yesterday' is not an RFC 3339 time"),
+    ("anomalies_as_truth", "TRUTH {anomalies} holds anomaly events: are ANOMALIES and TRUTH "
+                           "swapped?"),
+])
+def test_evaluate_with_files_it_cannot_score_is_one_line(tmp_path, scored, case, words):
+    anomalies, truth = scored
+    files = {"truth": truth, "anomalies": anomalies, "empty": tmp_path / "empty.json",
+             "garbage": tmp_path / "garbage.jsonl", "records": tmp_path / "records.jsonl",
+             "bad_truth": tmp_path / "bad_truth.json", "junk": tmp_path / "junk.bin"}
+    files["empty"].write_bytes(b"")
+    files["junk"].write_bytes(bytes(range(256)))
+    files["garbage"].write_bytes(b'{"state": "open", "detected_at": "2026-11-27T10:00:00Z"}\n'
+                                 b"\x00\x01garbage\n")
+    files["records"].write_bytes(mail_line(0, "m1") + b"\n")
+    files["bad_truth"].write_bytes(b'{"incidents": [{"outcome": "SERVFAIL", "start": '
+                                   b'"yesterday", "end": "2026-11-27T10:40:00Z"}]}')
+    args = {"swapped": (truth, anomalies), "empty_truth": (anomalies, files["empty"]),
+            "garbage_anomalies": (files["garbage"], truth),
+            "records_as_anomalies": (files["records"], truth),
+            "garbage_truth": (anomalies, files["junk"]),
+            "bad_time": (anomalies, files["bad_truth"]),
+            "anomalies_as_truth": (anomalies, anomalies)}[case]
+    line = error_line(detector("evaluate", *args))
+    assert line == "detector: error: " + words.format(**files)
+
+
+def test_convert_summarises_rejections_by_reason_with_a_few_examples(tmp_path, logs):
+    mail, _ = logs
+    done = detector("convert", "--format", "postfix", mail)
+    lines = stderr_of(done).strip().splitlines()
+    assert done.returncode == 0 and done.stdout == b""
+    assert lines == ["0 records, 0 lines skipped, rejected 600: not_postfix 600; first: "
+                     "line 1 (not_postfix), line 2 (not_postfix), line 3 (not_postfix), "
+                     "line 4 (not_postfix), line 5 (not_postfix)"]
+
+
+def test_convert_auto_says_when_no_format_was_recognised(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("shopping list\neggs\nflour\n")
+    line = error_line(detector("convert", "--format", "auto-dns", path))
+    assert line.startswith(f"detector: error: {path}: no dns log format recognised (best scores: ")
+
+
+def test_convert_auto_says_when_the_file_is_already_contract_json(logs):
+    mail, _ = logs
+    line = error_line(detector("convert", "--format", "auto-mail", mail))
+    assert "is already in the contract's JSON form (scores: json 1.00" in line
+
+
+# ---------------------------------------------------------------- click's own usage errors
+
+@pytest.mark.parametrize("args,words", [
+    (["replay", "--dns", "x", "--out", "y"], "detector replay: Missing option '--mail'"),
+    (["nonsense"], "No such command 'nonsense'"),
+    (["broker", "--port", "many"], "'many' is not a valid integer"),
+    (["evaluate", "/", "/"], "detector evaluate: Invalid value for 'ANOMALIES': File '/' is a "
+                            "directory"),
+])
+def test_a_usage_error_is_one_line(args, words):
+    line = error_line(detector(*args))
+    assert words in line
+
+
+# ---------------------------------------------------------------- the broker, produce, the worker
+
+def listening_socket() -> socket.socket:
+    """A loopback port something already listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def a_closed_port() -> int:
+    from detector.io.broker import free_port
+
+    return free_port()
+
+
+def test_broker_on_a_port_in_use_says_so():
+    with listening_socket() as taken:
+        port = taken.getsockname()[1]
+        line = error_line(detector("broker", "--port", port))
+    assert line == (f"detector: error: --port: port {port} on 127.0.0.1 is already in use "
+                    "(another broker?)")
+
+
+@pytest.mark.parametrize("port", ["70000", "0", "-5"])
+def test_broker_on_a_port_out_of_range_says_so(port):
+    assert error_line(detector("broker", "--port", port)) == (
+        f"detector: error: --port: port {port} is out of range (1 to 65535)")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_the_broker_command_takes_the_broker_process_with_it():
+    port = a_closed_port()
+    command = subprocess.Popen([*DETECTOR, "broker", "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        assert command.stdout.readline().strip() == f"127.0.0.1:{port}".encode()
+        children = children_of(command.pid)
+        assert children, "the broker runs as a child process"
+        command.kill()
+        command.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(alive(child) for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(child) for child in children)
+        with socket.socket() as probe:                      # and the port is free again
+            probe.bind(("127.0.0.1", port))
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
+def test_produce_with_no_broker_says_so_at_once_and_sends_nothing(logs):
+    mail, _ = logs
+    port = a_closed_port()
+    started = time.monotonic()
+    line = error_line(detector("produce", "--bootstrap-servers", f"127.0.0.1:{port}", "--topic",
+                               "mail-flow", mail))
+    assert line == (f"detector: error: cannot reach the broker at 127.0.0.1:{port} "
+                    f"(127.0.0.1:{port}: Connection refused); nothing was sent")
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--topic", "bad topic"], "--topic 'bad topic' is not a valid topic name"),
+    (["--topic", "."], "--topic '.' is not a valid topic name"),
+    (["--topic", "t", "--speed", "0"], "--speed must be a positive multiple of real time, got 0"),
+    (["--topic", "t", "--speed", "-2"], "--speed must be a positive multiple of real time, got -2"),
+    (["--topic", "t", "--bootstrap-servers", "kafka"], "bootstrap server 'kafka' is not HOST:PORT"),
+])
+def test_produce_refuses_bad_arguments_before_connecting(logs, args, words):
+    line = error_line(detector("produce", *args, logs[0]))
+    assert words in line
+
+
+@pytest.mark.kafka
+def test_produce_in_a_format_that_does_not_fit_reports_what_it_rejected(broker, logs):
+    from conftest import read_topic
+
+    mail, _ = logs
+    topic = f"wrong-format-{os.getpid()}-{time.monotonic_ns()}"
+    done = detector("produce", "--bootstrap-servers", broker.bootstrap, "--topic", topic,
+                    "--format", "postfix", mail)
+    err = stderr_of(done).strip().splitlines()
+    assert done.returncode == 0
+    assert err[0].startswith(f"produced 0 records to {topic} (postfix); rejected 600: "
+                             "not_postfix 600; first: line 1 (not_postfix)")
+    assert err[1] == f"detector: warning: no line of {mail} was postfix: nothing was sent"
+    assert read_topic(broker.bootstrap, topic, idle_s=1.0, timeout=5) == []
+
+
+@pytest.mark.kafka
+def test_produce_of_a_truncated_gzip_says_how_many_records_it_sent(broker, tmp_path):
+    from conftest import read_topic
+
+    cut = tmp_path / "mail.jsonl.gz"
+    packed = gzip.compress(big_mail(8000))
+    cut.write_bytes(packed[: len(packed) // 2])
+    sent = __import__("zlib").decompressobj(31).decompress(cut.read_bytes()).count(b"\n")
+    topic = f"truncated-{os.getpid()}-{time.monotonic_ns()}"
+    done = detector("produce", "--bootstrap-servers", broker.bootstrap, "--topic", topic, cut)
+    line = error_line(done, status=3)
+    assert line == (f"detector: error: {cut}: truncated gzip after {sent:,} lines; {sent:,} records "
+                    f"were sent to {topic} before that (a re-run sends them again)")
+    assert len(read_topic(broker.bootstrap, topic, idle_s=1.5, timeout=30)) == sent
+
+
+def test_the_worker_with_a_metrics_port_in_use_is_one_line(tmp_path):
+    with listening_socket() as taken:
+        port = taken.getsockname()[1]
+        line = error_line(detector("run", "--bootstrap-servers", f"127.0.0.1:{a_closed_port()}",
+                                   "--metrics-port", port))
+    assert line == (f"detector: error: --metrics-port {port}: cannot serve metrics on "
+                    f"127.0.0.1:{port}: Address already in use")
+
+
+@pytest.mark.parametrize("port,words", [
+    ("70000", "worker.metrics_port (--metrics-port) must be 0 (no endpoint) or a port from 1 to "
+              "65535, got 70000"),
+    ("-1", "worker.metrics_port"),
+])
+def test_the_worker_with_a_metrics_port_out_of_range_is_one_line(port, words):
+    line = error_line(detector("run", "--bootstrap-servers", "127.0.0.1:9", "--metrics-port", port))
+    assert words in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_worker_says_at_once_that_the_broker_is_unreachable_and_a_signal_ends_it(tmp_path,
+                                                                                    sig):
+    port = a_closed_port()
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as output:
+        worker = subprocess.Popen([*DETECTOR, "run", "--bootstrap-servers", f"127.0.0.1:{port}"],
+                                  stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 20
+        while b"broker unreachable" not in log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = [orjson.loads(line) for line in log.read_bytes().splitlines()
+                 if b"broker unreachable" in line]
+        assert first and first[0]["error"] == f"127.0.0.1:{port}: Connection refused"
+        assert first[0]["level"] == "WARNING"
+        worker.send_signal(sig)
+        sent = time.monotonic()
+        assert worker.wait(timeout=10) == 0
+        assert time.monotonic() - sent < 2.5
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

@@ -2,6 +2,7 @@
 crash recovery, graceful shutdown. Input is produced and output read with confluent-kafka or the
 ``detector`` command, as users do."""
 
+import logging
 import re
 import signal
 import time
@@ -141,7 +142,7 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     assert stopped and stopped[0]["checkpoints"] >= 1
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": deployment.broker.bootstrap,
+    consumer = Consumer({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": deployment.broker.bootstrap,
                          "group.id": deployment.group, "enable.auto.commit": False})
     committed = consumer.committed([TopicPartition(deployment.topics["mail"], 0)], timeout=10)
     consumer.close()

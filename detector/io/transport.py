@@ -351,6 +351,9 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
         "client.id": kafka.client_id,
         "security.protocol": kafka.security_protocol,
         "socket.timeout.ms": kafka.request_timeout_ms,
+        # librdkafka's own log lines (connection refused, ...) through the project's logging,
+        # in the worker's log format, instead of raw lines on stderr.
+        "logger": logging.getLogger("detector.rdkafka"),
     }
     if kafka.security_protocol.startswith("SASL"):
         config.update({"sasl.mechanism": kafka.sasl_mechanism,
