@@ -10,6 +10,7 @@ producing): what was done is summarised, and no output file was replaced; 130 in
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -82,7 +83,6 @@ def main() -> None:
 def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mail_format,
            dns_format) -> None:
     """Replay historical logs in event-time order and write anomaly events."""
-    from .config import load_detector_config
     from .io.files import (InputError, JsonLinesSink, OutputError, OutputFile, check_distinct,
                            check_readable)
     from .replay import StateError, load_state, replay as run_replay
@@ -91,7 +91,7 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
     outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path)]
     opened = []
     try:
-        config = load_detector_config(config_path)
+        config = _settings(config_path, {}).detector
         for _, path in inputs:
             check_readable(path)
         if [*mail_paths, *dns_paths].count("-") > 1:
@@ -118,7 +118,7 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
                              state=state, save_state=state_out.write if state_out else None,
                              progress=progress, mail_format=mail_format,
                              dns_format=dns_format, announce=lambda text: click.echo(text, err=True),
-                             warn=_warn)
+                             warn=_warn, now=time.time())
         if summary.error is None:
             for output in opened:          # all on disk before any replaces its file
                 output.flush()
@@ -206,8 +206,12 @@ def evaluate(anomalies, truth, as_json) -> None:
 
 
 def _settings(config_path, overrides):
-    from .settings import load_settings
+    """The one configuration (file < environment < flags), or one line and exit 2; a warning
+    for each DETECTOR_* variable that names no key."""
+    from .settings import load_settings, unknown_environment
 
+    for warning in unknown_environment():
+        _warn(warning)
     try:
         return load_settings(config_path, overrides=overrides)
     except ConfigError as err:
@@ -228,23 +232,12 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
         log_format) -> None:
     """Run the stream worker: consume mail-flow and DNS topics, publish anomaly events."""
     from .logs import configure_logging
-    from .worker import Worker, parse_start_time
+    from .worker import Worker
 
     settings = _settings(config_path, {
         ("kafka", "bootstrap_servers"): bootstrap_servers, ("worker", "start_from"): start_from,
         ("worker", "group_id"): group_id, ("worker", "metrics_port"): metrics_port,
         ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format})
-    from .io.kafka import bootstrap_addresses
-
-    try:
-        bootstrap_addresses(settings.kafka.bootstrap_servers)
-    except ValueError as err:
-        _fail(f"kafka.bootstrap_servers (--bootstrap-servers): {err}")
-    if settings.worker.start_from not in ("earliest", "latest", "committed"):
-        try:
-            parse_start_time(settings.worker.start_from)
-        except ValueError as err:
-            _fail(str(err))
     if settings.kafka.transport == "confluent":
         try:
             import confluent_kafka  # noqa: F401

@@ -245,7 +245,8 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
            progress: Callable[[int, int], None] | None = None,
            mail_format: str = CONTRACT, dns_format: str = CONTRACT,
            announce: Callable[[str], None] | None = None,
-           warn: Callable[[str], None] | None = None) -> ReplaySummary:
+           warn: Callable[[str], None] | None = None,
+           now: float | None = None) -> ReplaySummary:
     """Replay the files into ``out``; rejected lines go to ``dead_letter`` with their reason.
 
     Files in another log format than the contract's JSON go through their adapter first; a line
@@ -253,7 +254,9 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
     dead-lettered as converted (``"converted": true``, no line number). With ``save_state`` the
     state (``state`` is a previous one, from ``load_state``) is handed over at the end instead of
     the last windows being flushed. An input that breaks off part-way stops the replay: the
-    summary then carries it in ``error`` and nothing is flushed or saved.
+    summary then carries it in ``error`` and nothing is flushed or saved. ``now`` (epoch seconds:
+    the command gives the wall clock at its start) rejects records more than
+    ``max_future_skew_s`` ahead of it as ``future_ts``, as the worker does with its clock.
     """
     started = time.perf_counter()
     detector = Detector(config, state=state and state["detector"])
@@ -285,7 +288,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
                                        "raw": lines[index].decode("utf-8", "backslashreplace")})
             lines, numbers = converted.records, [None] * len(converted.records)
         count.records += len(lines)
-        result = detector.feed(stream, lines, source=current.name)
+        result = detector.feed(stream, lines, source=current.name, now=now)
         current.high = detector.clock.high.get(current.name, current.high)
         out.write_many(result.events)
         count.core_rejected += len(result.rejected)

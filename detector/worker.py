@@ -360,6 +360,7 @@ class Worker:
         lead = self.settings.worker.max_lead_s
         floor = detector.watermark + detector.config.clock.allowed_lateness_s
         if floor == -math.inf:
+            self._hold_for_silent_partitions()
             return
         to_pause, to_resume = [], []
         for tp, progress in self.progress.items():
@@ -379,6 +380,25 @@ class Worker:
             log.debug("resuming partitions", extra={
                 "partitions": [f"{tp.topic}/{tp.partition}" for tp in to_resume]})
             self.transport.resume(to_resume)
+
+    def _hold_for_silent_partitions(self) -> None:
+        """While a partition has delivered nothing and is not idle, the partitions that have
+        wait (paused): a replay, too, reads every input before going on with any, so each batch
+        meets the watermark it would meet in a replay of the same files (README, "Replay and
+        worker"), and nothing piles up in memory behind a watermark that cannot move."""
+        detector = self.detector
+        high = detector.clock.high
+        if not any(not p.idle and high.get(f"{tp.topic}/{tp.partition}", -math.inf) == -math.inf
+                   for tp, p in self.progress.items()):
+            return
+        hold = [tp for tp, p in self.progress.items() if not p.paused
+                and high.get(f"{tp.topic}/{tp.partition}", -math.inf) > -math.inf]
+        if hold:
+            for tp in hold:
+                self.progress[tp].paused = True
+            log.debug("holding partitions until every partition has delivered",
+                      extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in hold]})
+            self.transport.pause(hold)
 
     def _pause_all(self) -> None:
         self.transport.pause(self.transport.assignment())

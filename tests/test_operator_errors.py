@@ -556,9 +556,8 @@ def test_the_worker_with_a_metrics_port_in_use_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("port,words", [
-    ("70000", "worker.metrics_port (--metrics-port) must be 0 (no endpoint) or a port from 1 to "
-              "65535, got 70000"),
-    ("-1", "worker.metrics_port"),
+    ("70000", "worker.metrics_port: input should be less than or equal to 65535, got 70000"),
+    ("-1", "worker.metrics_port: input should be greater than or equal to 0, got -1"),
 ])
 def test_the_worker_with_a_metrics_port_out_of_range_is_one_line(port, words):
     line = error_line(detector("run", "--bootstrap-servers", "127.0.0.1:9", "--metrics-port", port))
@@ -589,3 +588,116 @@ def test_the_worker_says_at_once_that_the_broker_is_unreachable_and_a_signal_end
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+# ---------------------------------------------------------------- one configuration for every command
+
+def test_replay_accepts_the_readme_sample_configuration(tmp_path, logs):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    config = tmp_path / "detector.toml"
+    config.write_text(readme.split("```toml\n", 1)[1].split("```", 1)[0])
+    done = replay(*logs, "--config", config, "--out", tmp_path / "out.jsonl")
+    assert done.returncode == 0, done.stderr
+
+
+def late_input(tmp_path) -> tuple[Path, Path]:
+    mail, dns = tmp_path / "mail.jsonl", tmp_path / "dns.jsonl"
+    mail.write_bytes(b"".join(mail_line(i, f"m{i}") + b"\n" for i in range(0, 3000, 3))
+                     + mail_line(10, "old") + b"\n")
+    dns.write_bytes(b"".join(dns_line(i) + b"\n" for i in range(0, 3000, 3)))
+    return mail, dns
+
+
+def test_replay_reads_the_environment_as_the_worker_does(tmp_path):
+    mail, dns = late_input(tmp_path)
+    out = tmp_path / "out.jsonl"
+    plain = replay(mail, dns, "--out", out)
+    assert b"1,001 lines read: 1,000 accepted, 1 rejected (late 1)" in plain.stderr
+    lenient = replay(mail, dns, "--out", out, env={"DETECTOR_CLOCK_ALLOWED_LATENESS_S": "5000"})
+    assert b"1,001 lines read: 1,001 accepted, 0 rejected" in lenient.stderr
+    config = tmp_path / "lenient.toml"
+    config.write_text("[clock]\nallowed_lateness_s = 5000\n")
+    from_file = replay(mail, dns, "--out", out, "--config", config)
+    assert b"1,001 accepted, 0 rejected" in from_file.stderr
+    overridden = replay(mail, dns, "--out", out, "--config", config,
+                        env={"DETECTOR_CLOCK_ALLOWED_LATENESS_S": "10"})   # env beats the file
+    assert b"1,000 accepted, 1 rejected (late 1)" in overridden.stderr
+
+
+def test_a_misspelt_environment_variable_is_a_warning(tmp_path, logs):
+    done = replay(*logs, "--out", tmp_path / "out.jsonl", env={"DETECTOR_MODEL_BUCKETS": "30"})
+    assert done.returncode == 0
+    assert stderr_of(done).splitlines()[0] == (
+        "detector: warning: unknown environment variable DETECTOR_MODEL_BUCKETS: ignored "
+        "(did you mean DETECTOR_MODEL_BUCKET_S?)")
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[model]\nbucket_s = 0\n", "model.bucket_s: must be greater than 0, got 0"),
+    ("[model]\nhalf_life_s = 0\n", "model.half_life_s: must be greater than 0, got 0.0"),
+    ('[alerts]\nopen_score = "inf"\n', "alerts.open_score: input should be a finite number, "
+                                       "got 'inf'"),
+    ("[alerts]\nopen_score = nan\n", "alerts.open_score: input should be a finite number"),
+    ("[model]\nbucket_s = 61\n", "model.bucket_s (61) must be a multiple of model.step_s (10)"),
+    ("[kafak]\n", "unknown table [kafak] (known: kafka, topics, worker, clock, join, otp, model, "
+                  "alerts"),
+    ("[model]\nbuckets = 3\n", "unknown key model.buckets (known: "),
+    ("[clock]\nallowed_lateness_s = -5\n", "clock.allowed_lateness_s: input should be greater "
+                                           "than or equal to 0, got -5"),
+])
+@pytest.mark.parametrize("command", ["replay", "run", "produce"])
+def test_a_bad_value_is_one_line_naming_the_key_and_the_rule_in_every_command(
+        tmp_path, logs, text, words, command):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    args = {"replay": ["replay", "--mail", logs[0], "--dns", logs[1], "--out", tmp_path / "o"],
+            "run": ["run", "--bootstrap-servers", "127.0.0.1:9"],
+            "produce": ["produce", "--topic", "t", logs[0]]}[command]
+    line = error_line(detector(*args, "--config", config))
+    assert words in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("variable,value,words", [
+    ("DETECTOR_ALERTS_OPEN_SCORE", "inf", "alerts.open_score: input should be a finite number, "
+                                          "got 'inf' (from DETECTOR_ALERTS_OPEN_SCORE)"),
+    ("DETECTOR_MODEL_BUCKET_S", "0", "model.bucket_s: must be greater than 0"),
+    ("DETECTOR_KAFKA_TRANSPORT", "librdkafka", "kafka.transport: input should be 'kafka-python' or "
+                                               "'confluent'"),
+])
+def test_a_bad_environment_value_is_one_line_naming_the_variable(tmp_path, logs, variable, value,
+                                                                 words):
+    line = error_line(replay(*logs, "--out", tmp_path / "o", env={variable: value}))
+    assert words in line
+
+
+@pytest.mark.parametrize("content,words", [
+    (bytes(range(256)) * 4, "is not UTF-8 text (a binary file?)"),
+    (b"[model\nbucket_s = 60\n", "Expected ']'"),
+    (None, "is a directory"),
+])
+def test_a_config_file_that_is_not_toml_is_one_line(tmp_path, logs, content, words):
+    config = tmp_path / "detector.toml"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    line = error_line(replay(*logs, "--config", config, "--out", tmp_path / "o"))
+    assert words in line and str(config) in line
+
+
+# ---------------------------------------------------------------- replay and worker agree
+
+def test_replay_rejects_records_ahead_of_the_wall_clock_as_the_worker_does(tmp_path, logs):
+    """The worker rejects a record more than max_future_skew_s ahead of its clock (future_ts);
+    a replay of the same lines does the same, even when no record is ahead of its batch."""
+    _, dns = logs
+    mail = tmp_path / "ahead.jsonl"
+    start = time.time() + 3600
+    mail.write_bytes(b"".join(orjson.dumps({"ts": start + i, "message_id": f"a{i}",
+                                            "status": "delivered", "category": "otp"}) + b"\n"
+                              for i in range(100)))
+    dead = tmp_path / "dead.jsonl"
+    done = replay(mail, dns, "--out", tmp_path / "out.jsonl", "--dead-letter", dead)
+    assert b"100 lines read: 0 accepted, 100 rejected (future_ts 100)" in done.stderr
+    assert len(dead.read_bytes().splitlines()) == 100

@@ -104,11 +104,12 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.security_protocol.startswith("SASL"):
         config.update(sasl_mechanism=kafka.sasl_mechanism,
                       sasl_plain_username=kafka.sasl_username,
-                      sasl_plain_password=kafka.sasl_password)
+                      sasl_plain_password=kafka.sasl_password.get_secret_value())
     if kafka.security_protocol.endswith("SSL"):
         config.update(ssl_check_hostname=kafka.ssl_check_hostname)
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
             value = getattr(kafka, key)
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
             if value:
                 config[key] = value
     return config

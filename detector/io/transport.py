@@ -358,7 +358,7 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.security_protocol.startswith("SASL"):
         config.update({"sasl.mechanism": kafka.sasl_mechanism,
                        "sasl.username": kafka.sasl_username,
-                       "sasl.password": kafka.sasl_password})
+                       "sasl.password": kafka.sasl_password.get_secret_value()})
     if kafka.security_protocol.endswith("SSL"):
         config["ssl.endpoint.identification.algorithm"] = (
             "https" if kafka.ssl_check_hostname else "none")
@@ -367,6 +367,7 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
                              ("ssl_keyfile", "ssl.key.location"),
                              ("ssl_password", "ssl.key.password")):
             value = getattr(kafka, ours)
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
             if value:
                 config[theirs] = value
     return config
