@@ -281,7 +281,7 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
 def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_name) -> None:
     """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
     from .formats import ADAPTERS, make_adapter
-    from .io.files import InputError, check_readable
+    from .io.files import InputError, LineSource, check_readable
     from .io.kafka import topic_problem, unreachable
     from .io.produce import ProduceStopped, produce_files
 
@@ -296,9 +296,11 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
     try:
         for path in files:
             check_readable(path)
+            if path != "-":
+                LineSource(path, "any").close()        # compressed or encoded as we read?
         down = unreachable(settings.kafka.bootstrap_servers)
-    except (OSError, ValueError) as err:
-        _fail(str(err))
+    except (OSError, ValueError, InputError) as err:
+        _fail(f"{err}; nothing was sent" if isinstance(err, InputError) else str(err))
     if down is not None:
         _fail(f"cannot reach the broker at {settings.kafka.bootstrap_servers} ({down}); "
               "nothing was sent")

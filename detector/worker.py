@@ -480,6 +480,10 @@ class Worker:
         if self.detector is not None and revoked:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
+        if self.metrics is not None:
+            # A partition this member no longer owns has no lag here: no stale series.
+            for tp in revoked:
+                self.metrics.lag.remove(topic=tp.topic, partition=str(tp.partition))
         self.detector = None
         self.progress = {}
         self.pending_assignment = None

@@ -701,3 +701,90 @@ def test_replay_rejects_records_ahead_of_the_wall_clock_as_the_worker_does(tmp_p
     done = replay(mail, dns, "--out", tmp_path / "out.jsonl", "--dead-letter", dead)
     assert b"100 lines read: 0 accepted, 100 rejected (future_ts 100)" in done.stderr
     assert len(dead.read_bytes().splitlines()) == 100
+
+
+# ---------------------------------------------------------------- further bad inputs found
+
+def _bzip2(data: bytes) -> bytes:
+    import bz2
+
+    return bz2.compress(data)
+
+
+def _xz(data: bytes) -> bytes:
+    import lzma
+
+    return lzma.compress(data)
+
+
+#: (what, how to make the bad file from a good mail file, the command's arguments with {bad},
+#: {mail}, {dns}, {out}, {tmp}, the exit status, the words of the one stderr line, or of the
+#: warning when the status is 0)
+FURTHER = [
+    ("bzip2 input", _bzip2, ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 2,
+     "{bad} is bzip2-compressed, which the detector does not read"),
+    ("xz input", _xz, ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 2,
+     "{bad} is xz-compressed, which the detector does not read"),
+    ("UTF-16 input", lambda d: d.decode().encode("utf-16"),
+     ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 2, "{bad} is UTF-16 text"),
+    ("gzip magic, then garbage", lambda d: b"\x1f\x8b" + b"garbage" * 10,
+     ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 2,
+     "{bad} starts like gzip but is not readable gzip data"),
+    ("an input that is a directory", None,
+     ["replay", "--mail", "{tmp}", "--dns", "{dns}", "--out", "{out}"], 2,
+     "is a directory, not a file: {tmp}"),
+    ("standard input twice", None, ["replay", "--mail", "-", "--dns", "-", "--out", "{out}"], 2,
+     "standard input (-) can be given only once"),
+    ("--out and --dead-letter both standard output", None,
+     ["replay", "--mail", "{mail}", "--dns", "{dns}", "--out", "-", "--dead-letter", "-"], 2,
+     "--dead-letter - is the same file as --out -"),
+    ("a missing config file", None,
+     ["replay", "--mail", "{mail}", "--dns", "{dns}", "--out", "{out}", "--config",
+      "{tmp}/none.toml"], 2, "config file not found: {tmp}/none.toml"),
+    ("--state is the config file", None,
+     ["replay", "--mail", "{mail}", "--dns", "{dns}", "--out", "{out}", "--config", "{bad}",
+      "--state", "{bad}"], 2, "--state {bad} is the input --config {bad}"),
+    ("binary garbage as mail", lambda d: bytes(range(1, 256)) * 40,
+     ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 0,
+     "{bad} (mail): every line was rejected"),
+    ("blank lines only", lambda d: b"\n \n\t\n",
+     ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}"], 0,
+     "{bad} (mail): no records, the input is empty (3 blank lines)"),
+    ("a format auto cannot recognise", lambda d: b"shopping list\neggs\n",
+     ["replay", "--mail", "{bad}", "--dns", "{dns}", "--out", "{out}", "--mail-format", "auto"],
+     0, "{bad}: no mail log format recognised; read as the contract's JSON"),
+    ("convert of bzip2", _bzip2, ["convert", "--format", "postfix", "{bad}"], 2,
+     "{bad} is bzip2-compressed"),
+    ("produce of UTF-16", lambda d: d.decode().encode("utf-16"),
+     ["produce", "--topic", "t", "--bootstrap-servers", "127.0.0.1:9", "{bad}"], 2,
+     "{bad} is UTF-16 text"),
+    ("evaluate of a truncated gzip", lambda d: gzip.compress(d)[:-30],
+     ["evaluate", "{bad}", "{mail}"], 2, "ANOMALIES {bad}: cannot read"),
+    ("an unknown scenario", None, ["generate", "no-such", "{tmp}/gen"], 2,
+     "unknown scenario 'no-such'"),
+    ("run --from a bad time", None,
+     ["run", "--bootstrap-servers", "127.0.0.1:9", "--from", "yesterday"], 2,
+     "worker.start_from: must be earliest, latest, committed or an RFC 3339 time"),
+    ("run --log-format xml", None,
+     ["run", "--bootstrap-servers", "127.0.0.1:9", "--log-format", "xml"], 2,
+     "Invalid value for '--log-format'"),
+    ("an output under a file", None,
+     ["replay", "--mail", "{mail}", "--dns", "{dns}", "--out", "{mail}/out.jsonl"], 2,
+     "--out {mail}/out.jsonl: Not a directory"),
+]
+
+
+@pytest.mark.parametrize("what,make,args,status,words", FURTHER, ids=[row[0] for row in FURTHER])
+def test_further_bad_inputs(tmp_path, logs, what, make, args, status, words):
+    mail, dns = logs
+    bad = tmp_path / "bad.input"
+    bad.write_bytes(make(mail.read_bytes()) if make else b"[alerts]\nopen_score = 7.0\n")
+    names = {"bad": bad, "mail": mail, "dns": dns, "out": tmp_path / "out.jsonl", "tmp": tmp_path}
+    before = snapshot(tmp_path)
+    done = detector(*(arg.format(**names) for arg in args))
+    if status == 0:
+        assert done.returncode == 0, done.stderr
+        assert f"detector: warning: {words.format(**names)}" in stderr_of(done)
+    else:
+        assert words.format(**names) in error_line(done, status)
+        assert snapshot(tmp_path) == before                # nothing written, nothing changed

@@ -94,7 +94,8 @@ class LineSource:
                 head = self._head(self._file)
             except (EOFError, OSError, zlib.error) as err:
                 self.close()
-                raise TruncatedInput(path, 0, _gzip_problem(err)) from None
+                raise InputError(f"{display(path)} starts like gzip but is not readable gzip "
+                                 f"data ({err})") from None
         for magic, what in UNSUPPORTED:
             if head.startswith(magic):
                 self.close()
