@@ -140,8 +140,8 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
     if summary.error is not None:
         for output in opened:
             output.abort()
-        _fail(f"{summary.error}; the summary above is of what was read, and no output was "
-              "written", EXIT_PARTIAL)
+        _fail(f"{summary.error}; the summary above is of what was read, and no output file "
+              "was replaced", EXIT_PARTIAL)
 
 
 def _progress_printer():
