@@ -1,8 +1,16 @@
-"""Command line: each command is a few lines over the core and its shells (``detector --help``)."""
+"""Command line: each command is a few lines over the core and its shells (``detector --help``).
+
+Exit statuses (the README's "Command line" lists them too): 0 the work was done, whatever the
+input held; 2 a usage, configuration or input error, with one line on stderr naming it and nothing
+written; 3 an input broke off part-way (a truncated gzip, trailing garbage, the broker lost while
+producing): what was done is summarised, and no output file was replaced; 130 interrupted
+(Ctrl-C), no output file replaced. Never a Python traceback for an operator's mistake.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,14 +22,46 @@ from .core.config import ConfigError
 MAIL_FORMATS = ("json", "postfix", "m365", "zeek-smtp")
 DNS_FORMATS = ("json", "zeek-dns", "unbound", "bind", "coredns")
 
+EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
-def _fail(message: str) -> None:
+
+def _fail(message: str, status: int = EXIT_USAGE) -> None:
     """One clear line on stderr and exit status 2: a usage or configuration problem."""
     click.echo(f"detector: error: {message}", err=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _warn(message: str) -> None:
+    click.echo(f"detector: warning: {message}", err=True)
+
+
+class _Commands(click.Group):
+    """click's group with one line for a usage error and no ``Aborted!`` traceback story."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name or "detector", complete_var,
+                                standalone_mode=False, **extra)
+        except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError" and err.ctx is not None:
+                click.echo(err.ctx.get_help())          # `detector` alone: the help
+                sys.exit(EXIT_OK)
+            command = err.ctx.command_path if err.ctx is not None else "detector"
+            click.echo(f"detector: error: {command}: {err.format_message()} "
+                       f"(see {command} --help)", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as err:          # a bad file argument, ...
+            click.echo(f"detector: error: {err.format_message()}", err=True)
+            sys.exit(EXIT_USAGE)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("detector: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:                      # `detector convert ... | head`
+            sys.stderr.close()
+            sys.exit(EXIT_OK)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Detect spikes of OTP mail delivery failures tied to DNS resolution outcomes."""
 
@@ -43,32 +83,65 @@ def main() -> None:
 def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mail_format,
            dns_format) -> None:
     """Replay historical logs in event-time order and write anomaly events."""
-    from .config import load_detector_config
-    from .io.files import JsonLinesSink, check_readable
-    from .replay import replay as run_replay
+    from .io.files import (InputError, JsonLinesSink, OutputError, OutputFile, check_distinct,
+                           check_readable)
+    from .replay import StateError, load_state, replay as run_replay
 
+    inputs = [*(("--mail", p) for p in mail_paths), *(("--dns", p) for p in dns_paths)]
+    outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path)]
+    opened = []
     try:
-        config = load_detector_config(config_path)
-        for path in (*mail_paths, *dns_paths):
+        config = _settings(config_path, {}).detector
+        for _, path in inputs:
             check_readable(path)
         if [*mail_paths, *dns_paths].count("-") > 1:
             raise ConfigError("standard input (-) can be given only once")
-    except (ConfigError, OSError) as err:
+        check_distinct([*inputs, *([("--config", config_path)] if config_path else [])],
+                       outputs)
+        state = load_state(state_path, config) if state_path else None
+        # Every output is opened (as a temporary file beside it) before the first record.
+        sink = JsonLinesSink(out, "--out")
+        opened.append(sink)
+        dead = JsonLinesSink(dead_letter, "--dead-letter") if dead_letter else None
+        if dead is not None:
+            opened.append(dead)
+        state_out = OutputFile(state_path, "--state") if state_path else None
+        if state_out is not None:
+            opened.append(state_out)
+    except (ConfigError, OSError, OutputError, StateError) as err:
+        for output in opened:
+            output.abort()
         _fail(str(err))
     progress = _progress_printer() if sys.stderr.isatty() else None
-    sink = JsonLinesSink(out)
-    dead = JsonLinesSink(dead_letter) if dead_letter else None
     try:
         summary = run_replay(list(mail_paths), list(dns_paths), sink, dead, config,
-                             state_path=state_path, progress=progress, mail_format=mail_format,
-                             dns_format=dns_format, announce=lambda text: click.echo(text, err=True))
-    finally:
-        sink.close()
-        if dead is not None:
-            dead.close()
+                             state=state, save_state=state_out.write if state_out else None,
+                             progress=progress, mail_format=mail_format,
+                             dns_format=dns_format, announce=lambda text: click.echo(text, err=True),
+                             warn=_warn, now=time.time())
+        if summary.error is None:
+            for output in opened:          # all on disk before any replaces its file
+                output.flush()
+            for output in opened:
+                output.close() if isinstance(output, JsonLinesSink) else output.commit()
+    except (InputError, OutputError) as err:
+        for output in opened:
+            output.abort()
+        _fail(str(err))
+    except BaseException:
+        for output in opened:
+            output.abort()
+        raise
     if progress is not None:
         click.echo("", err=True)
     click.echo(summary.format(), err=True)
+    for warning in summary.warnings():
+        _warn(warning)
+    if summary.error is not None:
+        for output in opened:
+            output.abort()
+        _fail(f"{summary.error}; the summary above is of what was read, and no output file "
+              "was replaced", EXIT_PARTIAL)
 
 
 def _progress_printer():
@@ -94,12 +167,20 @@ def generate(scenario, outdir, seed, hours) -> None:
     decoy-volume-surge, decoy-dns-storm, decoy-bounce-wave, decoy-tiny-tenant, mixed (72 h, all
     of them). See the README.
     """
+    import math
+
     from .synth import SCENARIOS, generate as run_generate
 
     if scenario not in SCENARIOS:
         _fail(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
-    Path(outdir).mkdir(parents=True, exist_ok=True)
-    summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours).to_dict()
+    if hours is not None and not (math.isfinite(hours) and hours > 0):
+        _fail(f"--hours must be a positive number of hours, got {hours:g}")
+    try:
+        Path(outdir).mkdir(parents=True, exist_ok=True)
+        summary = run_generate(scenario, Path(outdir), seed=seed, hours=hours).to_dict()
+    except OSError as err:
+        _fail(f"OUTDIR {outdir}: {err.strerror or err}"
+              + (f": {err.filename}" if getattr(err, "filename", None) else ""))
     click.echo(f"{scenario} (seed {seed}): {summary['start']} to {summary['end']}, "
                f"{summary['mail_records']} mail and {summary['dns_records']} DNS records, "
                f"{summary['incidents']} incidents, {summary['decoys']} decoys -> {outdir}", err=True)
@@ -111,9 +192,13 @@ def generate(scenario, outdir, seed, hours) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def evaluate(anomalies, truth, as_json) -> None:
     """Recall, false alarms and detection delay of ANOMALIES against TRUTH."""
-    from .evaluate import evaluate as run_evaluate, format_table, load_events
+    from .evaluate import (EvaluationInputError, evaluate as run_evaluate, format_table,
+                           load_events, load_truth)
 
-    report = run_evaluate(load_events(anomalies), orjson.loads(Path(truth).read_bytes()))
+    try:
+        report = run_evaluate(load_events(anomalies), load_truth(truth))
+    except EvaluationInputError as err:
+        _fail(str(err))
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -121,8 +206,12 @@ def evaluate(anomalies, truth, as_json) -> None:
 
 
 def _settings(config_path, overrides):
-    from .settings import load_settings
+    """The one configuration (file < environment < flags), or one line and exit 2; a warning
+    for each DETECTOR_* variable that names no key."""
+    from .settings import load_settings, unknown_environment
 
+    for warning in unknown_environment():
+        _warn(warning)
     try:
         return load_settings(config_path, overrides=overrides)
     except ConfigError as err:
@@ -143,17 +232,12 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
         log_format) -> None:
     """Run the stream worker: consume mail-flow and DNS topics, publish anomaly events."""
     from .logs import configure_logging
-    from .worker import Worker, parse_start_time
+    from .worker import Worker
 
     settings = _settings(config_path, {
         ("kafka", "bootstrap_servers"): bootstrap_servers, ("worker", "start_from"): start_from,
         ("worker", "group_id"): group_id, ("worker", "metrics_port"): metrics_port,
         ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format})
-    if settings.worker.start_from not in ("earliest", "latest", "committed"):
-        try:
-            parse_start_time(settings.worker.start_from)
-        except ValueError as err:
-            _fail(str(err))
     if settings.kafka.transport == "confluent":
         try:
             import confluent_kafka  # noqa: F401
@@ -168,7 +252,13 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
     from .worker_metrics import serve_worker_metrics
 
     worker = Worker(settings)
-    server = serve_worker_metrics(worker, settings.worker.metrics_host, settings.worker.metrics_port)
+    try:
+        server = serve_worker_metrics(worker, settings.worker.metrics_host,
+                                      settings.worker.metrics_port)
+    except OSError as err:
+        _fail(f"--metrics-port {settings.worker.metrics_port}: cannot serve metrics on "
+              f"{settings.worker.metrics_host}:{settings.worker.metrics_port}: "
+              f"{err.strerror or err}")
     worker.install_signal_handlers()
     try:
         code = worker.run()
@@ -191,20 +281,49 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
 def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_name) -> None:
     """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
     from .formats import ADAPTERS, make_adapter
-    from .io.files import check_readable
-    from .io.produce import produce_files
+    from .io.files import InputError, LineSource, check_readable
+    from .io.kafka import topic_problem, unreachable
+    from .io.produce import ProduceStopped, produce_files
 
     settings = _settings(config_path, {("kafka", "bootstrap_servers"): bootstrap_servers})
+    problem = topic_problem(topic)
+    if problem is not None:
+        _fail(f"--topic {problem}")
+    if speed is not None and not (speed > 0 and speed != float("inf")):
+        _fail(f"--speed must be a positive multiple of real time, got {speed:g}")
+    if files.count("-") > 1:
+        _fail("standard input (-) can be given only once")
     try:
         for path in files:
             check_readable(path)
-    except OSError as err:
-        _fail(str(err))
+            if path != "-":
+                LineSource(path, "any").close()        # compressed or encoded as we read?
+        down = unreachable(settings.kafka.bootstrap_servers)
+    except (OSError, ValueError, InputError) as err:
+        _fail(f"{err}; nothing was sent" if isinstance(err, InputError) else str(err))
+    if down is not None:
+        _fail(f"cannot reach the broker at {settings.kafka.bootstrap_servers} ({down}); "
+              "nothing was sent")
     adapter = (make_adapter(format_name, ADAPTERS[format_name].stream)
                if format_name != "json" else None)
-    sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key,
-                         adapter=adapter)
-    click.echo(f"produced {sent} records to {topic}", err=True)
+    tally = _Rejections(", ".join(files))
+    try:
+        sent = produce_files(settings.kafka, topic, list(files), speed=speed, keyed=not no_key,
+                             adapter=adapter, rejected=tally.add)
+    except InputError as err:
+        _fail(f"{err}; nothing was sent")
+    except ProduceStopped as stopped:
+        if not stopped.started:
+            _fail(f"{stopped.cause}; nothing was sent")
+        _fail(f"{stopped.cause}; {stopped.sent:,} records were sent to {topic} before that "
+              "(a re-run sends them again)", EXIT_PARTIAL)
+    if adapter is None:
+        click.echo(f"produced {sent} records to {topic}", err=True)
+    else:
+        click.echo(f"produced {sent} records to {topic} ({format_name}); {tally.describe()}",
+                   err=True)
+        if tally.total and not sent:
+            _warn(f"no line of {', '.join(files)} was {format_name}: nothing was sent")
 
 
 @main.command()
@@ -214,35 +333,73 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
 @click.argument("file")
 def convert(format_name, file) -> None:
     """Print the contract records FILE turns into: what the detector sees of it."""
-    from .formats import ADAPTERS, SNIFF_LINES, convert_chunks, detect, make_adapter
-    from .io.files import LineSource, check_readable
+    from .formats import ADAPTERS, SNIFF_LINES, convert_chunks, make_adapter, scores
+    from .io.files import InputError, LineSource, TruncatedInput, check_readable
 
     try:
         check_readable(file)
-    except OSError as err:
+        source = LineSource(file, "any")
+        if format_name.startswith("auto-"):
+            stream = format_name.split("-", 1)[1]
+            ranked = scores(source.peek(SNIFF_LINES), stream)
+            format_name, score = next(iter(ranked.items()))
+            best = ", ".join(f"{name} {value:.2f}" for name, value in list(ranked.items())[:3])
+            if score <= 0:
+                _fail(f"{file}: no {stream} log format recognised (best scores: {best})")
+            if format_name == "json":
+                _fail(f"{file} is already in the contract's JSON form (scores: {best}): "
+                      "nothing to convert")
+            click.echo(f"{file}: {stream} format {format_name} (score {score:.2f})", err=True)
+    except (OSError, InputError) as err:
         _fail(str(err))
-    source = LineSource(file, "any")
-    if format_name.startswith("auto-"):
-        stream = format_name.split("-", 1)[1]
-        format_name, score = detect(source.peek(SNIFF_LINES), stream)
-        click.echo(f"{file}: {stream} format {format_name} (score {score:.2f})", err=True)
-        if format_name == "json":
-            _fail("the file is already in the contract's JSON form")
+    except TruncatedInput as err:
+        _fail(str(err), EXIT_PARTIAL)
     adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
-    output = click.get_binary_stream("stdout")
-    rejected, records, skipped = {}, 0, 0
-    for batch, numbers in convert_chunks(adapter, source.chunks()):
-        for record in batch.records:
-            output.write(record + b"\n")
-        records += len(batch.records)
-        skipped += batch.skipped
-        for index, reason in batch.rejected:
-            rejected[reason] = rejected.get(reason, 0) + 1
-            click.echo(f"{file}:{numbers[index] if numbers else 'end'}: rejected ({reason})",
-                       err=True)
-    source.close()
-    click.echo(f"{records} records, {skipped} lines skipped, rejected: "
-               + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"), err=True)
+    output = sys.stdout.buffer
+    tally = _Rejections(file)
+    records, skipped = 0, 0
+    try:
+        for batch, numbers in convert_chunks(adapter, source.chunks()):
+            output.write(b"".join(record + b"\n" for record in batch.records))
+            records += len(batch.records)
+            skipped += batch.skipped
+            for index, reason in batch.rejected:
+                tally.add(reason, numbers[index] if numbers else None)
+    except TruncatedInput as err:
+        output.flush()
+        click.echo(f"{records} records, {skipped} lines skipped, {tally.describe()}", err=True)
+        _fail(str(err), EXIT_PARTIAL)
+    finally:
+        source.close()
+    click.echo(f"{records} records, {skipped} lines skipped, {tally.describe()}", err=True)
+
+
+class _Rejections:
+    """Lines rejected by a log format: counts by reason and the first few line numbers, so a
+    wrong file gives a short summary instead of a line per input line."""
+
+    EXAMPLES = 5
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.counts: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def add(self, reason: str, line: int | None) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(f"line {line if line is not None else 'end'} ({reason})")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "rejected: none"
+        return (f"rejected {self.total:,}: "
+                + ", ".join(f"{r} {n:,}" for r, n in sorted(self.counts.items()))
+                + f"; first: {', '.join(self.examples)}")
 
 
 @main.command()
@@ -252,8 +409,11 @@ def broker(port) -> None:
     import signal
     import time
 
-    from .io.broker import LocalBroker
+    from .io.broker import LocalBroker, port_problem
 
+    problem = port_problem(port)
+    if problem is not None:
+        _fail(f"--port: {problem}")
     local = LocalBroker(port=port)
     try:
         local.start()
@@ -268,7 +428,10 @@ def broker(port) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        status = local.process.poll()
         local.stop()
+    if status is not None and not stop:
+        _fail(f"the broker exited by itself with status {status}")
     click.echo("broker stopped", err=True)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import statistics
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -28,17 +29,104 @@ KTH_FAILURE = 5
 ALARM_SLACK = timedelta(minutes=30)
 
 
+class EvaluationInputError(ValueError):
+    """An anomalies or truth file that cannot be scored (the message names the file and why)."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    except (OSError, EOFError, zlib.error) as err:
+        raise EvaluationInputError(f"{what} {path}: cannot read: "
+                                   f"{getattr(err, 'strerror', None) or err}") from None
+
+
 def load_events(path: str | Path) -> list[dict]:
-    """Anomaly events from a JSON-lines file (``.gz`` too); blank lines are skipped."""
+    """Anomaly events from a JSON-lines file (gzip too); blank lines are skipped.
+
+    Raises ``EvaluationInputError`` naming the file and line for a line that is not a JSON
+    object, and for a truth file given in its place.
+    """
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as lines:
-        return [orjson.loads(line) for line in lines if line.strip()]
+    data = _read(path, "ANOMALIES")
+    events = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if _looks_like_truth(data):
+                raise EvaluationInputError(f"ANOMALIES {path} is a truth file (it has "
+                                           "'incidents'): are ANOMALIES and TRUTH swapped?") from None
+            raise EvaluationInputError(f"ANOMALIES {path}: line {number} is not JSON") from None
+        if isinstance(event, dict) and "incidents" in event and "state" not in event:
+            raise EvaluationInputError(f"ANOMALIES {path} is a truth file (it has 'incidents'): "
+                                       "are ANOMALIES and TRUTH swapped?")
+        if not isinstance(event, dict):
+            raise EvaluationInputError(f"ANOMALIES {path}: line {number} is not a JSON object")
+        if "state" not in event or "detected_at" not in event:
+            raise EvaluationInputError(f"ANOMALIES {path}: line {number} is not an anomaly "
+                                       "event (no 'state' and 'detected_at')")
+        events.append(event)
+    return events
+
+
+def _looks_like_truth(data: bytes) -> bool:
+    try:
+        whole = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(whole, dict) and "incidents" in whole
+
+
+def load_truth(path: str | Path) -> dict:
+    """A ``truth.json``, checked: an object whose ``incidents`` (and ``decoys``) are lists of
+    objects with an ``outcome`` (incidents), and ``start`` and ``end`` times."""
+    path = Path(path)
+    data = _read(path, "TRUTH")
+    if not data.strip():
+        raise EvaluationInputError(f"TRUTH {path}: the file is empty")
+    try:
+        truth = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        first = data.lstrip().split(b"\n", 1)[0]
+        try:
+            head = orjson.loads(first)
+        except orjson.JSONDecodeError:
+            head = None
+        if isinstance(head, dict) and "detected_at" in head:
+            raise EvaluationInputError(f"TRUTH {path} holds anomaly events: are ANOMALIES and "
+                                       "TRUTH swapped?") from None
+        raise EvaluationInputError(f"TRUTH {path}: not JSON") from None
+    if isinstance(truth, dict) and "detected_at" in truth:
+        raise EvaluationInputError(f"TRUTH {path} holds anomaly events: are ANOMALIES and TRUTH "
+                                   "swapped?")
+    if not isinstance(truth, dict) or not isinstance(truth.get("incidents"), list):
+        raise EvaluationInputError(f"TRUTH {path}: not a truth file (no 'incidents' list)")
+    for kind in ("incidents", "decoys"):
+        entries = truth.get(kind, [])
+        if not isinstance(entries, list):
+            raise EvaluationInputError(f"TRUTH {path}: '{kind}' is not a list")
+        for number, entry in enumerate(entries, 1):
+            where = f"TRUTH {path}: {kind[:-1]} {number}"
+            if not isinstance(entry, dict):
+                raise EvaluationInputError(f"{where} is not an object")
+            if kind == "incidents" and not isinstance(entry.get("outcome"), str):
+                raise EvaluationInputError(f"{where}: no 'outcome'")
+            for key in ("start", "end"):
+                try:
+                    parse_time(entry[key])
+                except (KeyError, TypeError, ValueError, OverflowError, OSError, AttributeError):
+                    raise EvaluationInputError(f"{where}: '{key}' {entry.get(key)!r} is not an "
+                                               "RFC 3339 time") from None
+    return truth
 
 
 def parse_time(value: str | int | float) -> datetime:
     """RFC 3339 (``Z`` or an offset; none means UTC) or epoch seconds/milliseconds, as UTC."""
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, timezone.utc)
     moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
@@ -139,8 +227,8 @@ def _kth_failure_s(incident: dict, start: datetime) -> float | None:
 def _detected_at(event: dict) -> datetime:
     try:
         return parse_time(event["detected_at"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        raise ValueError(f"anomaly event {event.get('id')!r}: detected_at "
+    except (KeyError, TypeError, ValueError, OverflowError, OSError, AttributeError):
+        raise EvaluationInputError(f"anomaly event {event.get('id')!r}: detected_at "
                          f"{event.get('detected_at')!r} is not an RFC 3339 time") from None
 
 

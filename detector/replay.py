@@ -20,9 +20,27 @@ from pathlib import Path
 import orjson
 
 from .core.config import DetectorConfig
-from .core.pipeline import DNS, MAIL, Detector
-from .formats import CONTRACT, SNIFF_LINES, Adapter, detect, make_adapter
-from .io.files import JsonLinesSink, LineSource
+from .core.pipeline import DNS, MAIL, STATE_VERSION, Detector
+from .formats import CONTRACT, SNIFF_LINES, Adapter, contract_score, detect, make_adapter
+from .io.files import JsonLinesSink, LineSource, TruncatedInput, file_identity
+
+#: Contract fields that say which stream a record belongs to, for the swapped-inputs warning.
+_STREAM_FIELDS = {MAIL: "message_id, status", DNS: "qname, rcode"}
+
+
+@dataclass
+class InputCount:
+    """What one input file gave: lines, blank lines, records and rejections by reason."""
+
+    path: str
+    stream: str
+    format: str
+    lines: int = 0
+    blank: int = 0
+    records: int = 0              # records fed to the core (lines, or an adapter's records)
+    skipped: int = 0              # adapter: valid lines that carry no record
+    rejected: Counter = field(default_factory=Counter)
+    core_rejected: int = 0        # of ``rejected``: by the core (the rest by an adapter)
 
 
 @dataclass
@@ -32,34 +50,86 @@ class ReplaySummary:
     anomalies: dict[str, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
     adapters: dict[str, int] = field(default_factory=dict)
+    inputs: list[InputCount] = field(default_factory=list)
     seconds: float = 0.0
+    #: The input that broke off part-way, when one did (the replay stopped there).
+    error: TruncatedInput | None = None
+    #: Rejections by the core, per stream and reason.
+    core_rejected: dict[str, Counter] = field(default_factory=dict)
 
     @property
     def total_records(self) -> int:
         return sum(self.records.values())
 
+    def stream_counts(self, stream: str) -> dict[str, int]:
+        """Per stream: lines read, blank, records, rejections (``rejected:<reason>``)."""
+        out: Counter[str] = Counter()
+        for one in self.inputs:
+            if one.stream != stream:
+                continue
+            out["lines"] += one.lines
+            out["blank"] += one.blank
+            out["records"] += one.records
+            out["skipped"] += one.skipped
+            for reason, n in one.rejected.items():
+                out[f"rejected:{reason}"] += n
+        return dict(out)
+
     def format(self) -> str:
+        """The summary for people: per stream, ``lines read = accepted + rejected + duplicates
+        + not final + not OTP + blank`` (for the contract's JSON; an adapter's lines become
+        records at its own rate, and its skipped lines are shown)."""
         rate = self.total_records / self.seconds if self.seconds > 0 else 0.0
-        rows = [
-            f"records: mail {self.records.get(MAIL, 0)}, dns {self.records.get(DNS, 0)}"
-            f" in {self.seconds:.1f} s ({rate:,.0f} records/s)",
-            "rejected: " + (", ".join(f"{r} {n}" for r, n in sorted(self.rejected.items()))
-                            or "none"),
-            f"late {self.rejected.get('late', 0)}, duplicates {self.stats.get('duplicates', 0)},"
-            f" not final {self.stats.get('not_final', 0)}, not OTP {self.stats.get('not_otp', 0)},"
-            f" OTP attempts {self.stats.get('otp_attempts', 0)}"
-            f" (failures {self.stats.get('otp_failures', 0)})",
-            "anomalies: " + ", ".join(f"{s} {self.anomalies.get(s, 0)}"
-                                      for s in ("open", "update", "resolved"))
-            + f"; still open {self.stats.get('open_anomalies', 0)}",
-        ]
-        if self.adapters:
-            rejected = {k.split(":", 1)[1]: v for k, v in self.adapters.items()
+        rows = []
+        for stream in (MAIL, DNS):
+            counts = self.stream_counts(stream)
+            rejected = {k.split(":", 1)[1]: v for k, v in counts.items()
                         if k.startswith("rejected:")}
-            rows.append(f"log formats: {self.adapters.get('skipped', 0)} lines skipped (no "
-                        "record in them), rejected: "
-                        + (", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) or "none"))
+            core_rejected = sum(self.rejected_in(stream).values())
+            dropped = 0
+            parts = []
+            if stream == MAIL:
+                dropped = sum(self.stats.get(k, 0) for k in ("duplicates", "not_final", "not_otp"))
+            accepted = counts.get("records", 0) - core_rejected - dropped
+            parts.append(f"{accepted:,} accepted")
+            parts.append(f"{sum(rejected.values()):,} rejected"
+                         + (" (" + ", ".join(f"{r} {n:,}" for r, n in sorted(rejected.items()))
+                            + ")" if rejected else ""))
+            if stream == MAIL:
+                parts.append(f"{self.stats.get('duplicates', 0):,} duplicates")
+                parts.append(f"{self.stats.get('not_final', 0):,} not final")
+                parts.append(f"{self.stats.get('not_otp', 0):,} not OTP")
+            if counts.get("skipped"):
+                parts.append(f"{counts['skipped']:,} skipped by the log format")
+            parts.append(f"{counts.get('blank', 0):,} blank")
+            rows.append(f"{stream}: {counts.get('lines', 0):,} lines read: " + ", ".join(parts))
+        rows.append(f"OTP attempts {self.stats.get('otp_attempts', 0):,}"
+                    f" (failures {self.stats.get('otp_failures', 0):,});"
+                    f" {self.total_records:,} records in {self.seconds:.1f} s"
+                    f" ({rate:,.0f} records/s)")
+        rows.append("anomalies: " + ", ".join(f"{s} {self.anomalies.get(s, 0)}"
+                                              for s in ("open", "update", "resolved"))
+                    + f"; still open {self.stats.get('open_anomalies', 0)}")
         return "\n".join(rows)
+
+    def rejected_in(self, stream: str) -> dict[str, int]:
+        """Rejections by the core (not by an adapter) of one stream."""
+        return dict(self.core_rejected.get(stream, {}))
+
+    def warnings(self) -> list[str]:
+        """Inputs an operator should look at: empty, or every record rejected."""
+        out = []
+        for one in self.inputs:
+            name = "standard input" if one.path == "-" else one.path
+            adapter_rejected = sum(one.rejected.values()) - one.core_rejected
+            if one.records == 0 and not adapter_rejected and not one.skipped:
+                out.append(f"{name} ({one.stream}): no records, the input is empty"
+                           + (f" ({one.lines:,} blank lines)" if one.lines else ""))
+            elif (one.records and one.core_rejected == one.records) or \
+                    (not one.records and not one.skipped and adapter_rejected):
+                reasons = ", ".join(f"{r} {n:,}" for r, n in one.rejected.most_common(3))
+                out.append(f"{name} ({one.stream}): every line was rejected ({reasons})")
+        return out
 
 
 @dataclass
@@ -69,46 +139,132 @@ class _Input:
     lines: LineSource
     name: str
     adapter: Adapter | None
+    count: InputCount
     high: float = -math.inf
 
 
 def open_inputs(mail_paths: list[str], dns_paths: list[str], mail_format: str = CONTRACT,
                 dns_format: str = CONTRACT,
-                announce: Callable[[str], None] | None = None) -> list[_Input]:
+                announce: Callable[[str], None] | None = None,
+                warn: Callable[[str], None] | None = None) -> list[_Input]:
     """Open every file and settle its format (``auto``: recognised from its first lines)."""
-    inputs = []
-    for stream, paths, wanted in ((MAIL, mail_paths, mail_format), (DNS, dns_paths, dns_format)):
-        for path in paths:
-            source = LineSource(path, stream)
-            chosen = wanted
-            if wanted == "auto":
-                chosen, score = detect(source.peek(SNIFF_LINES), stream)
-                if announce is not None:
-                    announce(f"{path}: {stream} format {chosen} (score {score:.2f})")
-            name = f"{stream}:{path}#{len(inputs)}"
-            inputs.append(_Input(source, name, make_adapter(chosen, stream)))
+    inputs: list[_Input] = []
+    try:
+        for stream, paths, wanted in ((MAIL, mail_paths, mail_format),
+                                      (DNS, dns_paths, dns_format)):
+            for path in paths:
+                source = LineSource(path, stream)
+                chosen = wanted
+                if wanted == "auto":
+                    chosen, score = detect(source.peek(SNIFF_LINES), stream)
+                    if announce is not None:
+                        announce(f"{path}: {stream} format {chosen} (score {score:.2f})")
+                    if score == 0 and warn is not None:
+                        warn(f"{path}: no {stream} log format recognised; read as the "
+                             "contract's JSON")
+                elif wanted == CONTRACT and warn is not None:
+                    _warn_if_swapped(source, stream, warn)
+                name = f"{stream}:{path}#{len(inputs)}"
+                inputs.append(_Input(source, name, make_adapter(chosen, stream),
+                                     InputCount(path, stream, chosen)))
+    except BaseException:
+        for opened in inputs:
+            opened.lines.close()
+        raise
+    if warn is not None:
+        _warn_if_shared(inputs, warn)
     return inputs
+
+
+def _warn_if_swapped(source: LineSource, stream: str, warn: Callable[[str], None]) -> None:
+    other = DNS if stream == MAIL else MAIL
+    head = source.peek(SNIFF_LINES)
+    if head and contract_score(head, other) >= 0.5 > contract_score(head, stream):
+        option = "--mail" if stream == MAIL else "--dns"
+        warn(f"{option} {source.path} holds {other} records ({_STREAM_FIELDS[other]}): "
+             "are --mail and --dns swapped?")
+
+
+def _warn_if_shared(inputs: list[_Input], warn: Callable[[str], None]) -> None:
+    streams: dict[tuple, set[str]] = {}
+    for one in inputs:
+        if one.lines.path != "-":
+            streams.setdefault(file_identity(one.lines.path), set()).add(one.lines.stream)
+    for one in inputs:
+        path = one.lines.path
+        if path != "-" and one.lines.stream == MAIL and \
+                streams.get(file_identity(path), set()) == {MAIL, DNS}:
+            warn(f"{path} is given as both the mail and the DNS input")
+
+
+class StateError(Exception):
+    """A ``--state`` file that cannot be used (the message names it and says why)."""
+
+
+def load_state(path: str | Path, config: DetectorConfig | None = None) -> dict | None:
+    """The saved replay state in ``path`` (None when there is no such file), checked whole.
+
+    Raises ``StateError`` for a directory, an unreadable file, garbage, another program's JSON or
+    another state version, before anything is read or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise StateError(f"--state {path}: is a directory")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise StateError(f"--state {path}: no such directory: {path.parent}")
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StateError(f"--state {path}: cannot read: {err.strerror}") from None
+    try:
+        state = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise StateError(f"--state {path}: not a detector state file (not JSON)") from None
+    if not isinstance(state, dict) or not isinstance(state.get("detector"), dict):
+        raise StateError(f"--state {path}: not a detector state file "
+                         "(no 'detector' object in it)")
+    version = state["detector"].get("version")
+    if version != STATE_VERSION:
+        raise StateError(f"--state {path}: state version {version!r}, this detector reads "
+                         f"version {STATE_VERSION} (replay without this file to start afresh)")
+    if not isinstance(state.get("adapters", {}), dict):
+        raise StateError(f"--state {path}: damaged detector state ('adapters' is not an object)")
+    try:
+        Detector(config, state=state["detector"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise StateError(f"--state {path}: damaged detector state ({type(err).__name__}: "
+                         f"{err})") from None
+    return state
 
 
 def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
            dead_letter: JsonLinesSink | None = None, config: DetectorConfig | None = None,
-           state_path: str | None = None,
+           state: dict | None = None, save_state: Callable[[bytes], None] | None = None,
            progress: Callable[[int, int], None] | None = None,
            mail_format: str = CONTRACT, dns_format: str = CONTRACT,
-           announce: Callable[[str], None] | None = None) -> ReplaySummary:
+           announce: Callable[[str], None] | None = None,
+           warn: Callable[[str], None] | None = None,
+           now: float | None = None) -> ReplaySummary:
     """Replay the files into ``out``; rejected lines go to ``dead_letter`` with their reason.
 
     Files in another log format than the contract's JSON go through their adapter first; a line
     the adapter rejects is dead-lettered as it was, and a converted record the core rejects is
-    dead-lettered as converted (``"converted": true``, no line number).
+    dead-lettered as converted (``"converted": true``, no line number). With ``save_state`` the
+    state (``state`` is a previous one, from ``load_state``) is handed over at the end instead of
+    the last windows being flushed. An input that breaks off part-way stops the replay: the
+    summary then carries it in ``error`` and nothing is flushed or saved. ``now`` (epoch seconds:
+    the command gives the wall clock at its start) rejects records more than
+    ``max_future_skew_s`` ahead of it as ``future_ts``, as the worker does with its clock.
     """
     started = time.perf_counter()
-    state = None
-    if state_path and Path(state_path).exists():
-        state = orjson.loads(Path(state_path).read_bytes())
     detector = Detector(config, state=state and state["detector"])
-    inputs = open_inputs(mail_paths, dns_paths, mail_format, dns_format, announce)
+    # The counters continue a restored state's; this run's summary counts this run only.
+    counted_before = Counter(detector.counters)
+    inputs = open_inputs(mail_paths, dns_paths, mail_format, dns_format, announce, warn)
     adapter_counts: Counter[str] = Counter()
+    core_rejected: dict[str, Counter] = {MAIL: Counter(), DNS: Counter()}
     for index, current in enumerate(inputs):
         detector.add_source(current.name)
         saved = (state or {}).get("adapters", {}).get(str(index))
@@ -118,19 +274,27 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
 
     def forward(current: _Input, lines: list[bytes], numbers: list[int | None]) -> None:
         stream, path = current.lines.stream, current.lines.path
+        count = current.count
         if current.adapter is not None:
             converted = current.adapter.feed(lines) if numbers else current.adapter.flush()
             adapter_counts["skipped"] += converted.skipped
+            count.skipped += converted.skipped
             for index, reason in converted.rejected:
                 adapter_counts[f"rejected:{reason}"] += 1
+                count.rejected[reason] += 1
                 if dead_letter is not None:
                     dead_letter.write({"reason": reason, "stream": stream, "source": path,
                                        "format": current.adapter.name, "line": numbers[index],
                                        "raw": lines[index].decode("utf-8", "backslashreplace")})
             lines, numbers = converted.records, [None] * len(converted.records)
-        result = detector.feed(stream, lines, source=current.name)
+        count.records += len(lines)
+        result = detector.feed(stream, lines, source=current.name, now=now)
         current.high = detector.clock.high.get(current.name, current.high)
         out.write_many(result.events)
+        count.core_rejected += len(result.rejected)
+        for index, reason in result.rejected:
+            count.rejected[reason] += 1
+            core_rejected[stream][reason] += 1
         if dead_letter is not None:
             for index, reason in result.rejected:
                 letter = {"reason": reason, "stream": stream, "source": path,
@@ -141,10 +305,15 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
                 dead_letter.write(letter)
 
     active = list(inputs)
+    error = None
     try:
         while active:
             current = min(active, key=lambda i: i.high)
-            lines, numbers = current.lines.read_chunk()
+            try:
+                lines, numbers = current.lines.read_chunk()
+            except TruncatedInput as broken:
+                error = broken
+                break
             if lines:
                 forward(current, lines, numbers)
             else:
@@ -154,21 +323,33 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
                 out.write_many(detector.finish_source(current.name))
             if progress is not None:
                 progress(sum(i.lines.position() for i in inputs), total_size)
-        if state_path:
-            adapters = {str(n): i.adapter.snapshot() for n, i in enumerate(inputs) if i.adapter}
-            Path(state_path).write_bytes(orjson.dumps({"detector": detector.snapshot(),
-                                                       "adapters": adapters}))
-        else:
-            out.write_many(detector.close())
+        if error is None:
+            if save_state is not None:
+                adapters = {str(n): i.adapter.snapshot() for n, i in enumerate(inputs)
+                            if i.adapter}
+                save_state(orjson.dumps({"detector": detector.snapshot(), "adapters": adapters}))
+            else:
+                out.write_many(detector.close())
     finally:
         for current in inputs:
+            current.count.lines = current.lines.line_no
+            current.count.blank = current.lines.blank
             current.lines.close()
     stats = detector.stats()
+    for key, value in counted_before.items():
+        stats[key] -= value
     return ReplaySummary(
         records={MAIL: stats.get("mail_records", 0), DNS: stats.get("dns_records", 0)},
         rejected={k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("rejected:")},
         anomalies={k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("anomalies:")},
         stats=stats,
         adapters=dict(adapter_counts),
+        inputs=[i.count for i in inputs],
         seconds=time.perf_counter() - started,
+        error=error,
+        core_rejected=core_rejected,
     )
+
+
+__all__ = ["InputCount", "ReplaySummary", "StateError", "load_state", "open_inputs",
+           "replay"]

@@ -106,6 +106,9 @@ class Worker:
     def run(self) -> int:
         settings = self.settings
         log.info("starting", extra={"config": settings.describe()})
+        if not self._wait_for_broker():
+            log.info("stopped before the broker could be reached")
+            return 0
         if settings.worker.create_topics:
             self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
@@ -293,9 +296,29 @@ class Worker:
                 return action()
             except (KafkaError, TransportError) as err:
                 log.warning(f"{what} failed; retrying", extra={"error": repr(err)})
-                time.sleep(delay)
+                self.stopping.wait(delay)
                 delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
         return None
+
+    def _wait_for_broker(self) -> bool:
+        """Until a bootstrap server accepts a connection: logged at once and at every retry,
+        and a signal ends the wait at once. The Kafka clients would wait 30 s or more before
+        saying anything, and hold signals off while they do. False when stopped first."""
+        servers = self.settings.kafka.bootstrap_servers
+        delay = self.settings.worker.retry_backoff_min_s
+        waited = False
+        while not self.stopping.is_set():
+            problem = kio.unreachable(servers, timeout_s=1.0)
+            if problem is None:
+                if waited:
+                    log.info("broker reachable", extra={"bootstrap_servers": servers})
+                return True
+            waited = True
+            log.warning("broker unreachable; retrying", extra={
+                "bootstrap_servers": servers, "error": problem, "retry_in_s": delay})
+            self.stopping.wait(delay)
+            delay = min(delay * 2, self.settings.worker.retry_backoff_max_s)
+        return False
 
     # ------------------------------------------------------------- event time
 
@@ -337,6 +360,7 @@ class Worker:
         lead = self.settings.worker.max_lead_s
         floor = detector.watermark + detector.config.clock.allowed_lateness_s
         if floor == -math.inf:
+            self._hold_for_silent_partitions()
             return
         to_pause, to_resume = [], []
         for tp, progress in self.progress.items():
@@ -356,6 +380,25 @@ class Worker:
             log.debug("resuming partitions", extra={
                 "partitions": [f"{tp.topic}/{tp.partition}" for tp in to_resume]})
             self.transport.resume(to_resume)
+
+    def _hold_for_silent_partitions(self) -> None:
+        """While a partition has delivered nothing and is not idle, the partitions that have
+        wait (paused): a replay, too, reads every input before going on with any, so each batch
+        meets the watermark it would meet in a replay of the same files (README, "Replay and
+        worker"), and nothing piles up in memory behind a watermark that cannot move."""
+        detector = self.detector
+        high = detector.clock.high
+        if not any(not p.idle and high.get(f"{tp.topic}/{tp.partition}", -math.inf) == -math.inf
+                   for tp, p in self.progress.items()):
+            return
+        hold = [tp for tp, p in self.progress.items() if not p.paused
+                and high.get(f"{tp.topic}/{tp.partition}", -math.inf) > -math.inf]
+        if hold:
+            for tp in hold:
+                self.progress[tp].paused = True
+            log.debug("holding partitions until every partition has delivered",
+                      extra={"partitions": [f"{tp.topic}/{tp.partition}" for tp in hold]})
+            self.transport.pause(hold)
 
     def _pause_all(self) -> None:
         self.transport.pause(self.transport.assignment())
@@ -437,6 +480,10 @@ class Worker:
         if self.detector is not None and revoked:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
+        if self.metrics is not None:
+            # A partition this member no longer owns has no lag here: no stale series.
+            for tp in revoked:
+                self.metrics.lag.remove(topic=tp.topic, partition=str(tp.partition))
         self.detector = None
         self.progress = {}
         self.pending_assignment = None

@@ -4,6 +4,7 @@ client this project did not write."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -69,7 +70,7 @@ class Deployment:
     def create_input_topics(self, partitions: int) -> None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": self.broker.bootstrap})
+        admin = AdminClient({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": self.broker.bootstrap})
         futures = admin.create_topics([NewTopic(self.topics[t], partitions, 1)
                                        for t in ("mail", "dns")])
         for future in futures.values():
@@ -138,7 +139,7 @@ def replay_events(mail: Path, dns: Path, directory: Path) -> list[dict]:
 def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0, timeout: float = 60.0) -> list:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+    consumer = Consumer({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         metadata = consumer.list_topics(topic, timeout=10)

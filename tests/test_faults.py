@@ -7,6 +7,7 @@ The broker sits behind a fault-injecting proxy (``faultproxy``): it keeps its da
 worker sees it vanish, so each test is about the worker, not the broker's storage.
 """
 
+import logging
 import random
 import signal
 import time
@@ -145,7 +146,7 @@ def test_while_the_output_refuses_writes_nothing_is_committed_then_the_worker_ca
     deployment.wait_for_log("writes failing", timeout=90)
 
     def committed() -> int:
-        consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": deployment.group,
+        consumer = Consumer({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": broker.bootstrap, "group.id": deployment.group,
                              "enable.auto.commit": False})
         try:
             found = consumer.committed([TopicPartition(deployment.topics["mail"], 0)], timeout=10)

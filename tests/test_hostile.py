@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from detector.core.config import DetectorConfig
+from detector.settings import detector_config
 from detector.core.pipeline import ALERT_EVIDENCE_VALUES, Detector
 from detector.core.records import (
     MAX_FIELD_CHARS,
@@ -334,7 +335,7 @@ def test_thousands_of_lookups_under_the_line_limit_are_all_kept():
 
 #: A detector that alerts on almost anything (no warm-up, one failure can open) and has tiny
 #: caps, so that short random runs go through every transition and every eviction path.
-TWITCHY = DetectorConfig.from_mapping({
+TWITCHY = detector_config({
     "model": {"warmup_s": 0, "warmup_attempts": 0, "long_window_s": 300},
     "alerts": {"open_score": 0.5, "resolve_score": 0.2, "min_failures": 1, "min_lift": 1.0,
                "long_min_lift": 1.0, "min_excess_rate": 0.0, "resolve_hold_s": 30},
@@ -639,7 +640,7 @@ def test_a_flood_of_distinct_names_stays_within_every_cap_and_counts_its_evictio
     """300 000 resolver records with distinct names and 300 000 OTP deliveries with distinct ids,
     senders and tenants in five minutes of event time (1000 a second each, a fifth failing)."""
     caps = {"join": {"max_buffered_dns": 10_000}, "clock": {"dedup_max_entries": 10_000}}
-    config = DetectorConfig.from_mapping({**TWITCHY.to_mapping(), **caps})
+    config = detector_config({**TWITCHY.to_mapping(), **caps})
     detector = Detector(config)
     detector.add_source("mail")
     detector.add_source("dns")
@@ -721,7 +722,7 @@ def test_times_an_offset_carries_out_of_1970_to_9999_are_rejected_and_nothing_cr
 
 
 def test_a_resolver_clock_ahead_within_the_allowed_skew_does_not_empty_the_join_buffer():
-    config = DetectorConfig.from_mapping({"join": {"max_buffered_dns": 2000}})
+    config = detector_config({"join": {"max_buffered_dns": 2000}})
     detector = Detector(config)
     detector.add_source("mail")
     detector.add_source("dns")
@@ -746,7 +747,7 @@ def test_a_resolver_clock_ahead_within_the_allowed_skew_does_not_empty_the_join_
 
 
 def test_a_restored_join_buffer_expires_and_evicts_like_the_one_checkpointed():
-    config = DetectorConfig.from_mapping({"join": {"max_buffered_dns": 3}})
+    config = detector_config({"join": {"max_buffered_dns": 3}})
 
     def start() -> Detector:
         detector = Detector(config)

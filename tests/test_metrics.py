@@ -279,3 +279,19 @@ def test_the_server_releases_its_port_and_stops_once():
         server.port
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
+
+
+def test_a_revoked_partition_leaves_no_stale_lag_series():
+    """After a rebalance the lag gauge reports only partitions this member still owns."""
+    from detector.io.transport import TP
+    from detector.settings import load_settings
+    from detector.worker import Worker
+    from detector.worker_metrics import WorkerMetrics
+
+    worker = Worker(load_settings(environ={}), metrics=WorkerMetrics())
+    worker.metrics.lag.labels(topic="mail-flow", partition="0").set(5)
+    worker.metrics.lag.labels(topic="mail-flow", partition="1").set(7)
+    worker._on_revoked({TP("mail-flow", 0)})
+    text = worker.metrics.registry.render().decode()
+    assert 'otp_detector_consumer_lag_records{topic="mail-flow",partition="1"} 7' in text
+    assert 'partition="0"' not in text

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from detector.core.config import DetectorConfig
+from detector.settings import detector_config
 from detector.core.pipeline import Detector
 from detector.core.records import parse_ts
 from traffic import T0, Traffic, feed_all
@@ -173,7 +173,7 @@ def test_bad_lines_are_rejected_with_reasons_and_the_rest_goes_on():
 
 
 def test_config_parameters_change_the_decision():
-    strict = DetectorConfig.from_mapping({"alerts": {"min_failures": 1000}})
+    strict = detector_config({"alerts": {"min_failures": 1000}})
     assert feed_all(Detector(strict), servfail_spike()) == []
 
 

@@ -66,7 +66,7 @@ def test_the_command_line_generates_replays_and_evaluates(tmp_path):
     replayed = run("replay", "--mail", str(tmp_path / "mail.jsonl.gz"),
                    "--dns", str(tmp_path / "dns.jsonl.gz"), "--out", str(tmp_path / "out.jsonl"),
                    "--dead-letter", str(tmp_path / "dead.jsonl"))
-    assert "records/s" in replayed.stderr and "rejected:" in replayed.stderr
+    assert "records/s" in replayed.stderr and "rejected (" in replayed.stderr
     dead = [orjson.loads(line) for line in (tmp_path / "dead.jsonl").read_bytes().splitlines()]
     assert dead and all(d["reason"] and d["raw"] and d["line"] > 0 for d in dead)
     report = orjson.loads(run("evaluate", str(tmp_path / "out.jsonl"),

@@ -2,6 +2,7 @@
 what the worker relies on (every record once and in order per partition across pauses, seeks
 and resumes; ends, positions, commits; writes acknowledged or reported failed)."""
 
+import logging
 import time
 import uuid
 
@@ -29,7 +30,7 @@ def topics(broker):
 
     tag = uuid.uuid4().hex[:8]
     names = [f"ta-{tag}", f"tb-{tag}", f"out-{tag}"]
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin = AdminClient({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": broker.bootstrap})
     for future in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
         future.result(timeout=10)
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20})
@@ -181,7 +182,7 @@ def test_a_write_while_the_broker_is_gone_is_reported_failed_not_lost(tmp_path, 
         tps = [TP(f"t-{uuid.uuid4().hex[:8]}", 0)]
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": gone.bootstrap})
+        admin = AdminClient({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": gone.bootstrap})
         for future in admin.create_topics([NewTopic(tps[0].topic, 1, 1)]).values():
             future.result(timeout=10)
         transport = joined(gone, transport_name, tps)

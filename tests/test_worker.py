@@ -2,6 +2,7 @@
 crash recovery, graceful shutdown. Input is produced and output read with confluent-kafka or the
 ``detector`` command, as users do."""
 
+import logging
 import re
 import signal
 import time
@@ -141,8 +142,54 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     assert stopped and stopped[0]["checkpoints"] >= 1
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({"bootstrap.servers": deployment.broker.bootstrap,
+    consumer = Consumer({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": deployment.broker.bootstrap,
                          "group.id": deployment.group, "enable.auto.commit": False})
     committed = consumer.committed([TopicPartition(deployment.topics["mail"], 0)], timeout=10)
     consumer.close()
     assert committed[0].offset > 0
+
+
+def test_the_worker_rejects_what_a_replay_of_the_same_files_rejects(broker, tmp_path):
+    """Files produced in order: the dead-letter topic holds, reason for reason and offset for
+    line, what ``detector replay --dead-letter`` writes (README, "Replay and worker")."""
+    from conftest import DETECTOR, Deployment
+
+    import subprocess
+    import sys
+
+    deployment = Deployment(broker, tmp_path)
+    traffic = servfail_spike()
+    old = orjson.loads(traffic.mail[100])
+    ahead = {**orjson.loads(traffic.mail[2000]), "message_id": "ahead", "ts": time.time() + 7200}
+    mail = list(traffic.mail)
+    for at, line in sorted([
+            (1000, b"{oops"), (1001, b"[1, 2]"),
+            (1002, b'{"ts": "yesterday", "message_id": "x", "status": "failed"}'),
+            (1003, b'{"ts": 1795740000, "status": "failed"}'),
+            (1004, b'{"ts": 1795740000, "message_id": 7, "status": "failed"}'),
+            (1005, mail[1005]),                                        # a duplicate
+            (6000, orjson.dumps({**old, "message_id": "old"})),        # 98 minutes behind: late
+            (6001, orjson.dumps(ahead)),                               # two hours ahead of now
+    ], reverse=True):
+        mail.insert(at, line)
+    dns = [*traffic.dns[:500], b"not json", *traffic.dns[500:]]
+    mail_path, dns_path = tmp_path / "mail.jsonl", tmp_path / "dns.jsonl"
+    mail_path.write_bytes(b"\n".join(mail) + b"\n")
+    dns_path.write_bytes(b"\n".join(dns) + b"\n")
+    dead_path = tmp_path / "dead.jsonl"
+    subprocess.run([*DETECTOR, "replay", "--mail", str(mail_path), "--dns", str(dns_path),
+                    "--out", str(tmp_path / "out.jsonl"), "--dead-letter", str(dead_path)],
+                   check=True, capture_output=True, timeout=120)
+    replayed = sorted((d["stream"], d["line"] - 1, d["reason"])
+                      for d in map(orjson.loads, dead_path.read_bytes().splitlines()))
+    assert {reason for _, _, reason in replayed} >= {
+        "not_json", "not_object", "bad_ts", "missing_field:message_id",
+        "wrong_type:message_id", "late", "future_ts"}
+    deployment.produce_files("dns", dns_path)
+    deployment.produce_files("mail", mail_path)
+    assert deployment.run_worker_until_idle() == 0
+    stream_of = {deployment.topics["mail"]: "mail", deployment.topics["dns"]: "dns"}
+    worked = sorted((stream_of[h["source_topic"].decode()], int(h["source_offset"]),
+                     h["reason"].decode())
+                    for h in (dict(m.headers()) for m in deployment.read("dead_letter")))
+    assert worked == replayed

@@ -1,14 +1,17 @@
 """The core's parameters: one typed, immutable object with defaults chosen for OTP mail.
 
-Each default is justified where it is declared. ``DetectorConfig.from_mapping`` builds one from
-the ``[detector.*]``-style tables of a TOML file (unknown keys are an error, so a typo does not
-silently keep a default) and ``to_mapping`` gives it back for printing and for checkpoints.
+Each default is justified where it is declared. The shells read it from a TOML file, the
+environment and flags (``detector.settings``: one table per section, one key per field, derived
+from these dataclasses); ``__post_init__`` checks what the core needs to run (finite numbers,
+positive windows that divide each other) and ``to_mapping`` gives it back for printing and for
+checkpoints.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .otp import DEFAULT_SENDER_PATTERNS, DEFAULT_SUBJECT_PATTERNS
@@ -143,12 +146,27 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         m, a = self.model, self.alerts
-        if m.step_s <= 0 or m.bucket_s % m.step_s or m.long_window_s % m.bucket_s:
-            raise ConfigError("model: step_s must divide bucket_s, and bucket_s long_window_s")
-        if m.long_window_s < m.bucket_s:
-            raise ConfigError("model.long_window_s must be at least bucket_s")
+        for section in fields(self):
+            for key, value in asdict(getattr(self, section.name)).items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"{section.name}.{key}: must be a finite number, got {value}")
+        for key in ("bucket_s", "step_s", "long_window_s", "half_life_s", "prior_failures",
+                    "prior_successes"):
+            if not getattr(m, key) > 0:
+                raise ConfigError(f"model.{key}: must be greater than 0, got {getattr(m, key)}")
+        if m.bucket_s % m.step_s:
+            raise ConfigError(f"model.bucket_s ({m.bucket_s}) must be a multiple of "
+                              f"model.step_s ({m.step_s})")
+        if m.long_window_s % m.bucket_s or m.long_window_s < m.bucket_s:
+            raise ConfigError(f"model.long_window_s ({m.long_window_s}) must be a multiple of "
+                              f"model.bucket_s ({m.bucket_s})")
         if not a.false_alarms_per_day > 0:
-            raise ConfigError("alerts.false_alarms_per_day must be positive")
+            raise ConfigError(f"alerts.false_alarms_per_day: must be greater than 0, got "
+                              f"{a.false_alarms_per_day}")
+        s = self.slices
+        for key in ("prior_attempts", "warmup_attempts"):
+            if not getattr(s, key) > 0:
+                raise ConfigError(f"slices.{key}: must be greater than 0, got {getattr(s, key)}")
         if not a.resolve_score <= a.open_score:
             raise ConfigError("alerts.resolve_score must not exceed alerts.open_score")
         for name in ("sender_patterns", "subject_patterns"):
@@ -158,75 +176,8 @@ class DetectorConfig:
                 except re.error as err:
                     raise ConfigError(f"otp.{name}: bad regular expression {pattern!r}: {err}") from None
 
-    @classmethod
-    def from_mapping(cls, data: dict[str, Any]) -> "DetectorConfig":
-        """Build from ``{"clock": {...}, "model": {...}, ...}``; unknown keys raise ConfigError."""
-        sections = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
-        kwargs = {}
-        for section, values in data.items():
-            if section not in sections:
-                raise ConfigError(f"unknown section [{section}] (known: {', '.join(sections)})")
-            kwargs[section] = build_section(section, sections[section], values)
-        return cls(**kwargs)
-
     def to_mapping(self) -> dict[str, Any]:
         return {f.name: _plain(asdict(getattr(self, f.name))) for f in fields(self)}
-
-
-def build_section(section: str, kind: type, values: Any, signed: tuple[str, ...] = ()):
-    """One table of a configuration as the dataclass ``kind``, every value checked.
-
-    Values keep their type from a TOML file; from the environment they are strings (numbers,
-    ``true``/``false``, comma-separated lists). Numbers must not be negative unless named in
-    ``signed``. Errors name the key.
-    """
-    if not isinstance(values, dict):
-        raise ConfigError(f"[{section}] must be a table")
-    default = kind()
-    known = {f.name for f in fields(kind)}
-    typed = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(sorted(known))})")
-        name = f"{section}.{key}"
-        typed[key] = value = coerce(name, getattr(default, key), value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0 \
-                and key not in signed:
-            raise ConfigError(f"{name}: must not be negative, got {value!r}")
-    return replace(default, **typed)
-
-
-def coerce(name: str, default: Any, value: Any) -> Any:
-    """``value`` as the type of ``default``, or ConfigError naming ``name``."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
-                return _BOOLEAN_WORDS[value.lower()]
-        elif isinstance(default, int):
-            if isinstance(value, (str, int)) and not isinstance(value, bool):
-                return int(value)
-        elif isinstance(default, float):
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                return float(value)
-        elif isinstance(default, tuple):
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(",") if v.strip())
-            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-        elif isinstance(default, str):
-            if isinstance(value, str):
-                return value
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                return ",".join(value)
-    except ValueError:
-        pass
-    raise ConfigError(f"{name}: expected {type(default).__name__} like {default!r}, got {value!r}")
-
-
-_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True,
-                  "0": False, "false": False, "no": False, "off": False}
 
 
 def _plain(mapping: dict[str, Any]) -> dict[str, Any]:

