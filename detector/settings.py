@@ -143,6 +143,9 @@ class Settings:
 
 
 _SHELL_TABLES = {"kafka": KafkaSettings, "topics": TopicSettings, "worker": WorkerSettings}
+#: Tables another command reads with its own loader (``[notify]``: ``detector.notify.settings``),
+#: accepted here so one file can configure every command.
+OTHER_COMMAND_TABLES = ("notify",)
 
 
 def load_settings(path: str | None = None, environ: dict[str, str] | None = None,
@@ -150,8 +153,9 @@ def load_settings(path: str | None = None, environ: dict[str, str] | None = None
     """Defaults < TOML file < environment < ``overrides`` (flags, as ``{(table, key): value}``)."""
     data: dict[str, dict[str, Any]] = read_toml(path) if path else {}
     for table in data:
-        if table not in _SHELL_TABLES and table not in CORE_TABLES:
-            known = ", ".join([*_SHELL_TABLES, *CORE_TABLES])
+        if table not in _SHELL_TABLES and table not in CORE_TABLES \
+                and table not in OTHER_COMMAND_TABLES:
+            known = ", ".join([*_SHELL_TABLES, *CORE_TABLES, *OTHER_COMMAND_TABLES])
             raise ConfigError(f"unknown table [{table}] (known: {known})")
     for (table, key), value in _from_environment(os.environ if environ is None else environ).items():
         data.setdefault(table, {})[key] = value
