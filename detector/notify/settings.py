@@ -70,10 +70,11 @@ class NotifySettings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for url in (*self.alertmanager_urls, *self.webhook_urls):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"notify: {url!r} is not an http(s) URL")
+        for key in ("alertmanager_urls", "webhook_urls"):
+            for url in getattr(self, key):
+                parts = urlsplit(url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ConfigError(f"notify.{key}: {url!r} is not an http(s) URL")
         if self.resend_interval_s <= 0 or self.request_timeout_s <= 0:
             raise ConfigError("notify.resend_interval_s and notify.request_timeout_s must be > 0")
         if not 0 < self.retry_backoff_min_s <= self.retry_backoff_max_s:
