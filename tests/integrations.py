@@ -93,11 +93,14 @@ class Recorder:
                 request.status = status
                 if delay:
                     time.sleep(delay)
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-                self.wfile.flush()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return                   # the client was killed mid-request
                 request.answered = True
 
             def log_message(self, *args):
@@ -276,7 +279,7 @@ class NotifierDeployment:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def committed(self) -> dict[int, int]:
-        """The group's committed offset per partition (read with confluent-kafka)."""
+        """The group's committed offset per partition (read with confluent-kafka; 0: none)."""
         from confluent_kafka import Consumer, TopicPartition
 
         consumer = Consumer({"bootstrap.servers": self.broker.bootstrap, "group.id": self.group,
@@ -285,7 +288,7 @@ class NotifierDeployment:
             partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
             found = consumer.committed([TopicPartition(self.topic, p) for p in partitions],
                                        timeout=10)
-            return {tp.partition: tp.offset for tp in found}
+            return {tp.partition: max(tp.offset, 0) for tp in found}
         finally:
             consumer.close()
 
@@ -300,3 +303,27 @@ def metric(port: int, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+# ----------------------------------------------------------------------------- real events
+
+@pytest.fixture(scope="session")
+def seed_events(tmp_path_factory) -> list[bytes]:
+    """The anomaly events ``detector replay`` makes of the seed incident (seed 1, 4 h): one
+    SERVFAIL anomaly, open, eight updates (warning, then critical), resolved."""
+    directory = tmp_path_factory.mktemp("seed-incident")
+    subprocess.run([*DETECTOR, "generate", "seed-incident", str(directory), "--seed", "1",
+                    "--hours", "4"], check=True, capture_output=True, timeout=120)
+    out = directory / "anomalies.jsonl"
+    subprocess.run([*DETECTOR, "replay", "--mail", str(directory / "mail.jsonl.gz"),
+                    "--dns", str(directory / "dns.jsonl.gz"), "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    lines = out.read_bytes().splitlines()
+    states = [orjson.loads(line)["state"] for line in lines]
+    assert states[0] == "open" and states[-1] == "resolved" and "update" in states, states
+    return lines
+
+
+def as_anomaly(line: bytes, anomaly_id: str, key: dict, **fields) -> bytes:
+    """The same event for another anomaly (a slice key, say): its id and key replaced."""
+    return orjson.dumps({**orjson.loads(line), "id": anomaly_id, "key": key, **fields})
