@@ -208,6 +208,15 @@ def test_a_redirect_is_not_followed_and_the_event_is_refused_not_turned_into_a_g
         assert [r.path for r in receiver.received] == ["/hook"]
 
 
+def test_credentials_in_the_url_are_sent_as_basic_authentication_not_in_the_request_line():
+    with Recorder() as receiver:
+        url = receiver.url.replace("http://", "http://otp%40bot:s3cr%3At@")
+        assert post(url, b"{}", {}, 5, None).verdict == "accepted"
+        [request] = receiver.received
+        assert request.headers["authorization"] == "Basic b3RwQGJvdDpzM2NyOnQ="   # otp@bot:s3cr:t
+        assert request.path == "/hook"
+
+
 def test_the_signature_is_the_hmac_sha256_of_the_exact_body():
     body = orjson.dumps(OPEN)
     assert signature(b"k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()

@@ -212,6 +212,10 @@ class AlertmanagerLane(Lane):
                                           for intent in unit])
 
     def _refused(self, unit: list[AlertIntent], answer: Answer) -> bool:
+        if not unit:                # a probe (no alert) refused: a proxy or auth in the way
+            log.warning("Alertmanager refused a request with no alert in it",
+                        extra={"receiver": self.receiver.name, "response": answer.describe()})
+            return True
         if len(unit) > 1:           # one bad alert refuses the whole request: find it
             self.singles = len(unit)
             return False

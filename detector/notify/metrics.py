@@ -35,7 +35,8 @@ class NotifierMetrics:
                                  "receiver went unanswered or failed on its side.", ["receiver"],
                                  registry=registry)
         self.pending = Gauge(PREFIX + "pending_events", "Events read and not yet accepted or "
-                             "refused by the receiver.", ["receiver"], registry=registry)
+                             "refused by the receiver (Alertmanager: alerts, the newest state "
+                             "of each).", ["receiver"], registry=registry)
         self.open_anomalies = Gauge(PREFIX + "open_anomalies", "Anomalies open now (as the "
                                     "topic says).", registry=registry)
         self.last_commit = Gauge(PREFIX + "last_commit_timestamp_seconds", "When offsets were "

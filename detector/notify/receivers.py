@@ -4,7 +4,8 @@ An answer is *accepted* (2xx), *refused* (any other status, except 408 and 429: 
 itself is wrong, so sending it again cannot help: the event is dead-lettered with the response),
 or *retry* (no answer: refused connection, reset, timeout; or 408, 429, 5xx: the receiver is in
 trouble, not the request). Redirects are not followed: a POST silently turned into a GET by a
-redirect would lose the event, so a 3xx is a refusal that names the new location.
+redirect would lose the event, so a 3xx is a refusal that names the new location. Credentials
+in a URL (``https://user:password@host/...``) are sent as HTTP basic authentication.
 
 Webhook requests carry the event's bytes as they are on the topic (``Content-Type:
 application/json``), an ``Idempotency-Key`` (``<id>:<state>:<detected_at>``: the same for every
@@ -15,6 +16,7 @@ use, so receivers' existing verifiers work).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ssl
@@ -22,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
@@ -74,7 +77,15 @@ def tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
          context: ssl.SSLContext | None) -> Answer:
-    """POST ``body`` to ``url``; never raises for a network or HTTP problem."""
+    """POST ``body`` to ``url``; never raises for a network or HTTP problem. Credentials in the
+    URL (``https://user:password@host/...``) are sent as HTTP basic authentication."""
+    parts = urlsplit(url)
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers = {**headers, "Authorization": "Basic " + base64.b64encode(
+            credentials.encode()).decode()}
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        url = urlunsplit(parts._replace(netloc=netloc))
     opener = urllib.request.build_opener(_NoRedirect(),
                                          urllib.request.HTTPSHandler(context=context))
     request = urllib.request.Request(url, data=body, method="POST", headers={
