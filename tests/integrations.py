@@ -30,13 +30,13 @@ from detector.io.broker import free_port
 INSTALL = "run `make integrations-deps` (Debian packages prometheus, prometheus-alertmanager)"
 
 
-def binary(*names: str) -> str:
-    """The first of ``names`` on PATH (or an absolute path that exists), else the test fails."""
+def binary(*names: str, install: str = INSTALL) -> str:
+    """The first of ``names`` on PATH, else the test fails with one line saying how to get it."""
     for name in names:
         found = shutil.which(name)
         if found:
             return found
-    pytest.fail(f"{names[0]} not found: {INSTALL}", pytrace=False)
+    pytest.fail(f"{names[0]} not found: {install}", pytrace=False)
 
 
 def http_json(url: str, timeout: float = 5.0):

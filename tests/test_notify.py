@@ -17,7 +17,7 @@ from detector.notify.alerts import (ALERTNAME, EventError, OpenAnomalies, alert_
 from detector.notify.receivers import post, signature, tls_context
 from detector.notify.settings import NotifySettings, load_notify_settings
 from detector.settings import load_settings
-from integrations import Recorder
+from integrations import Recorder, binary
 
 NOW = 1796200000.0          # 2026-12-02T08:26:40Z, after every event below
 
@@ -183,7 +183,7 @@ def certificate(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 (openssl, in Debian's base system)."""
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    subprocess.run([binary("openssl", install="apt-get install openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     return cert, key
