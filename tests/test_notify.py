@@ -217,6 +217,16 @@ def test_credentials_in_the_url_are_sent_as_basic_authentication_not_in_the_requ
         assert request.path == "/hook"
 
 
+def test_an_event_that_cannot_make_a_request_is_refused_not_retried_forever():
+    from detector.notify.receivers import WebhookReceiver
+
+    with Recorder() as receiver:
+        webhook = WebhookReceiver("webhook", receiver.url, 5, None)
+        answer = webhook.post_event(b"{}", event(id="bad\r\nX-Injected: 1"))
+        assert answer.verdict == "refused" and "header" in answer.error
+        assert receiver.received == []
+
+
 def test_the_signature_is_the_hmac_sha256_of_the_exact_body():
     body = orjson.dumps(OPEN)
     assert signature(b"k", body) == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()

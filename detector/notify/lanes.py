@@ -113,7 +113,11 @@ class Lane(threading.Thread, ABC):
                 if self.stopping.is_set():
                     return
                 unit = self._next()
-            answer = self._post(unit)
+            try:
+                answer = self._post(unit)
+            except Exception as err:             # noqa: BLE001 - a bug must not stop the lane
+                log.exception("a request could not be made", extra={"receiver": name})
+                answer = Answer(None, error=repr(err), retryable=False)
             if answer.verdict == "retry":
                 self.metrics.receiver_up.labels(receiver=name).set(0)
                 self.metrics.retries.labels(receiver=name).inc()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import ssl
 import urllib.error
 import urllib.request
@@ -43,6 +44,9 @@ class Answer:
     status: int | None
     body: bytes = b""
     error: str = ""
+    #: With no status: False when the request itself could not be made (a header value with a
+    #: newline from the event, say), which no retry cures.
+    retryable: bool = True
 
     @property
     def verdict(self) -> str:
@@ -50,8 +54,12 @@ class Answer:
 
         >>> [Answer(s).verdict for s in (200, 202, 400, 404, 301, 408, 429, 500, 503, None)]
         ['accepted', 'accepted', 'refused', 'refused', 'refused', 'retry', 'retry', 'retry', 'retry', 'retry']
+        >>> Answer(None, error="ValueError: Invalid header value", retryable=False).verdict
+        'refused'
         """
-        if self.status is None or self.status >= 500 or self.status in RETRYABLE_STATUS:
+        if self.status is None:
+            return "retry" if self.retryable else "refused"
+        if self.status >= 500 or self.status in RETRYABLE_STATUS:
             return "retry"
         return "accepted" if 200 <= self.status < 300 else "refused"
 
@@ -98,9 +106,12 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
         if 300 <= err.code < 400:
             body = f"redirect to {err.headers.get('Location', '?')} not followed".encode()
         return Answer(err.code, body)
-    except (urllib.error.URLError, OSError, ValueError) as err:   # refused, reset, timeout, TLS
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        # refused, reset, timeout, TLS, a garbled or cut answer: the receiver's trouble
         reason = getattr(err, "reason", err)
         return Answer(None, error=f"{type(reason).__name__}: {reason}")
+    except ValueError as err:          # a request that cannot be made (a header with a newline)
+        return Answer(None, error=f"{type(err).__name__}: {err}", retryable=False)
 
 
 class AlertmanagerReceiver:
