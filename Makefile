@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-faults demo bench clean
+.PHONY: setup integrations-deps test test-faults demo bench clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# Debian's Prometheus (with promtool) and Alertmanager, which the integration tests run for real.
+# Installs only when a binary is missing (CI: a fresh machine, as root), so it is instant after.
+INTEGRATION_BINS := prometheus promtool prometheus-alertmanager amtool
+integrations-deps:
+	@missing=""; for bin in $(INTEGRATION_BINS); do \
+	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$bin"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "integrations-deps: installing prometheus prometheus-alertmanager (missing:$$missing)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus prometheus-alertmanager >/dev/null; } || \
+	  { echo "integrations-deps: apt-get install prometheus prometheus-alertmanager failed (needs root)" >&2; exit 1; }; \
+	fi
+
 # One test process per core (pytest-xdist): the broker tests spend most of their time waiting.
-test: setup
+test: setup integrations-deps
 	$(BIN)/python -m pytest -q -n auto -m "not faults"
 
 # Fault injection against the broker (crashes, member moves, outages, refused writes): minutes.

@@ -443,5 +443,14 @@ def _register_bench() -> None:
 
 _register_bench()
 
+
+def _register_notify() -> None:
+    from .notify.command import notify
+
+    main.add_command(notify)
+
+
+_register_notify()
+
 if __name__ == "__main__":
     main()

@@ -6,7 +6,8 @@ derived from the core's own frozen dataclasses (``detector.core.config.DetectorC
 per field, one key per field of that section, type and default from the dataclass), so a field or
 a section added there is read from the file, the environment and flags with no change here. A
 command uses the tables it needs and ignores the rest, so a replay and a worker given the same file
-and environment run the same detector.
+and environment run the same detector. Other commands' tables built the same way from their own
+dataclasses (``COMMAND_TABLES``: ``[notify]``) are read by the same model.
 
 Precedence, lowest first: defaults (right for a production Kafka cluster), the TOML file
 (``--config``), environment variables, command-line flags. Every key can be set from the
@@ -40,6 +41,7 @@ from pydantic_settings import (BaseSettings, EnvSettingsSource, NoDecode,
 
 
 from .core.config import ConfigError, DetectorConfig
+from .notify.settings import NotifySettings
 
 ENV_PREFIX = "DETECTOR_"
 SECRET_KEYS = ("sasl_password", "ssl_password")
@@ -267,6 +269,15 @@ def core_tables() -> dict[str, type]:
     return {item.name: hints[item.name] for item in dataclasses.fields(DetectorConfig)}
 
 
+#: Tables of other commands, each a frozen dataclass read like the core's: one file for all.
+COMMAND_TABLES: dict[str, type] = {"notify": NotifySettings}
+
+
+def dataclass_tables() -> dict[str, type]:
+    """Every table read from a dataclass: the core's and the other commands'."""
+    return {**core_tables(), **COMMAND_TABLES}
+
+
 # ------------------------------------------------------------------------ the settings
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +288,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration, secrets masked, for the start-up log line."""
@@ -335,7 +347,7 @@ def _loader(path: str | None, environ: Mapping[str, str]) -> type[BaseSettings]:
 
     tables: dict[str, Any] = {name: (model, Field(default_factory=model))
                               for name, model in SHELL_TABLES.items()}
-    for name, kind in core_tables().items():
+    for name, kind in dataclass_tables().items():
         model = _table_model(kind)
         tables[name] = (model, Field(default_factory=model))
     return create_model("DetectorSettings", __base__=Root, **tables)
@@ -379,9 +391,11 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
     try:
         detector = DetectorConfig(**{name: _to_dataclass(kind, getattr(root, name))
                                      for name, kind in core_tables().items()})
+        notify = _to_dataclass(NotifySettings, root.notify)
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    return Settings(kafka=root.kafka, topics=root.topics, worker=root.worker, detector=detector)
+    return Settings(kafka=root.kafka, topics=root.topics, worker=root.worker, detector=detector,
+                    notify=notify)
 
 
 def detector_config(tables: Mapping[str, Mapping[str, Any]] | None = None) -> DetectorConfig:
@@ -394,7 +408,7 @@ def detector_config(tables: Mapping[str, Mapping[str, Any]] | None = None) -> De
 
 def _known_keys() -> dict[str, list[str]]:
     known = {name: list(model.model_fields) for name, model in SHELL_TABLES.items()}
-    for name, kind in core_tables().items():
+    for name, kind in dataclass_tables().items():
         known[name] = [item.name for item in dataclasses.fields(kind)]
     return known
 

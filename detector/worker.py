@@ -462,6 +462,7 @@ class Worker:
         if self.metrics is not None:
             self.metrics.checkpoints.inc()
             self.metrics.checkpoint_bytes.set(size)
+            self.metrics.last_checkpoint.set(time.time())
         return True
 
     def _drain_on_exit(self) -> None:

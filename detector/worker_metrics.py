@@ -42,6 +42,11 @@ class WorkerMetrics:
                                   ["topic", "partition"])
         self.checkpoint_bytes = registry.gauge(PREFIX + "checkpoint_bytes",
                                                "Compressed size of the last checkpoint.")
+        # A time, not an age: Prometheus computes the age (time() - it), and a worker that
+        # stopped checkpointing still reports the time of its last one.
+        self.last_checkpoint = registry.gauge(PREFIX + "last_checkpoint_timestamp_seconds",
+                                              "When the last checkpoint was written and its "
+                                              "offsets committed (Unix seconds; 0: none yet).")
         self.batch_seconds = registry.histogram(PREFIX + "batch_processing_seconds",
                                                 "Time to process one polled batch.")
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from detector.core.pipeline import STATE_VERSION
+
 DETECTOR = [sys.executable, "-m", "detector.cli"]
 T0 = 1_795_766_400          # 2026-11-27T06:00:00Z
 
@@ -187,8 +189,8 @@ def test_an_output_keeps_its_mode_when_replaced(tmp_path, logs):
 @pytest.mark.parametrize("content,words", [
     (b"garbage\x00\xff", "not a detector state file (not JSON)"),
     (b'{"not": "a state"}', "not a detector state file (no 'detector' object in it)"),
-    (b'{"detector": {"version": 1}}', "state version 1, this detector reads version 2"),
-    (b'{"detector": {"version": 2, "clock": {}}}', "damaged detector state"),
+    (b'{"detector": {"version": 1}}', f"state version 1, this detector reads version {STATE_VERSION}"),
+    (b'{"detector": {"version": %d, "clock": {}}}' % STATE_VERSION, "damaged detector state"),
     (b'[1, 2, 3]', "not a detector state file"),
 ])
 def test_a_bad_state_file_is_one_line_and_is_not_overwritten(tmp_path, logs, content, words):
@@ -206,7 +208,7 @@ def test_a_state_file_carries_a_replay_over_and_is_replaced_whole(tmp_path, logs
     state = tmp_path / "replay.state"
     assert replay(*logs, "--out", tmp_path / "a.jsonl", "--state", state).returncode == 0
     saved = orjson.loads(state.read_bytes())
-    assert saved["detector"]["version"] == 2
+    assert saved["detector"]["version"] == STATE_VERSION
     again = replay(*logs, "--out", tmp_path / "b.jsonl", "--state", state)
     # The same lines again: all behind the saved watermark (late) or seen (duplicates).
     assert b"600 lines read: 0 accepted" in again.stderr
