@@ -104,9 +104,15 @@ class ReplaySummary:
             parts.append(f"{counts.get('blank', 0):,} blank")
             rows.append(f"{stream}: {counts.get('lines', 0):,} lines read: " + ", ".join(parts))
         rows.append(f"OTP attempts {self.stats.get('otp_attempts', 0):,}"
-                    f" (failures {self.stats.get('otp_failures', 0):,});"
+                    f" (failures {self.stats.get('otp_failures', 0):,};"
+                    f" {self.stats.get('ambiguous_joins', 0):,} joins chose an answer other"
+                    f" than the nearest, by the delivery's own status);"
                     f" {self.total_records:,} records in {self.seconds:.1f} s"
                     f" ({rate:,.0f} records/s)")
+        rows.append("slices watched: " + ", ".join(
+            f"{dimension.replace('_', ' ')}s {self.stats.get(f'slices_{dimension}', 0):,}"
+            f" ({self.stats.get(f'slices_{dimension}_evicted', 0):,} replaced)"
+            for dimension in ("sender_domain", "resolver")))
         rows.append("anomalies: " + ", ".join(f"{s} {self.anomalies.get(s, 0)}"
                                               for s in ("open", "update", "resolved"))
                     + f"; still open {self.stats.get('open_anomalies', 0)}")

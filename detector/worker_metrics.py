@@ -35,6 +35,13 @@ class WorkerMetrics:
                                         "Entries evicted from bounded state by a size cap, by store.",
                                         ["store"])
         self.open_anomalies = registry.gauge(PREFIX + "open_anomalies", "Anomalies open now.")
+        self.ambiguous_joins = registry.gauge(
+            PREFIX + "ambiguous_joins",
+            "Joins (since the state began) where the delivery's own status chose an answer "
+            "other than the nearest one in its window.")
+        self.slices = registry.gauge(PREFIX + "watched_slices",
+                                     "Slices (sender domains, resolvers) with a model now.",
+                                     ["dimension"])
         self.watermark = registry.gauge(PREFIX + "watermark_seconds",
                                         "Event-time watermark (Unix seconds).")
         self.lag = registry.gauge(PREFIX + "consumer_lag_records",
@@ -68,6 +75,11 @@ class WorkerMetrics:
                 self.duplicates.inc(delta)
         self.evictions.labels(store="dns_join").set(after.get("dns_evicted", 0))
         self.evictions.labels(store="dedup").set(after.get("dedup_evicted", 0))
+        self.ambiguous_joins.set(after.get("ambiguous_joins", 0))
+        for dimension in ("sender_domain", "resolver"):
+            self.slices.labels(dimension=dimension).set(after.get(f"slices_{dimension}", 0))
+            self.evictions.labels(store=f"{dimension}_slices").set(
+                after.get(f"slices_{dimension}_evicted", 0))
 
 
 def serve_worker_metrics(worker, host: str, port: int) -> MetricsServer | None:

@@ -145,6 +145,8 @@ def generate(scenario: str, outdir: Path, seed: int = 1, hours: float | None = N
         "scenario": scenario, "seed": seed, "start": _rfc3339(start), "end": _rfc3339(end),
         "incidents": [{"outcome": ev.outcome, "start": _rfc3339(s), "end": _rfc3339(e),
                        "desc": ev.desc,
+                       **({"key": {"outcome": ev.outcome, ev.where[0]: ev.where[1]}}
+                          if ev.where else {}),
                        "first_failures": [_rfc3339_ms(t) for t in
                                           sorted(traffic.first_failures[n])[:FIRST_FAILURES]]}
                       for n, (ev, s, e) in enumerate(events) if ev.outcome],

@@ -41,6 +41,9 @@ class Event:
     duration: timedelta
     desc: str
     outcome: str | None = None
+    #: For an incident of one sender or one resolver: the slice it is in, as an event key's
+    #: field (``("sender_domain", "auth.bank2.example")``); truth.json carries it as ``key``.
+    where: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,19 +116,19 @@ def faint_sender(offset: timedelta) -> Event:
     return Event("faint_servfail", offset, timedelta(minutes=60),
                  f"30% of the SPF lookups of {FAINT_DOMAIN} (~5% of OTP mail, 2-3 codes a minute "
                  "at night) SERVFAIL: one sender's problem, barely visible provider-wide",
-                 "SERVFAIL")
+                 "SERVFAIL", ("sender_domain", FAINT_DOMAIN))
 
 
 def resolver_ramp(offset: timedelta) -> Event:
     return Event("resolver_ramp", offset, timedelta(minutes=60),
                  f"{RAMP_RESOLVER} times out on a share of its queries rising from 0 to 40% over "
-                 "an hour (a creeping overload)", "TIMEOUT")
+                 "an hour (a creeping overload)", "TIMEOUT", ("resolver", RAMP_RESOLVER))
 
 
 def small_sender_outage(offset: timedelta) -> Event:
     return Event("small_nxdomain", offset, timedelta(minutes=30),
                  f"zone of {SMALL_DOMAIN} (~1% of OTP mail) deleted: NXDOMAIN for 30 min",
-                 "NXDOMAIN")
+                 "NXDOMAIN", ("sender_domain", SMALL_DOMAIN))
 
 
 def lame_surge(offset: timedelta) -> Event:
