@@ -229,3 +229,35 @@ def test_the_first_record_time_is_the_oldest_seen_whatever_the_batch():
     detector.feed("mail", [make(at(10), "a")], source="mail")
     detector.feed("mail", [make(at(10) - 5, "b"), make(at(12), "c")], source="mail")
     assert detector.first_ts == at(10) - 5
+
+
+def test_a_delivery_is_joined_to_the_answer_its_own_status_agrees_with():
+    # One server asks for the same name twice a second before each delivery: a healthy answer and
+    # a SERVFAIL. The deferred delivery whose status says DNS (4.4.3) took the failing answer; the
+    # delivered one the healthy answer; one whose status says nothing of DNS the nearest.
+    def answer(ts, rcode):
+        return orjson.dumps({"ts": ts, "qname": "bank.example", "rcode": rcode, "answers": 1,
+                             "resolver": "r1", "client": "mx1"})
+
+    def mail(ts, message_id, status, **fields):
+        return orjson.dumps({"ts": ts, "message_id": message_id, "status": status,
+                             "category": "otp", "sender": "otp@bank.example", "server": "mx1",
+                             **fields})
+
+    detector = Detector()
+    detector.add_source("mail")
+    detector.add_source("dns")
+    detector.feed("dns", [answer(at(1), "SERVFAIL"), answer(at(1) + 0.5, "NOERROR"),
+                          answer(at(2), "NOERROR"), answer(at(2) + 0.5, "SERVFAIL"),
+                          answer(at(3), "NOERROR"), answer(at(3) + 0.5, "SERVFAIL")])
+    detector.feed("mail", [
+        mail(at(1) + 1, "deferred-dns", "deferred", status_code="4.4.3",
+             detail="Temporary DNS failure looking up SPF record"),
+        mail(at(2) + 1, "delivered", "delivered"),
+        mail(at(3) + 1, "full", "failed", status_code="5.2.2", detail="Mailbox full"),
+    ])
+    detector.close()
+    stats = detector.stats()
+    assert stats["otp_outcome:SERVFAIL"] == 2          # the deferred one, and the mailbox full
+    assert stats["otp_outcome:NOERROR"] == 1           # the delivered one
+    assert stats["ambiguous_joins"] == 2               # the status chose other than the nearest
