@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-COLUMNS = ("state", "outcome", "severity", "detected_at", "failed/attempts", "rate", "expected",
+COLUMNS = ("state", "outcome", "slice", "severity", "detected_at", "failed/attempts", "rate", "expected",
            "score", "top resolver", "top sender domain")
 
 
@@ -18,6 +18,7 @@ def event_row(event: dict) -> tuple[str, ...]:
     return (
         event["state"],
         event["key"]["outcome"],
+        " ".join(str(v) for k, v in event["key"].items() if k != "outcome") or "-",
         event["severity"],
         event["detected_at"],
         f"{observed['failures']}/{observed['attempts']}",

@@ -804,7 +804,7 @@ class Detector:
         name = " ".join([key["outcome"]] + [v for f, v in key.items() if f != "outcome"])
         if state == "resolved":
             how = "; back to normal"
-        elif judgement.rule == "cusum":
+        elif judgement.rule == "cusum" and state == "open":
             how = f"; likelihood ratio 1e{judgement.score:.1f} since {rec.format_ts(window_start)}"
         else:
             how = f"; p = 1e-{judgement.score:.1f}"
