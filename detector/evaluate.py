@@ -22,10 +22,12 @@ from pathlib import Path
 
 import orjson
 
+from .core.config import AlertConfig
+
 DETECT_SLACK = timedelta(minutes=5)
 #: An incident whose truth lists its first failures is reported with the time of its k-th: no
 #: detector that needs k failures (the default ``alerts.min_failures``) can open before it.
-KTH_FAILURE = 5
+KTH_FAILURE = AlertConfig().min_failures
 ALARM_SLACK = timedelta(minutes=30)
 
 

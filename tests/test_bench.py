@@ -1,8 +1,8 @@
 """``detector bench`` on small inputs: it runs, its table has every row, ``--json`` parses, the
-naive per-record detector it compares against finds an obvious spike, and the log-format inputs
-keep their headers once and move on in time. Nothing here asserts a speed: these machines are too
-noisy for wall-clock limits, which is why the benchmark reports ratios to baselines measured
-alongside."""
+quality section sums up its scenarios and the total, the naive per-record detector it compares
+against finds an obvious spike, and the log-format inputs keep their headers once and move on in
+time. Nothing here asserts a speed: these machines are too noisy for wall-clock limits, which is
+why the benchmark reports ratios to baselines measured alongside."""
 
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ from click.testing import CliRunner
 
 from detector.bench.cli import bench
 from detector.bench.formats import SAMPLES, STEP_S, build_input, sample_lines
+from detector.bench.harness import quality_specs, summarize
 from detector.bench.naive import run_naive
+from detector.core.config import AlertConfig
 from detector.evaluate import evaluate
 from detector.formats import ADAPTERS, make_adapter
+from detector.synth import SCENARIOS
+
+
+QUALITY_SCENARIOS = ("seed-incident", "decoy-volume-surge", "resolver-ramp", "mixed")
 
 
 def write_gz(path: Path, records: list[dict]) -> str:
@@ -58,11 +64,14 @@ def test_the_naive_detector_opens_on_an_obvious_servfail_spike(tmp_path):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One ``detector bench --quick --json`` without the Kafka section, shared by the tests."""
+    """One ``detector bench --quick --json`` without the Kafka section, shared by the tests; the
+    quality section on three scenarios of the thirteen (each costs a few seconds) and ``mixed``."""
     out_dir = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(bench, ["--quick", "--json", "--out-dir", str(out_dir),
                                         "--only", "replay", "--only", "memory",
-                                        "--only", "quality", "--only", "formats"])
+                                        "--only", "quality", "--only", "formats",
+                                        *(arg for name in QUALITY_SCENARIOS
+                                          for arg in ("--scenario", name))])
     assert result.exit_code == 0, result.output
     return out_dir, result
 
@@ -78,10 +87,10 @@ def test_quick_bench_json_parses_and_holds_every_section(quick_run):
     assert replay["pipeline_over_bare"] > 0 and replay["project_over_naive"] > 0
     assert [row["factor"] for row in report["memory"]["rows"]] == [1, 4, 10]
     assert all(row["max_rss_kib"] > 0 for row in report["memory"]["rows"])
-    scenarios = [row["scenario"] for row in report["quality"]["rows"]]
-    assert scenarios == ["seed-incident", "decoy-volume-surge", "mixed"]
-    seed = report["quality"]["rows"][0]
-    assert seed["project"]["detected"] == 1 and seed["naive"]["detected"] == 1
+    rows = {row["scenario"]: row for row in report["quality"]["rows"]}
+    assert list(rows) == list(QUALITY_SCENARIOS)
+    assert rows["seed-incident"]["project"]["detected"] == 1
+    assert rows["seed-incident"]["naive"]["detected"] == 1
     rows = report["formats"]["rows"]
     assert [row["format"] for row in rows] == list(ADAPTERS)
     for row in rows:
@@ -93,16 +102,88 @@ def test_quick_bench_json_parses_and_holds_every_section(quick_run):
     assert orjson.loads((out_dir / "bench-quick.json").read_bytes())["command"] == report["command"]
 
 
+def test_quick_bench_quality_sums_up_every_scenario_and_the_total(quick_run):
+    _, result = quick_run
+    quality = orjson.loads(result.stdout)["quality"]
+    assert quality["seeds"] == [1] and quality["kth_failure"] == AlertConfig().min_failures
+    runs, rows, total = quality["runs"], quality["rows"], quality["totals"]
+    assert [(run["scenario"], run["seed"]) for run in runs] == [
+        (name, 1) for name in QUALITY_SCENARIOS]
+    for row in [*rows, total]:
+        for detector in ("project", "naive"):
+            score = row[detector]
+            assert score["total_incidents"] == row["incidents"], row
+            assert 0 <= score["detected"] <= score["total_incidents"], row
+            assert score["false_alarm_count"] >= 0 and score["wrong_outcome_count"] >= 0, row
+            if score["detected"]:
+                assert 0 <= score["median_delay_s"] <= score["max_delay_s"], row
+            else:
+                assert score["median_delay_s"] is None and score["max_delay_s"] is None, row
+        kth = row["median_kth_failure_s"]
+        assert kth is None or kth >= 0, row
+    for row in rows:
+        with_incidents = row["scenario"] in ("seed-incident", "resolver-ramp")
+        assert (row["incidents"] == 1) is with_incidents, row
+        assert (row["median_kth_failure_s"] is not None) is with_incidents, row
+    assert total["runs"] == len(runs) == sum(row["runs"] for row in rows)
+    for detector in ("project", "naive"):
+        for key in ("detected", "total_incidents", "false_alarm_count", "wrong_outcome_count"):
+            assert total[detector][key] == sum(row[detector][key] for row in rows), key
+        assert total[detector]["max_delay_s"] == max(
+            (row[detector]["max_delay_s"] for row in rows if row[detector]["detected"]),
+            default=None)
+
+
 def test_quick_bench_table_has_every_row(quick_run):
     out_dir, _ = quick_run
     table = (out_dir / "bench-quick.txt").read_text()
     for row in ("command:  detector bench --quick", "machine:", "1. Replay throughput",
                 "bare read: gzip + orjson.loads per line", "replay: the full pipeline",
                 "naive per-record detector", "3. Memory", "1x (0.25 h)", "4x (1 h)",
-                "10x (2.5 h)", "4. Detection quality", "seed-incident", "decoy-volume-surge",
-                "total", "project / naive", "6. Log-format adapters", "adapter lines/s",
-                *ADAPTERS):
+                "10x (2.5 h)", "4. Detection quality", "5. Against the naive", "mixed (2.5 h)",
+                "project / naive", "6. Log-format adapters", "adapter lines/s", *ADAPTERS):
         assert row in table, row
+    quality = table[table.index("4. Detection quality"):table.index("6. Log-format adapters")]
+    lines = quality.splitlines()
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)
+    heads = [line.split() for line in lines if line.strip().startswith("scenario")]
+    assert heads == [["scenario", "runs", "incidents", "detected", "false", "wrong", "median",
+                      "max", f"{AlertConfig().min_failures}th", "fail"],
+                     ["scenario", "detected", "false", "wrong", "median", "max"]]
+    for name in [*QUALITY_SCENARIOS, "total"]:
+        assert sum(line.strip().startswith(name) for line in lines) == 2, name
+
+
+def test_the_quality_section_runs_every_scenario_by_default_and_quick_cuts_them_short():
+    specs = quality_specs(False, [1, 2, 3])
+    assert [(spec.scenario, spec.seed) for spec in specs] == [
+        *((name, seed) for name in SCENARIOS if name != "mixed" for seed in (1, 2, 3)),
+        ("mixed", 1)]
+    assert all(spec.hours is None for spec in specs if spec.scenario != "mixed")
+    quick = {spec.scenario: spec.hours for spec in quality_specs(True, [1])}
+    assert list(quick) == list(SCENARIOS)
+    assert quick["seed-incident"] == 3.25 and quick["ambiguous-joins"] == 5.25
+
+
+def fake_run(scenario: str, seed: int, delays: list[float], incidents: int, false: int,
+             kth: list[float]) -> dict:
+    score = {"detected": len(delays), "total_incidents": incidents, "false_alarm_count": false,
+             "wrong_outcome_count": seed, "delays_s": delays}
+    return {"scenario": scenario, "seed": seed, "hours": 6.0, "incidents": incidents, "decoys": 0,
+            "kth_failures_s": kth, "project": score, "naive": score}
+
+
+def test_runs_are_summed_up_with_delays_pooled_over_seeds():
+    summary = summarize([fake_run("x", 1, [10.0], 1, 0, [5.0]),
+                         fake_run("x", 2, [20.0, 90.0], 3, 2, [6.0, 7.0]),
+                         fake_run("x", 3, [], 1, 1, [])])
+    assert summary["runs"] == 3 and summary["seeds"] == [1, 2, 3] and summary["incidents"] == 5
+    assert summary["median_kth_failure_s"] == 6.0
+    assert summary["project"] == {"detected": 3, "total_incidents": 5, "false_alarm_count": 3,
+                                  "wrong_outcome_count": 6, "median_delay_s": 20.0,
+                                  "max_delay_s": 90.0}
+    empty = summarize([fake_run("y", 1, [], 0, 0, [])])
+    assert empty["project"]["median_delay_s"] is None and empty["median_kth_failure_s"] is None
 
 
 def test_a_rerun_reuses_the_generated_inputs(quick_run):

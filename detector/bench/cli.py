@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import orjson
 
+from ..synth import SCENARIOS
 from .harness import SECTIONS, run_bench
 from .table import format_report
 
@@ -24,12 +25,16 @@ from .table import format_report
 @click.option("--repeat", type=click.IntRange(1), help="Timed runs per measurement, best kept "
               "(default 3, quick 1).")
 @click.option("--seed", "seeds", multiple=True, type=int,
-              help="Scenario seed for the quality section (repeatable; default 1).")
+              help="Seed of the single scenarios in the quality section (repeatable; default "
+              "1, 2 and 3; quick 1).")
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(list(SCENARIOS)),
+              help="Scenario for the quality section (repeatable; default: all).")
 @click.option("--latency-runs", type=click.IntRange(1),
               help="Spikes timed for the latency (default 5, quick 1).")
 @click.option("--pace", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Event time per wall second while a spike is produced (1 = real time).")
-def bench(out_dir, quick, as_json, sections, repeat, seeds, latency_runs, pace) -> None:
+def bench(out_dir, quick, as_json, sections, repeat, seeds, scenarios, latency_runs,
+          pace) -> None:
     """Throughput, latency, memory, detection quality and log-format adapters, against baselines.
 
     Every speed figure is a ratio to a baseline measured in the same run on the same input: the
@@ -40,6 +45,7 @@ def bench(out_dir, quick, as_json, sections, repeat, seeds, latency_runs, pace) 
                         *(f"--only {s}" for s in sections),
                         *([f"--repeat {repeat}"] if repeat else []),
                         *(f"--seed {s}" for s in seeds),
+                        *(f"--scenario {s}" for s in scenarios),
                         *([f"--latency-runs {latency_runs}"] if latency_runs else []),
                         *([f"--pace {pace:g}"] if pace != 10.0 else []),
                         *([f"--out-dir {out_dir}"] if out_dir != "bench-out" else []),
@@ -51,7 +57,8 @@ def bench(out_dir, quick, as_json, sections, repeat, seeds, latency_runs, pace) 
 
     root = Path(out_dir)
     result = run_bench(root, quick=quick, sections=tuple(sections) or SECTIONS, repeat=repeat,
-                       seeds=list(seeds) or None, latency_runs=latency_runs, latency_pace=pace,
+                       seeds=list(seeds) or None, scenarios=tuple(scenarios) or None,
+                       latency_runs=latency_runs, latency_pace=pace,
                        command=command, say=say)
     text = format_report(result)
     stem = "bench-quick" if quick else "bench"

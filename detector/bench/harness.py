@@ -3,8 +3,8 @@
 - ``replay``: records/s of a replay of the 3-day ``mixed`` scenario against the bare read of the
   same files, and against the naive per-record detector, in alternating fresh processes, best of N.
 - ``memory``: peak RSS of replays of ``mixed`` at 1x, 4x and 10x a base length.
-- ``quality``: recall, false alarms and detection delay on every scenario, the project's detector
-  and the naive one side by side (``evaluate``).
+- ``quality``: recall, false alarms, wrong-outcome opens and detection delay on every scenario,
+  several seeds each, the project's detector and the naive one side by side (``evaluate``).
 - ``kafka``: see ``detector.bench.kafka``.
 - ``formats``: lines/s of every log-format adapter against the bare read of the same file; see
   ``detector.bench.formats``.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -26,15 +27,19 @@ from pathlib import Path
 
 import orjson
 
-from ..evaluate import evaluate, load_events
+from ..evaluate import KTH_FAILURE, evaluate, load_events
 from ..synth import SCENARIOS
 from .data import Dataset, Spec, ensure, ensure_all
 
 SECTIONS = ("replay", "memory", "quality", "kafka", "formats")
 SINGLE_SCENARIOS = tuple(name for name in SCENARIOS if name != "mixed")
-#: ``--quick``: inputs small enough for a smoke test; every section still runs for real.
-QUICK_SCENARIOS = ("seed-incident", "decoy-volume-surge")
-QUICK_SCENARIO_HOURS = 3.25           # events start 2.5 h in: 45 minutes of them
+#: Seeds of the single scenarios in the quality section (``mixed`` is the replay's input, seed 1).
+SEEDS = (1, 2, 3)
+#: ``--quick``: inputs small enough for a smoke test; every section still runs for real. The
+#: quality section runs every scenario with one seed, each cut 45 minutes after its last event
+#: starts (2.5 h of warm-up stay).
+QUICK_SEEDS = (1,)
+QUICK_AFTER_LAST_EVENT_H = 0.75
 MEMORY_BASE_HOURS = 7.2               # x10 = the 72 h mixed scenario
 QUICK_MEMORY_BASE_HOURS = 0.25
 
@@ -126,17 +131,31 @@ def replay_section(root: Path, work: Path, quick: bool, repeat: int, say: Say = 
         "replay_max_rss_kib": max(r["max_rss_kib"] for r in runs["replay"]),
         "naive_max_rss_kib": max(r["max_rss_kib"] for r in runs["naive"]),
         "read_max_rss_kib": max(r["max_rss_kib"] for r in runs["read"]),
-        "quality": {"project": _score(outs["replay"], truth), "naive": _score(outs["naive"], truth)},
+        "quality": score_run(Spec("mixed"), hours, truth, outs),
     }
 
 
-def _score(path: str, truth: dict) -> dict:
-    report = evaluate(load_events(path), truth)
+def score_run(spec: Spec, hours: float, truth: dict, outs: dict[str, str]) -> dict:
+    """One scenario and seed, both detectors' events (``outs``: the replay's and the naive
+    detector's files) evaluated against its truth."""
+    project, naive = (evaluate(load_events(outs[kind]), truth) for kind in ("replay", "naive"))
+    return {"scenario": spec.scenario, "seed": spec.seed, "hours": hours,
+            "incidents": len(truth["incidents"]), "decoys": len(truth.get("decoys", [])),
+            "kth_failures_s": [row["kth_failure_s"] for row in project["incidents"]
+                               if row["kth_failure_s"] is not None],
+            "project": _score(project), "naive": _score(naive)}
+
+
+def _score(report: dict) -> dict:
     return {key: report[key] for key in ("detected", "total_incidents", "recall",
-                                         "false_alarm_count", "median_delay_s", "max_delay_s",
-                                         "events_by_state")} | {
-        "missed": [row["outcome"] for row in report["incidents"] if not row["detected"]],
-        "false_alarms": [f"{a['outcome']} {a['detected_at']}" for a in report["false_alarms"]]}
+                                         "false_alarm_count", "wrong_outcome_count",
+                                         "median_delay_s", "max_delay_s", "events_by_state")} | {
+        "delays_s": [row["delay_s"] for row in report["incidents"] if row["detected"]],
+        "missed": [f"{row['outcome']} {row['start']}" for row in report["incidents"]
+                   if not row["detected"]],
+        "false_alarms": [f"{a['outcome']} {a['detected_at']}" for a in report["false_alarms"]],
+        "wrong_outcome": [f"{w['outcome']} {w['detected_at']} (during {', '.join(w['expected'])})"
+                          for w in report["wrong_outcome"]]}
 
 
 # ------------------------------------------------------------------------------------- memory
@@ -168,63 +187,88 @@ def memory_section(root: Path, work: Path, quick: bool, say: Say = quiet,
 
 # ------------------------------------------------------------------------------------ quality
 
-def quality_specs(quick: bool, seeds: list[int]) -> list[Spec]:
-    if quick:
-        return [Spec(name, seed, QUICK_SCENARIO_HOURS) for name in QUICK_SCENARIOS for seed in seeds]
-    return [Spec(name, seed) for name in SINGLE_SCENARIOS for seed in seeds]
+def quick_hours(scenario: str) -> float:
+    """A scenario's length in ``--quick``: up to 45 minutes after its last event starts."""
+    spec = SCENARIOS[scenario]
+    last = max(event.offset for event in spec.events).total_seconds() / 3600
+    return min(spec.hours, last + QUICK_AFTER_LAST_EVENT_H)
+
+
+def quality_specs(quick: bool, seeds: list[int],
+                  scenarios: tuple[str, ...] = tuple(SCENARIOS)) -> list[Spec]:
+    """The single scenarios with every seed, then ``mixed`` (if asked) as the replay reads it."""
+    specs = [Spec(name, seed, quick_hours(name) if quick else None)
+             for name in SINGLE_SCENARIOS if name in scenarios for seed in seeds]
+    return specs + ([mixed_spec(replay_hours(quick))] if "mixed" in scenarios else [])
 
 
 def quality_section(root: Path, work: Path, quick: bool, seeds: list[int], workers: int,
-                    say: Say = quiet, mixed: dict | None = None) -> dict:
-    """Both detectors on every scenario; ``mixed`` is the replay section's run when given.
+                    say: Say = quiet, mixed: dict | None = None,
+                    scenarios: tuple[str, ...] = tuple(SCENARIOS)) -> dict:
+    """Both detectors on the scenarios (default: all) with every seed; ``mixed`` is the replay
+    section's run when given (otherwise its input is replayed here). Runs are summed up per
+    scenario and in total.
 
     Nothing here is timed, so the runs go ``workers`` at a time.
     """
-    specs = quality_specs(quick, seeds)
+    replayed = mixed is not None and "mixed" in scenarios
+    specs = quality_specs(quick, seeds, tuple(n for n in scenarios if n != "mixed" or not replayed))
     datasets = ensure_all(root, specs, workers)
 
-    def score(item: tuple[Spec, Dataset]) -> dict:
+    def run(item: tuple[Spec, Dataset]) -> dict:
         spec, dataset = item
         name = f"{spec.scenario}-s{spec.seed}"
         outs = {kind: str(work / f"{kind}-{name}.jsonl") for kind in ("replay", "naive")}
         for kind, out in outs.items():
             run_child(kind, {"mail": str(dataset.mail), "dns": str(dataset.dns), "out": out})
-        truth = dataset.truth()
-        row = {"scenario": spec.scenario, "seed": spec.seed,
-               "hours": spec.hours or SCENARIOS[spec.scenario].hours,
-               "incidents": len(truth["incidents"]), "decoys": len(truth["decoys"]),
-               "project": _score(outs["replay"], truth), "naive": _score(outs["naive"], truth)}
-        say(f"quality: {name}: project {_brief(row['project'])}; naive {_brief(row['naive'])}")
-        return row
+        hours = spec.hours or SCENARIOS[spec.scenario].hours
+        result = score_run(spec, hours, dataset.truth(), outs)
+        say(f"quality: {name}: project {_brief(result['project'])}; "
+            f"naive {_brief(result['naive'])}")
+        return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(pool.map(score, zip(specs, datasets)))
-    if mixed is not None:
-        rows.append({"scenario": "mixed", "seed": 1, "hours": mixed["hours"],
-                     "incidents": mixed["quality"]["project"]["total_incidents"],
-                     "decoys": None, **mixed["quality"]})
-    totals = {}
+        runs = list(pool.map(run, zip(specs, datasets)))
+    if replayed:
+        runs.append(mixed["quality"])
+    rows = [{"scenario": name, **summarize([r for r in runs if r["scenario"] == name])}
+            for name in dict.fromkeys(r["scenario"] for r in runs)]
+    return {"scenarios": list(scenarios), "seeds": seeds, "kth_failure": KTH_FAILURE,
+            "quick_after_last_event_h": QUICK_AFTER_LAST_EVENT_H if quick else None,
+            "rows": rows, "totals": {"scenario": "total", **summarize(runs)}, "runs": runs}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Runs summed up: counts added, delays and k-th-failure times pooled over their incidents."""
+    kth = [s for r in runs for s in r["kth_failures_s"]]
+    summary = {"runs": len(runs), "seeds": sorted({r["seed"] for r in runs}),
+               "hours": sorted({r["hours"] for r in runs}),
+               "incidents": sum(r["incidents"] for r in runs),
+               "decoys": sum(r["decoys"] for r in runs),
+               "median_kth_failure_s": statistics.median(kth) if kth else None}
     for detector in ("project", "naive"):
-        reports = [row[detector] for row in rows]
-        delays = [r["max_delay_s"] for r in reports if r["max_delay_s"] is not None]
-        totals[detector] = {
-            "detected": sum(r["detected"] for r in reports),
-            "incidents": sum(r["total_incidents"] for r in reports),
-            "false_alarms": sum(r["false_alarm_count"] for r in reports),
-            "max_delay_s": max(delays) if delays else None,
-        }
-    return {"seeds": seeds, "rows": rows, "totals": totals}
+        scores = [r[detector] for r in runs]
+        delays = [d for s in scores for d in s["delays_s"]]
+        summary[detector] = {
+            **{key: sum(s[key] for s in scores) for key in ("detected", "total_incidents",
+                                                            "false_alarm_count",
+                                                            "wrong_outcome_count")},
+            "median_delay_s": statistics.median(delays) if delays else None,
+            "max_delay_s": max(delays) if delays else None}
+    return summary
 
 
 def _brief(report: dict) -> str:
     return (f"{report['detected']}/{report['total_incidents']} detected, "
-            f"{report['false_alarm_count']} false alarms")
+            f"{report['false_alarm_count']} false alarms, "
+            f"{report['wrong_outcome_count']} wrong-outcome opens")
 
 
 # ------------------------------------------------------------------------------------ the run
 
 def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTIONS,
               repeat: int | None = None, seeds: list[int] | None = None,
+              scenarios: tuple[str, ...] | None = None,
               latency_runs: int | None = None, latency_pace: float = 10.0,
               command: str = "detector bench", say: Say = quiet) -> dict:
     """Every requested section; the result is what ``--json`` prints."""
@@ -232,7 +276,8 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
     work = root / ("work-quick" if quick else "work")
     work.mkdir(parents=True, exist_ok=True)
     repeat = repeat or (1 if quick else 3)
-    seeds = seeds or [1]
+    seeds = seeds or list(QUICK_SEEDS if quick else SEEDS)
+    scenarios = scenarios or tuple(SCENARIOS)
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     started = time.monotonic()
     result: dict = {"command": command, "machine": machine(), "quick": quick,
@@ -244,7 +289,7 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
         base = QUICK_MEMORY_BASE_HOURS if quick else MEMORY_BASE_HOURS
         specs += [mixed_spec(base * f) for f in (1, 4, 10)]
     if "quality" in sections:
-        specs += quality_specs(quick, seeds)
+        specs += quality_specs(quick, seeds, scenarios)
     unique = list(dict.fromkeys(specs))
     say(f"inputs: {len(unique)} scenarios under {root / 'data'} (generated when missing)")
     ensure_all(root, unique, workers)
@@ -270,6 +315,6 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
         result["formats"] = formats_section(root, quick, repeat, say)
     if "quality" in sections:
         result["quality"] = quality_section(root, work, quick, seeds, workers, say,
-                                            result.get("replay"))
+                                            result.get("replay"), scenarios)
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
