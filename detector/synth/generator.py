@@ -211,7 +211,8 @@ class _Conditions:
     zone_rcode: dict[str, tuple[str, float, int | None]]
     # resolver -> (rcode, share of its answers, the incident's index)
     resolver_rcode: dict[str, tuple[str, float, int | None]]
-    tenant_reject: dict[str, float]                # tenant -> share of its OTP mail rejected
+    # tenant -> (share of its OTP mail rejected, the incident's index)
+    tenant_reject: dict[str, tuple[float, int]]
     otp_factor: float = 1.0
     storm: bool = False
     bounce_wave: bool = False
@@ -338,7 +339,7 @@ class _Traffic:
             elif ev.kind == "lame_surge":
                 cond.lame_surge = True
             elif ev.kind == "tenant_reject":
-                cond.tenant_reject.update(dict.fromkeys(REJECTING_TENANTS, REJECT_SHARE))
+                cond.tenant_reject.update(dict.fromkeys(REJECTING_TENANTS, (REJECT_SHARE, n)))
             elif ev.kind == "otp_surge":
                 cond.otp_factor *= SURGE_FACTOR
             elif ev.kind == "dns_storm":
@@ -406,8 +407,10 @@ class _Traffic:
                 status, code, detail = "failed", "5.7.27", "Sender domain does not exist"
             else:
                 status, code, detail = "failed", "5.7.23", "SPF validation failed: no SPF record"
-        elif otp and tenant.name in cond.tenant_reject and rand() < cond.tenant_reject[tenant.name]:
+        elif otp and tenant.name in cond.tenant_reject and \
+                rand() < cond.tenant_reject[tenant.name][0]:
             status, code, detail = REJECTED
+            cause = cond.tenant_reject[tenant.name][1]
         else:
             r = rand()
             for threshold, status_if, code_if, detail_if in failures:
