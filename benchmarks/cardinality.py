@@ -27,7 +27,10 @@ resolve and their evidence fills with the many names). Peak RSS includes the int
 and river (``after imports``); the criterion is peak RSS within 20 % of ``base``. ``RSS half/end``
 is the resident memory half-way through a case and at its end: equal when nothing still grows.
 The table also gives the peaks of the detector's own gauges (resolver records buffered,
-de-duplication entries, deliveries waiting for their join) and the eviction counters. The default
+de-duplication entries, deliveries waiting for their join), the eviction counters, and the sender
+slices watched and replaced (Space-Saving keeps at most ``slices.sender_capacity`` of them
+however many senders there are: with 100x the names most of the tail is replaced over and over,
+at no cost in memory). The default
 caps are far above what this rate needs, so evictions are 0: the state is bounded by event time,
 and the caps are the backstop for floods (``tests/test_hostile.py`` checks those).
 
@@ -151,6 +154,8 @@ def run_case(name: str, scale: float) -> dict:
         "rss_after_imports_mib": round(rss_after_imports / MIB, 1),
         "rss_half_way_mib": rss_mid, "rss_end_mib": current_rss_mib(),
         "dns_evicted": stats["dns_evicted"], "dedup_evicted": stats["dedup_evicted"],
+        "sender_slices": stats.get("slices_sender_domain", 0),
+        "sender_slices_replaced": stats.get("slices_sender_domain_evicted", 0),
         "peak_dns_buffered": peaks["dns_buffered"], "peak_dedup_entries": peaks["dedup_entries"],
         "peak_pending_deliveries": peaks["pending_deliveries"],
         "anomaly_events": events, "anomalies_opened": stats.get("anomalies:open", 0),
@@ -170,7 +175,8 @@ def run_child(name: str, scale: float) -> dict:
 def table(results: list[dict]) -> str:
     base = results[0]["peak_rss_mib"]
     header = ("case", "records", "names", "event time", "peak RSS MiB", "ratio",
-              "after imports", "RSS half/end", "dns_evicted", "dedup_evicted", "peak dns buf",
+              "after imports", "RSS half/end", "dns_evicted", "dedup_evicted", "sender slices",
+              "replaced", "peak dns buf",
               "peak dedup", "peak pending", "opened", "seconds")
     rows = [header]
     for r in results:
@@ -179,6 +185,7 @@ def table(results: list[dict]) -> str:
                      f"{r['peak_rss_mib'] / base:.2f}", f"{r['rss_after_imports_mib']:.1f}",
                      f"{r['rss_half_way_mib']}/{r['rss_end_mib']}",
                      str(r["dns_evicted"]), str(r["dedup_evicted"]),
+                     f"{r['sender_slices']:,}", f"{r['sender_slices_replaced']:,}",
                      f"{r['peak_dns_buffered']:,}", f"{r['peak_dedup_entries']:,}",
                      f"{r['peak_pending_deliveries']:,}", str(r["anomalies_opened"]),
                      f"{r['seconds']}"))

@@ -120,9 +120,6 @@ class SliceTable:
                 hot.append((flat, attempts[names[row]], x))
         return hot
 
-    def reset(self, flats) -> None:
-        self.cusum.reset(flats)
-
     def rate(self, row: int, outcome: int, parent: float, min_lift: float
              ) -> tuple[float, tuple]:
         """The baseline rate of one (row, outcome), its own history shrunk toward ``parent``
@@ -177,8 +174,6 @@ class SliceTable:
         self.failures[:used] *= decay
         if counts:
             n = np.fromiter(counts.values(), dtype=float, count=len(counts))
-            self.weight[rows] += n
-            learn = np.ones((len(rows), self.n_outcomes), dtype=bool)
             x = np.zeros((len(rows), self.n_outcomes))
             if failures:
                 position = {value: i for i, value in enumerate(counts)}
@@ -186,6 +181,11 @@ class SliceTable:
                     i = position.get(value)
                     if i is not None:
                         x[i, k] = fails
+            watched = rows >= 0
+            rows, n, x = rows[watched], n[watched], x[watched]
+            self.weight[rows] += n
+            learn = np.ones((len(rows), self.n_outcomes), dtype=bool)
+            if failures:
                 where_i, where_k = np.nonzero(x)
                 rates = self.rates_of(rows[where_i], where_k, parent)
                 for i, k, rate in zip(where_i.tolist(), where_k.tolist(), rates.tolist()):
@@ -204,38 +204,51 @@ class SliceTable:
         self._list_deviant(parent)
 
     def _rows_of(self, counts: dict[str, int], pinned: set[int]) -> np.ndarray:
-        rows = np.empty(len(counts), dtype=np.int64)
+        """The row of each value of a bucket's ``{value: attempts}``, admitting new values
+        (Space-Saving, a bucket at a time): into free rows first, then in place of the least
+        busy rows that are neither ``pinned`` nor in this bucket, the busiest newcomers first;
+        a newcomer that finds no such row is not watched (-1)."""
+        rows = np.full(len(counts), -1, dtype=np.int64)
         row_of = self.row_of
-        taken = set(pinned)
+        newcomers = []
         for i, value in enumerate(counts):
             row = row_of.get(value)
             if row is None:
-                row = self._admit(value, taken)
-            taken.add(row)
-            rows[i] = row
+                newcomers.append(i)
+            else:
+                rows[i] = row
+        if not newcomers:
+            return rows
+        values = list(counts)
+        newcomers.sort(key=lambda i: (-counts[values[i]], values[i]))
+        free = min(len(newcomers), self.capacity - len(self.names))
+        for i in newcomers[:free]:
+            rows[i] = row_of[values[i]] = len(self.names)
+            self.names.append(values[i])
+        newcomers = newcomers[free:]
+        if newcomers:
+            weights = self.weight.copy()
+            taken = list(pinned) + rows[rows >= 0].tolist()
+            weights[taken] = np.inf
+            victims = np.argsort(weights, kind="stable")[:len(newcomers)]
+            victims = victims[np.isfinite(weights[victims])]
+            for i, row in zip(newcomers, victims.tolist()):
+                self._replace(row, values[i])
+                rows[i] = row
         return rows
 
-    def _admit(self, value: str, taken: set[int]) -> int:
-        if len(self.names) < self.capacity:
-            row = len(self.names)
-            self.names.append(value)
-        else:
-            weights = self.weight.copy()
-            if taken:
-                weights[list(taken)] = np.inf
-            row = int(np.argmin(weights))
-            del self.row_of[self.names[row]]
-            self.names[row] = value
-            self.evicted += 1
-            # The newcomer keeps the count it displaced (Space-Saving's overestimate) and
-            # starts its model from the prior.
-            self.attempts[row] = 0.0
-            self.failures[row] = 0.0
-            self._rates.clear()
-            n = self.n_outcomes
-            self.reset(range(row * n, (row + 1) * n))
+    def _replace(self, row: int, value: str) -> None:
+        """``value`` takes ``row`` over: it keeps the count it displaced (Space-Saving's
+        overestimate) and starts its model from the prior."""
+        del self.row_of[self.names[row]]
+        self.names[row] = value
         self.row_of[value] = row
-        return row
+        self.evicted += 1
+        self.attempts[row] = 0.0
+        self.failures[row] = 0.0
+        self._rates.clear()
+        n = self.n_outcomes
+        self.cusum.reset(range(row * n, (row + 1) * n))
 
     def _list_deviant(self, parent: np.ndarray) -> None:
         used = len(self.names)
