@@ -558,9 +558,7 @@ class Detector:
         dimension = table.dimension
         due: dict[str, tuple[int, int, Judgement | None]] = {}
         if slice_step.updated:
-            watched = sum(t.live_slices() for _, t in self.slices)
-            h = threshold(self.config.alerts.false_alarms_per_day / 2, watched * N_OUTCOMES,
-                          self.step_s)
+            h = self._slice_threshold()
             for flat, baseline, statistic in slice_step.updated:
                 if self._run_passes(table.cusum, flat, statistic, baseline, h):
                     row, k = divmod(flat, N_OUTCOMES)
@@ -740,6 +738,13 @@ class Detector:
         fires = gate and score >= self.config.alerts.open_score
         return Judgement(attempts, failures, expected, score, fires, start, end, rule)
 
+    def _slice_threshold(self) -> float:
+        """The slices' CUSUM threshold: half the false-alarm budget, shared by every slice
+        watched (``sequential.threshold``)."""
+        watched = sum(table.live_slices() for _, table in self.slices)
+        return threshold(self.config.alerts.false_alarms_per_day / 2, watched * N_OUTCOMES,
+                         self.step_s)
+
     def _alertable(self, end: float) -> bool:
         """Past the warm-up: ``warmup_s`` of event time and ``warmup_attempts`` learned."""
         model = self.config.model
@@ -751,6 +756,11 @@ class Detector:
         windows = self.windows
         attempts = windows.short_attempts
         learn = (self.bucket_max_score < model.learn_max_score)
+        # Evidence halfway to an alarm holds the baseline too: a slow ramp's minutes are each
+        # unremarkable, and learning them would raise the baseline that has to judge the ramp.
+        for k in self.cusum.runs:
+            if self.cusum.statistic(k) >= self.h_outcome / 2:
+                learn[k] = False
         if not self._alertable(end):
             learn[:] = True             # warming up: everything seen is the normal to learn
         frozen = set()
@@ -768,12 +778,17 @@ class Detector:
         self.bucket_max_score[:] = 0.0
         a, b = self.baseline.params()
         parent = (a / (a + b))[:N_OUTCOMES]
+        halfway = self._slice_threshold() / 2
         for _, table in self.slices:
             pinned = set()
             for key in frozen:
                 fields = key_fields(key)
                 if table.dimension in fields:
                     pinned.add((fields[table.dimension], KEY_INDEX[fields["outcome"]]))
+            for flat in table.cusum.runs:
+                if table.cusum.statistic(flat) >= halfway:
+                    row, k = divmod(flat, N_OUTCOMES)
+                    pinned.add((table.names[row], k))
             table.close_bucket(parent, pinned, model.learn_max_score)
 
     # ---------------------------------------------------------------- output

@@ -77,55 +77,68 @@ def coefficients(baseline: float, min_lift: float) -> tuple[tuple[float, float],
 class Cusum:
     """Multi-chart CUSUM statistics and runs of many keys, kept only while above zero.
 
-    A key's entry is ``[statistic per chart..., run start, run attempts, run failures]``; a key
-    whose every chart is at zero has none, so a million quiet keys cost nothing, and a step
-    with no failure cannot raise a statistic (its LLR is negative), so it skips quiet keys.
+    A key's entry holds, per chart, ``[statistic, run start, run attempts, run failures]``: each
+    chart's run starts at the step its statistic left zero (its own estimate of the change
+    point), so the evidence an alarm reports and its guards check is that of the chart that
+    reached the threshold, not diluted by a smaller chart's older, longer run. A key whose every
+    chart is at zero has no entry, so a million quiet keys cost nothing, and a step with no
+    failure cannot raise a statistic (its LLR is negative), so it skips quiet keys.
 
     >>> cusum, ratios = Cusum(), coefficients(0.001, min_lift=2.0)
     >>> for step in range(3):
     ...     _ = cusum.update(1, 60, 6, ratios, step_start=step * 10.0)
     ...     _ = cusum.update(0, 60, 0, ratios, step_start=step * 10.0)
     >>> round(cusum.statistic(1), 1), cusum.statistic(0), cusum.run(1)
-    (65.6, 0.0, (0.0, 180.0, 18.0))
+    (65.6, 0.0, (0.0, 180, 18))
     """
 
     def __init__(self) -> None:
-        self.runs: dict[int, list[float]] = {}
+        self.runs: dict[int, list[list[float]]] = {}
 
     def update(self, key: int, attempts: float, failures: float,
                ratios: tuple[tuple[float, float], ...], step_start: float) -> float:
         """Fold one step into ``key``, with the ``coefficients`` of its baseline; its largest
         chart statistic (nats) afterwards."""
-        run = self.runs.get(key)
-        if run is None:
+        charts = self.runs.get(key)
+        if charts is None:
             if not failures:
                 return 0.0
-            run = [0.0] * CHARTS + [step_start, 0.0, 0.0]
+            charts = [[0.0, step_start, 0.0, 0.0] for _ in range(CHARTS)]
         best = 0.0
         successes = attempts - failures
-        for chart, (per_failure, per_success) in enumerate(ratios):
-            value = run[chart] + failures * per_failure + successes * per_success
-            run[chart] = value = value if value > 0.0 else 0.0
-            if value > best:
-                best = value
+        for chart, (per_failure, per_success) in zip(charts, ratios):
+            before = chart[0]
+            value = before + failures * per_failure + successes * per_success
+            if value > 0.0:
+                if before > 0.0:
+                    chart[2] += attempts
+                    chart[3] += failures
+                else:
+                    chart[1:] = [step_start, attempts, failures]
+                chart[0] = value
+                if value > best:
+                    best = value
+            else:
+                chart[0] = 0.0
         if best > 0.0:
-            # A run starts at the step its statistic left zero and ends when every chart is back.
-            run[CHARTS + 1] += attempts
-            run[CHARTS + 2] += failures
-            self.runs[key] = run
+            self.runs[key] = charts
         else:
             self.runs.pop(key, None)
         return best
 
     def statistic(self, key: int) -> float:
         """The largest chart statistic of ``key`` (nats)."""
-        run = self.runs.get(key)
-        return max(run[:CHARTS]) if run is not None else 0.0
+        charts = self.runs.get(key)
+        return max(chart[0] for chart in charts) if charts is not None else 0.0
 
     def run(self, key: int) -> tuple[float, float, float]:
-        """``(start, attempts, failures)`` of the key's run (zeros when it has none)."""
-        run = self.runs.get(key)
-        return (run[CHARTS], run[CHARTS + 1], run[CHARTS + 2]) if run else (0.0, 0.0, 0.0)
+        """``(start, attempts, failures)`` of the run of the key's largest chart (zeros when
+        it has none)."""
+        charts = self.runs.get(key)
+        if charts is None:
+            return 0.0, 0.0, 0.0
+        _, start, attempts, failures = max(charts, key=lambda chart: chart[0])
+        return start, attempts, failures
 
     def reset(self, keys) -> None:
         for key in keys:
@@ -135,7 +148,8 @@ class Cusum:
         self.runs.clear()
 
     def snapshot(self) -> list:
-        return [[key, *run] for key, run in sorted(self.runs.items())]
+        return [[key, charts] for key, charts in sorted(self.runs.items())]
 
     def restore(self, rows: list) -> None:
-        self.runs = {int(row[0]): [float(v) for v in row[1:]] for row in rows}
+        self.runs = {int(key): [[float(v) for v in chart] for chart in charts]
+                     for key, charts in rows}

@@ -160,8 +160,8 @@ class SliceTable:
         is calm (failures under ``learn_max_score`` against the baseline: an incident's onset
         must not raise the baseline that judges it, and only the bucket's own evidence counts,
         so the baseline is not biased low; a slice still warming up learns everything), skip
-        ``frozen`` (value, outcome) pairs (open
-        anomalies), fade the rest, and list the deviant values."""
+        ``frozen`` (value, outcome) pairs (open anomalies, and statistics halfway to an alarm),
+        fade the rest, and list the deviant values."""
         counts, failures = self.bucket_attempts, self.bucket_failures
         pinned = {self.row_of[value] for value, _ in frozen if value in self.row_of}
         rows = self._rows_of(counts, pinned)
