@@ -24,7 +24,11 @@ from detector.synth.scenarios import DELETED_DOMAIN, OVERLOADED_RESOLVER, REJECT
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 MIDNIGHT = datetime(2026, 11, 27, tzinfo=timezone.utc)
 SINGLE = [name for name in SCENARIOS if name != "mixed"]
-INCIDENTS = [name for name in SINGLE if SCENARIOS[name].events[0].outcome]
+#: Incidents of a provider's traffic (a big sender's zone, a resolver at night, tenants) ...
+INCIDENTS = [name for name in SINGLE if SCENARIOS[name].events[0].outcome
+             and not SCENARIOS[name].events[0].where and not SCENARIOS[name].ambiguous_lookups]
+#: ... and of one slice: a small sender, a resolver's creeping ramp.
+LOCAL_INCIDENTS = [name for name in SINGLE if SCENARIOS[name].events[0].where]
 DECOYS = [name for name in SINGLE if not SCENARIOS[name].events[0].outcome]
 MAIL_STATUSES = {"delivered", "failed", "deferred", "quarantined", "filtered", "dropped",
                  "pending", "expanded", "getting_status"}
@@ -283,6 +287,29 @@ def test_incident_window_shows_its_rcode_and_elevated_otp_failures(run):
         assert failing_per_minute >= 8
         assert sum(d["rcode"] == "TIMEOUT" for d in hit) < 0.8 * len(hit)
         assert all(d["latency_ms"] >= 5000 for d in hit if d["rcode"] == "TIMEOUT")
+
+
+@pytest.mark.parametrize("run", LOCAL_INCIDENTS, indirect=True)
+def test_a_local_incident_shows_in_its_slice_and_hardly_provider_wide(run):
+    start, end = run.window()
+    (incident,) = run.truth["incidents"]
+    outcome, (dimension, value) = incident["outcome"], SCENARIOS[run.summary.scenario].events[0].where
+    if dimension == "sender_domain":
+        in_slice = lambda m: m.get("sender", "").endswith("@" + value)               # noqa: E731
+        answered = lambda d: name_of(d["qname"]).endswith(value)                      # noqa: E731
+    else:
+        in_slice = lambda m: world.RESOLVER_OF_SERVER.get(m.get("server")) == value  # noqa: E731
+        answered = lambda d: d["resolver"] == value                                  # noqa: E731
+    before = [m for m in run.otp_final(start - 7200, start) if in_slice(m)]
+    during = [m for m in run.otp_final(start, end) if in_slice(m)]
+    assert before and during
+    assert failure_rate(before) < 0.02
+    assert failure_rate(during) > failure_rate(before) + 0.1
+    # Provider-wide, the same incident moves the OTP failure rate by little.
+    assert failure_rate(run.otp_final(start, end)) < 0.1
+    hit = [d for d in run.dns if answered(d) and start <= d["_t"] < end]
+    assert sum(d["rcode"] == outcome for d in hit) >= 0.1 * len(hit)
+    assert len(incident["first_failures"]) >= 4
 
 
 @pytest.mark.parametrize("run", DECOYS, indirect=True)
