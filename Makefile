@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup integrations-deps test test-faults demo bench clean
+.PHONY: setup integrations-deps test test-faults demo bench report-screenshot clean
 
 setup: $(STAMP)
 
@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Debian's Prometheus (with promtool) and Alertmanager, which the integration tests run for real.
+# Debian's Prometheus (with promtool) and Alertmanager, which the integration tests run for real,
+# and Debian's Chromium, which renders the HTML report.
 # Installs only when a binary is missing (CI: a fresh machine, as root), so it is instant after.
 INTEGRATION_BINS := prometheus promtool prometheus-alertmanager amtool
 integrations-deps:
@@ -26,6 +27,13 @@ integrations-deps:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      --no-install-recommends prometheus prometheus-alertmanager >/dev/null; } || \
 	  { echo "integrations-deps: apt-get install prometheus prometheus-alertmanager failed (needs root)" >&2; exit 1; }; \
+	fi
+	@# Debian's Chromium, headless, renders the HTML report in tests/test_report.py.
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "integrations-deps: installing chromium (/usr/bin/chromium missing)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium >/dev/null; } || \
+	  { echo "integrations-deps: apt-get install chromium failed (needs root)" >&2; exit 1; }; \
 	fi
 
 # One test process per core (pytest-xdist): the broker tests spend most of their time waiting.
@@ -42,5 +50,18 @@ demo: setup
 bench: setup
 	$(BIN)/detector bench
 
+# The README's report screenshot: the seed incident (3.5 h, seed 1) replayed with --report and
+# shot by headless Chromium, written to docs/report-screenshot.png.
+REPORT_OUT := report-out
+report-screenshot: setup integrations-deps
+	rm -rf $(REPORT_OUT) && mkdir -p $(REPORT_OUT) docs
+	$(BIN)/detector generate seed-incident $(REPORT_OUT)/data --seed 1 --hours 3.5
+	$(BIN)/detector replay --mail $(REPORT_OUT)/data/mail.jsonl.gz --dns $(REPORT_OUT)/data/dns.jsonl.gz \
+	  --out $(REPORT_OUT)/anomalies.jsonl --series $(REPORT_OUT)/series.jsonl --report $(REPORT_OUT)/report.html
+	/usr/bin/chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	  --disable-background-networking --disable-component-update --disable-sync \
+	  --user-data-dir=$(REPORT_OUT)/profile --virtual-time-budget=5000 --window-size=1400,1800 \
+	  --screenshot=$(CURDIR)/docs/report-screenshot.png file://$(CURDIR)/$(REPORT_OUT)/report.html 2>/dev/null
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out $(REPORT_OUT)

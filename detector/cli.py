@@ -80,15 +80,22 @@ def main() -> None:
               type=click.Choice([*MAIL_FORMATS, "auto"]), help="Format of the --mail files.")
 @click.option("--dns-format", default="json", show_default=True,
               type=click.Choice([*DNS_FORMATS, "auto"]), help="Format of the --dns files.")
+@click.option("--series", "series_path", metavar="PATH",
+              help="The per-step failure series, JSON lines (for detector report).")
+@click.option("--report", "report_path", metavar="PATH",
+              help="A self-contained HTML report: rates, anomalies, evidence, this summary.")
 def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mail_format,
-           dns_format) -> None:
+           dns_format, series_path, report_path) -> None:
     """Replay historical logs in event-time order and write anomaly events."""
     from .io.files import (InputError, JsonLinesSink, OutputError, OutputFile, check_distinct,
                            check_readable)
     from .replay import StateError, load_state, replay as run_replay
 
+    if report_path:
+        _needs_plotly()
     inputs = [*(("--mail", p) for p in mail_paths), *(("--dns", p) for p in dns_paths)]
-    outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path)]
+    outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path),
+               ("--series", series_path), ("--report", report_path)]
     opened = []
     try:
         config = _settings(config_path, {}).detector
@@ -108,18 +115,38 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
         state_out = OutputFile(state_path, "--state") if state_path else None
         if state_out is not None:
             opened.append(state_out)
+        series_out = JsonLinesSink(series_path, "--series") if series_path else None
+        if series_out is not None:
+            opened.append(series_out)
+        report_out = OutputFile(report_path, "--report") if report_path else None
+        if report_out is not None:
+            opened.append(report_out)
     except (ConfigError, OSError, OutputError, StateError) as err:
         for output in opened:
             output.abort()
         _fail(str(err))
     progress = _progress_printer() if sys.stderr.isatty() else None
+    # The report needs the events and the series after the replay: kept in memory for it.
+    events, series = [], []
+
+    def on_series(rows: list[dict]) -> None:
+        if series_out is not None:
+            series_out.write_many(rows)
+        if report_out is not None:
+            series.extend(rows)
+
     try:
-        summary = run_replay(list(mail_paths), list(dns_paths), sink, dead, config,
+        summary = run_replay(list(mail_paths), list(dns_paths),
+                             _KeepEvents(sink, events) if report_out else sink, dead, config,
                              state=state, save_state=state_out.write if state_out else None,
                              progress=progress, mail_format=mail_format,
                              dns_format=dns_format, announce=lambda text: click.echo(text, err=True),
-                             warn=_warn, now=time.time())
+                             warn=_warn, now=time.time(),
+                             series=on_series if series_out or report_out else None)
         if summary.error is None:
+            if report_out is not None:
+                from .htmlreport import render
+                report_out.write(render(events, series, summary).encode())
             for output in opened:          # all on disk before any replaces its file
                 output.flush()
             for output in opened:
@@ -142,6 +169,57 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
             output.abort()
         _fail(f"{summary.error}; the summary above is of what was read, and no output file "
               "was replaced", EXIT_PARTIAL)
+
+
+class _KeepEvents:
+    """The ``--out`` sink, also keeping the events it is given (for ``--report``)."""
+
+    def __init__(self, sink, events: list) -> None:
+        self.sink, self.events = sink, events
+
+    def write_many(self, objs: list[dict]) -> None:
+        self.sink.write_many(objs)
+        self.events.extend(objs)
+
+
+def _needs_plotly() -> None:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        _fail("the HTML report needs plotly, which is not installed: "
+              "pip install 'otp-dns-detector[report]'")
+
+
+@main.command()
+@click.option("--anomalies", required=True, metavar="FILE",
+              help="Anomaly events, JSON lines (detector replay --out, or the anomalies topic).")
+@click.option("--series", "series_path", required=True, metavar="FILE",
+              help="The per-step series, JSON lines (detector replay --series).")
+@click.option("--out", required=True, metavar="PATH", help="The HTML report to write.")
+def report(anomalies, series_path, out) -> None:
+    """One self-contained HTML page: failure rates per DNS outcome over time with their
+    expected rates, the anomalies shaded and tabled with their evidence."""
+    from .evaluate import EvaluationInputError, load_events
+    from .htmlreport import ReportInputError, load_series, render
+    from .io.files import OutputError, OutputFile, check_distinct, check_readable
+
+    _needs_plotly()
+    try:
+        for path in (anomalies, series_path):
+            check_readable(path)
+        check_distinct([("--anomalies", anomalies), ("--series", series_path)], [("--out", out)])
+        events, series = load_events(anomalies), load_series(series_path)
+        page = render(events, series).encode()
+        output = OutputFile(out, "--out")
+    except (OSError, OutputError, EvaluationInputError, ReportInputError) as err:
+        _fail(str(err))
+    try:
+        output.write(page)
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    click.echo(f"report: {len(events)} anomaly events, {len(series)} steps -> {out}", err=True)
 
 
 def _progress_printer():

@@ -252,7 +252,8 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
            mail_format: str = CONTRACT, dns_format: str = CONTRACT,
            announce: Callable[[str], None] | None = None,
            warn: Callable[[str], None] | None = None,
-           now: float | None = None) -> ReplaySummary:
+           now: float | None = None,
+           series: Callable[[list[dict]], None] | None = None) -> ReplaySummary:
     """Replay the files into ``out``; rejected lines go to ``dead_letter`` with their reason.
 
     Files in another log format than the contract's JSON go through their adapter first; a line
@@ -263,9 +264,16 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
     summary then carries it in ``error`` and nothing is flushed or saved. ``now`` (epoch seconds:
     the command gives the wall clock at its start) rejects records more than
     ``max_future_skew_s`` ahead of it as ``future_ts``, as the worker does with its clock.
+    ``series``, when given, is handed the core's per-step series rows as steps close
+    (``Detector.series``); without it the core keeps none.
     """
     started = time.perf_counter()
-    detector = Detector(config, state=state and state["detector"])
+    detector = Detector(config, state=state and state["detector"], series=series is not None)
+
+    def drain_series() -> None:
+        if series is not None and detector.series:
+            series(detector.series)
+            detector.series = []
     # The counters continue a restored state's; this run's summary counts this run only.
     counted_before = Counter(detector.counters)
     inputs = open_inputs(mail_paths, dns_paths, mail_format, dns_format, announce, warn)
@@ -297,6 +305,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
         result = detector.feed(stream, lines, source=current.name, now=now)
         current.high = detector.clock.high.get(current.name, current.high)
         out.write_many(result.events)
+        drain_series()
         count.core_rejected += len(result.rejected)
         for index, reason in result.rejected:
             count.rejected[reason] += 1
@@ -327,6 +336,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
                     forward(current, [], [])
                 active.remove(current)
                 out.write_many(detector.finish_source(current.name))
+                drain_series()
             if progress is not None:
                 progress(sum(i.lines.position() for i in inputs), total_size)
         if error is None:
@@ -336,6 +346,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
                 save_state(orjson.dumps({"detector": detector.snapshot(), "adapters": adapters}))
             else:
                 out.write_many(detector.close())
+                drain_series()
     finally:
         for current in inputs:
             current.count.lines = current.lines.line_no

@@ -71,8 +71,11 @@ class FeedResult:
 class Detector:
     """The pure core. See the module docstring; the shells are ``detector.io`` and the worker."""
 
-    def __init__(self, config: DetectorConfig | None = None, state: dict | None = None) -> None:
+    def __init__(self, config: DetectorConfig | None = None, state: dict | None = None,
+                 series: bool = False) -> None:
         self.config = config = config or DetectorConfig()
+        #: With ``series=True``, one ``series_row`` per closed step, for a shell to drain.
+        self.series: list[dict] | None = [] if series else None
         model = config.model
         self.step_s = model.step_s
         self.steps_per_bucket = model.bucket_s // model.step_s
@@ -343,6 +346,8 @@ class Detector:
         short_p = _mixed_rate(expected, windows.short_expected, short_n)
         long_p = _mixed_rate(expected, windows.long_expected, long_n)
         step_p = expected if excess is None else _mixed_rate(expected, excess, step.attempts)
+        if self.series is not None:
+            self.series.append(series_row(end, step, step_p))
         statistic = self._outcome_sequential(step, step_p, start)
         sequential_fires = [k for k, value in enumerate(statistic)
                             if value >= self.h_outcome
@@ -974,3 +979,12 @@ def _breadth(key: str, tiebreak: float) -> tuple:
     fields = key_fields(key)
     rank = 0 if len(fields) == 1 else 1 if RESOLVER in fields else 2
     return rank, tiebreak, key
+
+
+def series_row(end: float, step: StepCounts, expected: np.ndarray) -> dict:
+    """One closed step as JSON-able data: its end (epoch s), OTP attempts, failures per
+    outcome-wide key that had any (``ALL`` included), and the expected rate of every key in
+    ``KEYS`` order (the baseline, with what the step's traffic mix adds)."""
+    return {"end": end, "attempts": step.attempts,
+            "failures": {KEYS[k]: int(x) for k, x in enumerate(step.failures) if x},
+            "expected": [float(f"{p:.4g}") for p in expected.tolist()]}
