@@ -3,7 +3,9 @@
 It starts a local broker, generates the seed-incident scenario (an OTP sender's SPF lookups
 SERVFAIL after a zone misconfiguration), produces its logs to the input topics, runs the stream
 worker until it has consumed them, prints the anomaly events read back from ``otp-anomalies`` as a
-table with the evaluation against the scenario's truth, and stops everything it started.
+table with the evaluation against the scenario's truth, stops everything it started, and writes
+the HTML report of those events (the per-minute series from a replay of the same files, which
+gives the same events) to ``demo-out/report.html``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import orjson
 
 from .evaluate import evaluate, format_table
 from .io.broker import LocalBroker
+from .io.files import JsonLinesSink
 from .io.kafka import make_consumer
 from .io.produce import produce_files
 from .logs import configure_logging
+from .replay import replay
 from .report import events_table
 from .settings import load_settings
 from .synth import generate
@@ -80,7 +84,24 @@ def main() -> int:
     truth = orjson.loads((OUT / "truth.json").read_bytes())
     print()
     print(format_table(evaluate(events, truth)))
+    say(f"report: {write_report(events).resolve()}")
     return 0
+
+
+def write_report(events: list[dict]) -> Path:
+    """The HTML report of the worker's events over the series of a replay of the same files."""
+    from .htmlreport import render
+
+    series: list[dict] = []
+    sink = JsonLinesSink(OUT / "replayed.jsonl")
+    try:
+        summary = replay([str(OUT / "mail.jsonl.gz")], [str(OUT / "dns.jsonl.gz")], sink,
+                         series=series.extend)
+    finally:
+        sink.close()
+    path = OUT / "report.html"
+    path.write_text(render(events, series, summary))
+    return path
 
 
 if __name__ == "__main__":
