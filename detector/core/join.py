@@ -162,6 +162,14 @@ class DnsJoin:
         lo = bisect_left(entries, ts - self.before_s, key=_entry_ts)
         hi = bisect_right(entries, ts + self.after_s, key=_entry_ts)
         split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
+        if split > lo:
+            # The usual case, without setting up the scan: the nearest answer before is
+            # compatible and of the kind preferred.
+            entry = entries[split - 1]
+            if _compatible(entry, qtype, server) and (
+                    prefer == PREFER_NEAREST
+                    or (entry[3] in _FAILING) == (prefer == PREFER_FAILING)):
+                return entry
         nearest = None
         # Nearest before first (scan backwards), then the earliest after.
         for i in chain(range(split - 1, lo - 1, -1), range(split, hi)):

@@ -24,7 +24,7 @@ from . import records as rec
 from .alerts import Alert, AlertBook, Judgement, key_fields, slice_key
 from .clock import Deduplicator, EventClock
 from .config import DetectorConfig
-from .join import DnsJoin, prefer_of
+from .join import PREFER_HEALTHY, DnsJoin, prefer_of
 from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
 from .outcomes import ALL_INDEX, KEY_INDEX, KEYS, N_KEYS, OUTCOMES
@@ -231,10 +231,12 @@ class Detector:
                 counters["not_otp"] += 1
                 continue
             self.seq += 1
+            # prefer_of(mail), without a call for the usual delivered mail.
+            prefer = PREFER_HEALTHY if mail.status == "delivered" else prefer_of(mail)
             heapq.heappush(pending, (
                 mail.ts, self.seq, mail.status in failure, mail.message_id, mail.sender_domain,
                 mail.tenant, mail.server, mail.status_code, mail.lookups, mail.dns_outcome,
-                prefer_of(mail)))
+                prefer))
 
     # ------------------------------------------------------------ event time
 
@@ -563,7 +565,7 @@ class Detector:
             h = threshold(self.config.alerts.false_alarms_per_day / 2, watched * N_OUTCOMES,
                           self.step_s)
             for flat, baseline, statistic in slice_step.updated:
-                if self._run_passes(table.cusum, flat, statistic, baseline, h):
+                if statistic >= h and self._run_passes(table.cusum, flat, statistic, baseline, h):
                     row, k = divmod(flat, N_OUTCOMES)
                     key = slice_key(OUTCOMES[k], dimension, table.names[row])
                     due[key] = (row, k, self._sequential_judgement(

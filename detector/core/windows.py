@@ -92,6 +92,11 @@ class SlidingCounts:
         # baselines (senders whose zones always fail): zero in the usual step.
         self.ring_expected = np.zeros((long_steps, N_KEYS))
         self.ring_evidence: list[dict[int, list[Failure]]] = [{} for _ in range(long_steps)]
+        # Which slots may hold failures and expected failures: a step with neither (the usual
+        # one) entering or leaving a window leaves its sums as they are, so it costs no vector
+        # operation.
+        self.ring_failed = [False] * long_steps
+        self.ring_mixed = [False] * long_steps
         self.pushed = 0          # steps pushed so far; the newest is at (pushed - 1) % long_steps
         self._recompute()
 
@@ -99,26 +104,34 @@ class SlidingCounts:
         """Slide both windows by one closed step; ``expected`` are the failures per key its
         traffic mix made expected beyond the baselines (zero when not given)."""
         pos = self.pushed % self.long_steps
-        failures = np.asarray(step.failures, dtype=np.int64)
-        expected = np.zeros(N_KEYS) if expected is None else expected
+        failed, mixed = any(step.failures), expected is not None
         # The slot about to be overwritten leaves the long window ...
         self.long_attempts += step.attempts - int(self.ring_attempts[pos])
-        self.long_failures += failures - self.ring_failures[pos]
-        self.long_expected += expected - self.ring_expected[pos]
         self.ring_attempts[pos] = step.attempts
-        self.ring_failures[pos] = failures
-        self.ring_expected[pos] = expected
+        if failed or self.ring_failed[pos]:
+            failures = np.asarray(step.failures, dtype=np.int64)
+            self.long_failures += failures - self.ring_failures[pos]
+            self.ring_failures[pos] = failures
+        if mixed or self.ring_mixed[pos]:
+            expected = np.zeros(N_KEYS) if expected is None else expected
+            self.long_expected += expected - self.ring_expected[pos]
+            self.ring_expected[pos] = expected
+        self.ring_failed[pos], self.ring_mixed[pos] = failed, mixed
         self.ring_evidence[pos] = step.evidence
         self.pushed += 1
         # ... and the step short_steps back leaves the short window.
         self.short_attempts += step.attempts
-        self.short_failures += failures
-        self.short_expected += expected
+        if failed:
+            self.short_failures += failures
+        if mixed:
+            self.short_expected += expected
         if self.pushed > self.short_steps:
             gone = (self.pushed - 1 - self.short_steps) % self.long_steps
             self.short_attempts -= int(self.ring_attempts[gone])
-            self.short_failures -= self.ring_failures[gone]
-            self.short_expected -= self.ring_expected[gone]
+            if self.ring_failed[gone]:
+                self.short_failures -= self.ring_failures[gone]
+            if self.ring_mixed[gone]:
+                self.short_expected -= self.ring_expected[gone]
 
     def is_empty(self) -> bool:
         return self.long_attempts == 0
@@ -129,6 +142,8 @@ class SlidingCounts:
         self.ring_failures[:] = 0
         self.ring_expected[:] = 0.0
         self.ring_evidence = [{} for _ in range(self.long_steps)]
+        self.ring_failed = [False] * self.long_steps
+        self.ring_mixed = [False] * self.long_steps
         self._recompute()
 
     def evidence(self, key: int, steps: int) -> list[Failure]:
@@ -167,6 +182,8 @@ class SlidingCounts:
             self.long_steps, N_KEYS)
         self.ring_evidence = [{int(k): [tuple(f) for f in v] for k, v in slot.items()}
                               for slot in state["evidence"]]
+        self.ring_failed = self.ring_failures.any(axis=1).tolist()
+        self.ring_mixed = self.ring_expected.any(axis=1).tolist()
         self._recompute()
 
 
