@@ -522,14 +522,15 @@ class Detector:
                 if excess is not None:
                     extra[resolver] = extra.get(resolver, 0.0) + count * excess
         lift, names, parents = self.config.alerts.min_lift, table.names, parent.tolist()
-        for flat, n, x in hot:
-            row, k = divmod(flat, N_OUTCOMES)
-            baseline, ratios = table.rate(row, k, parents[k], lift)
-            mixed = extra.get(names[row])
-            if mixed is not None and parents[k] + float(mixed[k]) / n > baseline:
-                baseline = parents[k] + float(mixed[k]) / n
-                ratios = coefficients(baseline, lift)
-            updated.append((flat, baseline, table.cusum.update(flat, n, x, ratios, start)))
+        rate, update = table.rate, table.cusum.update
+        for flat, k, n, x in hot:
+            baseline, ratios = rate(flat, parents[k], lift)
+            if extra:
+                mixed = extra.get(names[flat // N_OUTCOMES])
+                if mixed is not None and parents[k] + float(mixed[k]) / n > baseline:
+                    baseline = parents[k] + float(mixed[k]) / n
+                    ratios = coefficients(baseline, lift)
+            updated.append((flat, baseline, update(flat, n, x, ratios, start)))
         return SliceStep(attempts, failures, updated)
 
     def _mix_excess(self, step: StepCounts) -> np.ndarray | None:
@@ -590,7 +591,7 @@ class Detector:
                 _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
                                                  if f[d] == value])
                 if row >= 0:
-                    baseline, _ = table.rate(row, k, float(parent[k]),
+                    baseline, _ = table.rate(row * N_OUTCOMES + k, float(parent[k]),
                                              self.config.alerts.min_lift)
                     strength = table.strength(row, k)
                 else:

@@ -80,6 +80,8 @@ class SliceTable:
         # Baseline rates by CUSUM key, and their CUSUM coefficients: they change only when a
         # bucket is learned.
         self._rates: dict[int, tuple[float, tuple]] = {}
+        #: CUSUM keys of the (row, outcome) pairs past their warm-up: the only ones tested.
+        self.warm: set[int] = set()
         #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome.
         self.deviant: dict[str, np.ndarray] = {}
         # The bucket being gathered, step by step: attempts per value, failures per (value, k).
@@ -99,50 +101,42 @@ class SliceTable:
             counts[slot] = counts.get(slot, 0) + n
 
     def hot(self, attempts: dict[str, int], failures: dict[tuple[str, int], int]
-            ) -> list[tuple[int, int, int]]:
-        """The CUSUM keys to update for a step, as ``(flat, attempts, failures)``: warm
-        (row, outcome) pairs that failed in it, or whose statistic is above zero and that had
-        attempts (a quiet step with no failure cannot raise a statistic)."""
-        row_of, names, n_out = self.row_of, self.names, self.n_outcomes
-        found: dict[int, int] = {}
+            ) -> list[tuple[int, int, int, int]]:
+        """The CUSUM keys to update for a step, as ``(flat, outcome, attempts, failures)``:
+        warm (row, outcome) pairs that failed in it, or whose statistic is above zero and that
+        had attempts (a quiet step with no failure cannot raise a statistic)."""
+        row_of, names, n_out, warm = self.row_of, self.names, self.n_outcomes, self.warm
+        found: dict[int, tuple[int, int, int, int]] = {}
         for (value, k), x in failures.items():
             row = row_of.get(value)
             if row is not None:
-                found[row * n_out + k] = x
+                flat = row * n_out + k
+                if flat in warm:
+                    found[flat] = (flat, k, attempts[value], x)
         for flat in self.cusum.runs:
-            if flat not in found and attempts.get(names[flat // n_out]):
-                found[flat] = 0
-        warmup, learned = self.warmup_attempts, self.attempts
-        hot = []
-        for flat, x in found.items():
-            row, k = divmod(flat, n_out)
-            if learned[row, k] >= warmup:
-                hot.append((flat, attempts[names[row]], x))
-        return hot
+            if flat in warm and flat not in found:
+                row, k = divmod(flat, n_out)
+                n = attempts.get(names[row])
+                if n:
+                    found[flat] = (flat, k, n, 0)
+        return list(found.values())
 
-    def rate(self, row: int, outcome: int, parent: float, min_lift: float
-             ) -> tuple[float, tuple]:
-        """The baseline rate of one (row, outcome), its own history shrunk toward ``parent``
-        and floored at half of it, with its CUSUM coefficients (``parent`` too changes only at
-        a bucket's end)."""
-        flat = row * self.n_outcomes + outcome
+    def rate(self, flat: int, parent: float, min_lift: float) -> tuple[float, tuple]:
+        """The ``baseline`` of one (row, outcome) (as its CUSUM key ``flat``) with its CUSUM
+        coefficients, kept for the bucket (``parent`` too changes only at a bucket's end)."""
         found = self._rates.get(flat)
         if found is None:
-            m = self.prior_attempts
-            shrunk = ((float(self.failures[row, outcome]) + m * parent)
-                      / (float(self.attempts[row, outcome]) + m))
-            rate = max(shrunk, 0.5 * parent)
+            rate = self.baseline(*divmod(flat, self.n_outcomes), parent)
             found = self._rates[flat] = rate, coefficients(rate, min_lift)
         return found
 
-    def rates_of(self, rows: np.ndarray, outcomes: np.ndarray, parent: np.ndarray
-                 ) -> np.ndarray:
-        """Baseline rates of (row, outcome) pairs: own history shrunk toward ``parent``,
+    def baseline(self, row: int, outcome: int, parent: float) -> float:
+        """The baseline rate of one (row, outcome): its own history shrunk toward ``parent``,
         floored at half of it."""
         m = self.prior_attempts
-        p = parent[outcomes]
-        shrunk = (self.failures[rows, outcomes] + m * p) / (self.attempts[rows, outcomes] + m)
-        return np.maximum(shrunk, 0.5 * p)
+        shrunk = ((float(self.failures[row, outcome]) + m * parent)
+                  / (float(self.attempts[row, outcome]) + m))
+        return max(shrunk, 0.5 * parent)
 
     def strength(self, row: int, outcome: int) -> float:
         """The weight (in attempts) of a row's baseline for one outcome."""
@@ -172,36 +166,42 @@ class SliceTable:
         self.weight[:used] *= decay
         self.attempts[:used] *= decay
         self.failures[:used] *= decay
+        learned, stormy = self._judge_failures(counts, failures, parent, learn_max_score)
         if counts:
             n = np.fromiter(counts.values(), dtype=float, count=len(counts))
-            x = np.zeros((len(rows), self.n_outcomes))
-            if failures:
-                position = {value: i for i, value in enumerate(counts)}
-                for (value, k), fails in failures.items():
-                    i = position.get(value)
-                    if i is not None:
-                        x[i, k] = fails
             watched = rows >= 0
-            rows, n, x = rows[watched], n[watched], x[watched]
+            rows, n = rows[watched], n[watched]
             self.weight[rows] += n
-            learn = np.ones((len(rows), self.n_outcomes), dtype=bool)
-            if failures:
-                where_i, where_k = np.nonzero(x)
-                rates = self.rates_of(rows[where_i], where_k, parent)
-                for i, k, rate in zip(where_i.tolist(), where_k.tolist(), rates.tolist()):
-                    if self.attempts[rows[i], k] < self.warmup_attempts:
-                        continue            # warming up: what it sees is its normal
-                    weight = self.strength(int(rows[i]), k)
-                    score = score_of(int(x[i, k]), int(n[i]), rate * weight,
-                                     (1.0 - rate) * weight)
-                    learn[i, k] = score < learn_max_score
-            self.attempts[rows] += np.where(learn, n[:, None], 0.0)
-            self.failures[rows] += np.where(learn, x, 0.0)
-        for row, k, attempts, fails in saved:
+            self.attempts[rows] += n[:, None]
+            for row, k, fails in learned:
+                self.failures[row, k] += fails
+        # A pair that is not learned keeps what it had: faded when stormy, as it was when frozen
+        # (last, so that it wins).
+        for row, k, attempts, fails in stormy + saved:
             self.attempts[row, k], self.failures[row, k] = attempts, fails
         self.bucket_attempts, self.bucket_failures = {}, {}
-        self._rates.clear()
-        self._list_deviant(parent)
+        self._list_deviant(parent, self._relearned())
+
+    def _judge_failures(self, counts: dict[str, int], failures: dict[tuple[str, int], int],
+                        parent: np.ndarray, learn_max_score: float) -> tuple[list, list]:
+        """The (row, outcome) pairs that failed in the bucket, faded and admitted: those that
+        learn it, as ``(row, outcome, failures)`` (calm, or still warming up: what they see is
+        their normal), and the others as ``(row, outcome, attempts, failures)``."""
+        learned, stormy = [], []
+        row_of, attempts, warmup = self.row_of, self.attempts, self.warmup_attempts
+        for (value, k), fails in failures.items():
+            row = row_of.get(value)
+            if row is None or value not in counts:
+                continue            # not counted, or replaced by a later value of the bucket
+            if attempts[row, k] >= warmup:
+                rate = self.baseline(row, k, float(parent[k]))
+                weight = self.strength(row, k)
+                score = score_of(fails, counts[value], rate * weight, (1.0 - rate) * weight)
+                if score >= learn_max_score:
+                    stormy.append((row, k, attempts[row, k], self.failures[row, k]))
+                    continue
+            learned.append((row, k, fails))
+        return learned, stormy
 
     def _rows_of(self, counts: dict[str, int], pinned: set[int]) -> np.ndarray:
         """The row of each value of a bucket's ``{value: attempts}``, admitting new values
@@ -250,28 +250,35 @@ class SliceTable:
         n = self.n_outcomes
         self.cusum.reset(range(row * n, (row + 1) * n))
 
-    def _list_deviant(self, parent: np.ndarray) -> None:
+    def _list_deviant(self, parent: np.ndarray, warm: np.ndarray) -> None:
+        """List the deviant values, from the rows' ``warm`` mask (``_relearned``)."""
         used = len(self.names)
         if not used:
             self.deviant = {}
             return
-        rows = np.arange(used)
         m = self.prior_attempts
         rates = (self.failures[:used] + m * parent) / (self.attempts[:used] + m)
-        excess = np.where(self.attempts[:used] >= self.warmup_attempts,
-                          np.maximum(rates - parent, 0.0), 0.0)
+        excess = np.where(warm, np.maximum(rates - parent, 0.0), 0.0)
         # Twice the parent rate and half a point above it: the guards' own idea of "more".
-        deviant = np.flatnonzero(((rates >= 2.0 * parent) & (excess >= 0.005)).any(axis=1)
-                                 & (self.attempts[:used].max(axis=1) >= self.warmup_attempts))
-        self.deviant = {self.names[row]: excess[row] for row in rows[deviant].tolist()}
+        # (An excess is zero where a row is not warm, so a deviant row is warm.)
+        deviant = np.flatnonzero(((rates >= 2.0 * parent) & (excess >= 0.005)).any(axis=1))
+        self.deviant = {self.names[row]: excess[row] for row in deviant.tolist()}
 
     def fade(self, buckets: int) -> None:
         """Forget ``buckets`` empty buckets at once (a gap in the data)."""
-        self._rates.clear()
         factor = self.decay ** buckets
         self.attempts *= factor
         self.failures *= factor
         self.weight *= factor
+        self._relearned()
+
+    def _relearned(self) -> np.ndarray:
+        """The learned counts changed: forget the cached rates, list the warm pairs again.
+        Returns the rows in use's mask of warm (row, outcome) pairs."""
+        self._rates.clear()
+        warm = self.attempts[:len(self.names)] >= self.warmup_attempts
+        self.warm = set(np.flatnonzero(warm).tolist())
+        return warm
 
     # ----------------------------------------------------------------- state
 
@@ -305,6 +312,5 @@ class SliceTable:
         self.bucket_attempts = {value: int(n) for value, n in state["bucket_attempts"]}
         self.bucket_failures = {(value, int(k)): int(n) for value, k, n in state["bucket_failures"]}
         self.cusum.restore(state["cusum"])
-        self._rates.clear()
         self.evicted = int(state["evicted"])
-        self._list_deviant(parent)
+        self._list_deviant(parent, self._relearned())
