@@ -159,17 +159,19 @@ class DnsJoin:
             return None
         if not self.match_client:
             server = None
-        lo = bisect_left(entries, ts - self.before_s, key=_entry_ts)
-        hi = bisect_right(entries, ts + self.after_s, key=_entry_ts)
-        split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
-        if split > lo:
-            # The usual case, without setting up the scan: the nearest answer before is
-            # compatible and of the kind preferred.
+        start, end = ts - self.before_s, ts + self.after_s
+        split = bisect_right(entries, ts, key=_entry_ts)
+        if split and start <= entries[split - 1][0] <= end:
+            # The usual case, with one bisection and no scan: the nearest answer before is in
+            # the window, compatible and of the kind preferred.
             entry = entries[split - 1]
             if _compatible(entry, qtype, server) and (
                     prefer == PREFER_NEAREST
                     or (entry[3] in _FAILING) == (prefer == PREFER_FAILING)):
                 return entry
+        lo = bisect_left(entries, start, key=_entry_ts)
+        hi = bisect_right(entries, end, key=_entry_ts)
+        split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
         nearest = None
         # Nearest before first (scan backwards), then the earliest after.
         for i in chain(range(split - 1, lo - 1, -1), range(split, hi)):

@@ -18,8 +18,8 @@ incident's onset does not raise the baseline that judges it.
 low volume (no normal approximation: 3 failures of 40 at night are judged as the discrete event
 they are) and honest about the baseline's own uncertainty. The tail is summed from ``x`` upward
 with the pmf's ratio recurrence in log space (Johnson, Kemp & Kotz 2005, *Univariate Discrete
-Distributions*, 3rd ed., §6.7.2). Cheap guards run first, vectorised over keys: a minimum number
-of failures, a minimum lift over the baseline and a minimum excess rate, so the exact tail is
+Distributions*, 3rd ed., §6.7.2). Cheap guards run first, for every key: a minimum number of
+failures, a minimum lift over the baseline and a minimum excess rate, so the exact tail is
 computed only for the rare windows that could be incidents.
 """
 
