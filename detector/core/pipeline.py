@@ -104,6 +104,7 @@ class Detector:
             (d, SliceTable(DIMENSIONS[d], capacity, N_OUTCOMES, self.baseline.decay,
                            sl.prior_attempts, sl.warmup_attempts))
             for d, capacity in enumerate((sl.sender_capacity, sl.resolver_capacity)) if capacity]
+        self._watch_slices()
         self.pending: list[Pending] = []
         self.seq = 0
         self.open_steps: dict[int, StepCounts] = {}
@@ -416,7 +417,7 @@ class Detector:
 
     # ------------------------------------------------------- sequential test
 
-    def _outcome_sequential(self, step: StepCounts, step_p: np.ndarray,
+    def _outcome_sequential(self, step: StepCounts, step_p: list[float],
                             start: float) -> list[float]:
         """Fold the step into the outcome-wide CUSUMs; their statistic (nats) per key."""
         cusum, n, lift = self.cusum, step.attempts, self.config.alerts.min_lift
@@ -424,7 +425,7 @@ class Detector:
             return [cusum.statistic(k) for k in range(N_KEYS)]
         ratios = self._ratios
         statistic = []
-        for k, (x, p) in enumerate(zip(step.failures, step_p.tolist())):
+        for k, (x, p) in enumerate(zip(step.failures, step_p)):
             if not x and k not in cusum.runs:
                 statistic.append(0.0)
                 continue
@@ -503,7 +504,7 @@ class Detector:
 
     # ---------------------------------------------------------------- slices
 
-    def _slice_step(self, d: int, table: SliceTable, step: StepCounts, parent: np.ndarray,
+    def _slice_step(self, d: int, table: SliceTable, step: StepCounts, parents: list[float],
                     start: float) -> SliceStep:
         """Count one step into dimension ``d`` and run the sequential tests it touches.
 
@@ -522,7 +523,7 @@ class Detector:
                 excess = senders.get(sender)      # still deviant at the bucket's end
                 if excess is not None:
                     extra[resolver] = extra.get(resolver, 0.0) + count * excess
-        lift, names, parents = self.config.alerts.min_lift, table.names, parent.tolist()
+        lift, names = self.config.alerts.min_lift, table.names
         rate, update = table.rate, table.cusum.update
         for flat, k, n, x in hot:
             baseline, ratios = rate(flat, parents[k], lift)
@@ -553,21 +554,22 @@ class Detector:
         excess[ALL_INDEX] = excess[:N_OUTCOMES].sum()
         return excess
 
-    def _baselines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The outcome-wide Beta parameters ``(a, b)`` and rates: they change once a bucket."""
+    def _baselines(self) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        """The outcome-wide Beta parameters ``(a, b)`` and rates (a list: the step reads them one
+        key at a time): they change once a bucket."""
         if self._params is None:
             a, b = self.baseline.params()
-            self._params = a, b, a / (a + b)
+            self._params = a, b, (a / (a + b)).tolist()
         return self._params
 
     def _judge_slices(self, d: int, table: SliceTable, slice_step: SliceStep,
-                      step: StepCounts, parent: np.ndarray, alertable: bool, end: float,
+                      step: StepCounts, parent: list[float], alertable: bool, end: float,
                       decisions: list) -> None:
         """Decisions of dimension ``d``'s slices: those whose test fired, and the open ones."""
         dimension = table.dimension
         due: dict[str, tuple[int, int, Judgement | None]] = {}
         if slice_step.updated:
-            h = self._slice_threshold()
+            h = self.h_slices
             for flat, baseline, statistic in slice_step.updated:
                 if statistic >= h and self._run_passes(table.cusum, flat, statistic, baseline, h):
                     row, k = divmod(flat, N_OUTCOMES)
@@ -592,11 +594,11 @@ class Detector:
                 _merge_evidence(alert.evidence, [f for f in step.evidence.get(k, ())
                                                  if f[d] == value])
                 if row >= 0:
-                    baseline, _ = table.rate(row * N_OUTCOMES + k, float(parent[k]),
+                    baseline, _ = table.rate(row * N_OUTCOMES + k, parent[k],
                                              self.config.alerts.min_lift)
                     strength = table.strength(row, k)
                 else:
-                    baseline, strength = float(parent[k]), table.prior_attempts
+                    baseline, strength = parent[k], table.prior_attempts
                 recent, elevated = self._recent(alert, attempts, failures, baseline, strength,
                                                 end)
             decision = self.books.decide(key, end, attempts, failures, alertable,
@@ -730,7 +732,7 @@ class Detector:
     def _steps_of(self, judgement: Judgement) -> int:
         return max(1, int(round((judgement.end - judgement.start) / self.step_s)))
 
-    def _gate(self, attempts: int, failures: np.ndarray, expected: np.ndarray,
+    def _gate(self, attempts: int, failures: np.ndarray, expected: list[float],
               min_lift: float) -> list[bool]:
         """Cheap preconditions of an alert, per key (see ``alerts`` for their meaning). Plain
         Python: for a dozen keys, most of them stopped by the first, it beats numpy's calls."""
@@ -739,7 +741,7 @@ class Detector:
         alerts = self.config.alerts
         least, excess = alerts.min_failures, alerts.min_excess_rate
         return [x >= least and x / attempts >= p * min_lift and x / attempts - p >= excess
-                for x, p in zip(failures.tolist(), expected.tolist())]
+                for x, p in zip(failures.tolist(), expected)]
 
     def _judge(self, attempts: int, failures: int, a: float, b: float, gate: bool,
                start: float, end: float, rule: str) -> Judgement:
@@ -800,6 +802,12 @@ class Detector:
                     row, k = divmod(flat, N_OUTCOMES)
                     pinned.add((table.names[row], k))
             table.close_bucket(parent, pinned, model.learn_max_score)
+        self._watch_slices()
+
+    def _watch_slices(self) -> None:
+        """The slices watched change only when a bucket is learned or a state restored: their
+        CUSUM threshold is computed then."""
+        self.h_slices = self._slice_threshold()
 
     # ---------------------------------------------------------------- output
 
@@ -937,6 +945,7 @@ class Detector:
         for _, table in self.slices:
             if table.dimension in state["slices"]:
                 table.restore(state["slices"][table.dimension], (a / (a + b))[:N_OUTCOMES])
+        self._watch_slices()
         self.join.ambiguous = int(state["ambiguous_joins"])
         self.counters = Counter(state["counters"])
         self.join.evicted = int(state["evicted"]["dns"])
@@ -962,11 +971,17 @@ def _merge_evidence(evidence: dict, failures) -> None:
 
 
 
-def _mixed_rate(expected: np.ndarray, excess: np.ndarray, attempts: float) -> np.ndarray:
-    """The expected rate per key: the baseline, plus what the traffic mix adds to it."""
-    if attempts <= 0 or not excess.any():
+def _mixed_rate(expected: list[float], excess: np.ndarray, attempts: float) -> list[float]:
+    """The expected rate per key: the baseline, plus what the traffic mix adds to it (plain
+    Python: for a dozen keys it beats numpy's calls; ``0.0 if 0.0 > x else x`` is
+    ``np.maximum(x, 0.0)``)."""
+    if attempts <= 0:
         return expected
-    return expected + np.maximum(excess, 0.0) / attempts
+    excess = excess.tolist()
+    if not any(excess):
+        return expected
+    return [rate + (0.0 if 0.0 > more else more) / attempts
+            for rate, more in zip(expected, excess)]
 
 
 def _beta_at(a: float, b: float, rate: float) -> tuple[float, float]:
