@@ -100,9 +100,11 @@ class Detector:
         budget = config.alerts.false_alarms_per_day / 2
         self.h_outcome = threshold(budget, N_KEYS, model.step_s)
         sl = config.slices
+        # Only the senders' deviant values are read (the traffic mix); the resolvers' are not
+        # listed.
         self.slices = [
             (d, SliceTable(DIMENSIONS[d], capacity, N_OUTCOMES, self.baseline.decay,
-                           sl.prior_attempts, sl.warmup_attempts))
+                           sl.prior_attempts, sl.warmup_attempts, lists_deviant=(d == 0)))
             for d, capacity in enumerate((sl.sender_capacity, sl.resolver_capacity)) if capacity]
         self._watch_slices()
         self.pending: list[Pending] = []

@@ -63,7 +63,8 @@ class SliceTable:
     """
 
     def __init__(self, dimension: str, capacity: int, n_outcomes: int, decay: float,
-                 prior_attempts: float, warmup_attempts: float) -> None:
+                 prior_attempts: float, warmup_attempts: float,
+                 lists_deviant: bool = True) -> None:
         self.dimension = dimension
         self.capacity = capacity
         self.n_outcomes = n_outcomes
@@ -82,7 +83,9 @@ class SliceTable:
         self._rates: dict[int, tuple[float, tuple]] = {}
         #: CUSUM keys of the (row, outcome) pairs past their warm-up: the only ones tested.
         self.warm: set[int] = set()
-        #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome.
+        #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome;
+        #: listed at each bucket unless ``lists_deviant`` is false (no reader wants them).
+        self.lists_deviant = lists_deviant
         self.deviant: dict[str, np.ndarray] = {}
         # The bucket being gathered, step by step: attempts per value, failures per (value, k).
         self.bucket_attempts: dict[str, int] = {}
@@ -114,11 +117,9 @@ class SliceTable:
                 if flat in warm:
                     found[flat] = (flat, k, attempts[value], x)
         for flat in self.cusum.runs:
-            if flat in warm and flat not in found:
-                row, k = divmod(flat, n_out)
-                n = attempts.get(names[row])
-                if n:
-                    found[flat] = (flat, k, n, 0)
+            n = attempts.get(names[flat // n_out])
+            if n and flat in warm and flat not in found:
+                found[flat] = (flat, flat % n_out, n, 0)
         return list(found.values())
 
     def rate(self, flat: int, parent: float, min_lift: float) -> tuple[float, tuple]:
@@ -253,7 +254,7 @@ class SliceTable:
     def _list_deviant(self, parent: np.ndarray, warm: np.ndarray) -> None:
         """List the deviant values, from the rows' ``warm`` mask (``_relearned``)."""
         used = len(self.names)
-        if not used:
+        if not used or not self.lists_deviant:
             self.deviant = {}
             return
         m = self.prior_attempts
