@@ -1003,10 +1003,10 @@ def _breadth(key: str, tiebreak: float) -> tuple:
     return rank, tiebreak, key
 
 
-def series_row(end: float, step: StepCounts, expected: np.ndarray) -> dict:
+def series_row(end: float, step: StepCounts, expected) -> dict:
     """One closed step as JSON-able data: its end (epoch s), OTP attempts, failures per
     outcome-wide key that had any (``ALL`` included), and the expected rate of every key in
     ``KEYS`` order (the baseline, with what the step's traffic mix adds)."""
     return {"end": end, "attempts": step.attempts,
             "failures": {KEYS[k]: int(x) for k, x in enumerate(step.failures) if x},
-            "expected": [float(f"{p:.4g}") for p in expected.tolist()]}
+            "expected": [float(f"{p:.4g}") for p in expected]}
