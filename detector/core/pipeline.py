@@ -97,6 +97,8 @@ class Detector:
         # CUSUM coefficients by baseline rate: the outcome-wide baselines change once a bucket.
         self._ratios: dict[float, tuple] = {}
         self._params: tuple | None = None
+        # Per step: each slice opened in it, its share of the step's attempts (``_one_page``).
+        self._shares: dict[str, float] = {}
         budget = config.alerts.false_alarms_per_day / 2
         self.h_outcome = threshold(budget, N_KEYS, model.step_s)
         sl = config.slices
@@ -400,7 +402,7 @@ class Detector:
             if k != ALL_INDEX and key in self.books.open:
                 explained_short += max(0.0, short_x[k] - short_n * short_p[k])
                 explained_long += max(0.0, long_x[k] - long_n * long_p[k])
-        self._shares: dict[str, float] = {}
+        self._shares.clear()
         for (d, table), slice_step in zip(self.slices, slice_steps):
             self._judge_slices(d, table, slice_step, step, parent, alertable, end, decisions)
         if not alertable:
