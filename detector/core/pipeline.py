@@ -52,12 +52,12 @@ Pending = tuple
 @dataclass(slots=True)
 class SliceStep:
     """One closed step of one slice dimension: its counts (``{value: attempts}``,
-    ``{(value, outcome index): failures}``) and the CUSUM keys it updated, as
-    ``(flat key, baseline, statistic)``."""
+    ``{(value, outcome index): failures}``) and the CUSUM keys it updated whose statistic
+    reached the slices' threshold, as ``(flat key, baseline, statistic)``."""
 
     attempts: dict
     failures: dict
-    updated: list
+    reached: list
 
 
 @dataclass
@@ -517,9 +517,9 @@ class Detector:
         attempts, failures = step.slice_attempts[d], step.slice_failures[d]
         table.add_step(attempts, failures)
         hot = table.hot(attempts, failures)
-        updated = []
+        reached = []
         if not hot:
-            return SliceStep(attempts, failures, updated)
+            return SliceStep(attempts, failures, reached)
         extra: dict[str, np.ndarray] = {}
         if d == 1 and step.pairs:
             senders = self.slices[0][1].deviant
@@ -527,7 +527,7 @@ class Detector:
                 excess = senders.get(sender)      # still deviant at the bucket's end
                 if excess is not None:
                     extra[resolver] = extra.get(resolver, 0.0) + count * excess
-        lift, names = self.config.alerts.min_lift, table.names
+        lift, names, h = self.config.alerts.min_lift, table.names, self.h_slices
         rate, update = table.rate, table.cusum.update
         for flat, k, n, x in hot:
             baseline, ratios = rate(flat, parents[k], lift)
@@ -536,8 +536,10 @@ class Detector:
                 if mixed is not None and parents[k] + float(mixed[k]) / n > baseline:
                     baseline = parents[k] + float(mixed[k]) / n
                     ratios = coefficients(baseline, lift)
-            updated.append((flat, baseline, update(flat, n, x, ratios, start)))
-        return SliceStep(attempts, failures, updated)
+            statistic = update(flat, n, x, ratios, start)
+            if statistic >= h:
+                reached.append((flat, baseline, statistic))
+        return SliceStep(attempts, failures, reached)
 
     def _mix_excess(self, step: StepCounts) -> np.ndarray | None:
         """Failures per key the step's traffic mix makes expected beyond the outcome-wide
@@ -572,14 +574,12 @@ class Detector:
         """Decisions of dimension ``d``'s slices: those whose test fired, and the open ones."""
         dimension = table.dimension
         due: dict[str, tuple[int, int, Judgement | None]] = {}
-        if slice_step.updated:
-            h = self.h_slices
-            for flat, baseline, statistic in slice_step.updated:
-                if statistic >= h and self._run_passes(table.cusum, flat, statistic, baseline, h):
-                    row, k = divmod(flat, N_OUTCOMES)
-                    key = slice_key(OUTCOMES[k], dimension, table.names[row])
-                    due[key] = (row, k, self._sequential_judgement(
-                        table.cusum, flat, statistic, baseline, True, end))
+        for flat, baseline, statistic in slice_step.reached:
+            if self._run_passes(table.cusum, flat, statistic, baseline, self.h_slices):
+                row, k = divmod(flat, N_OUTCOMES)
+                key = slice_key(OUTCOMES[k], dimension, table.names[row])
+                due[key] = (row, k, self._sequential_judgement(
+                    table.cusum, flat, statistic, baseline, True, end))
         if not due and not self.books.open:
             return
         for key in self.books.open:
