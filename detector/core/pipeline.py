@@ -108,7 +108,7 @@ class Detector:
             (d, SliceTable(DIMENSIONS[d], capacity, N_OUTCOMES, self.baseline.decay,
                            sl.prior_attempts, sl.warmup_attempts, lists_deviant=(d == 0)))
             for d, capacity in enumerate((sl.sender_capacity, sl.resolver_capacity)) if capacity]
-        self._watch_slices()
+        self._set_slice_threshold()
         self.pending: list[Pending] = []
         self.seq = 0
         self.open_steps: dict[int, StepCounts] = {}
@@ -806,11 +806,11 @@ class Detector:
                     row, k = divmod(flat, N_OUTCOMES)
                     pinned.add((table.names[row], k))
             table.close_bucket(parent, pinned, model.learn_max_score)
-        self._watch_slices()
+        self._set_slice_threshold()
 
-    def _watch_slices(self) -> None:
-        """The slices watched change only when a bucket is learned or a state restored: their
-        CUSUM threshold is computed then."""
+    def _set_slice_threshold(self) -> None:
+        """Set ``h_slices``: the slices watched change only when a bucket is learned or a
+        state restored, so their CUSUM threshold is computed then."""
         self.h_slices = self._slice_threshold()
 
     # ---------------------------------------------------------------- output
@@ -949,7 +949,7 @@ class Detector:
         for _, table in self.slices:
             if table.dimension in state["slices"]:
                 table.restore(state["slices"][table.dimension], (a / (a + b))[:N_OUTCOMES])
-        self._watch_slices()
+        self._set_slice_threshold()
         self.join.ambiguous = int(state["ambiguous_joins"])
         self.counters = Counter(state["counters"])
         self.join.evicted = int(state["evicted"]["dns"])

@@ -84,7 +84,7 @@ class SliceTable:
         #: CUSUM keys of the (row, outcome) pairs past their warm-up: the only ones tested.
         self.warm: set[int] = set()
         #: Values whose baseline exceeds their outcome's: value -> excess rate per outcome;
-        #: listed at each bucket unless ``lists_deviant`` is false (no reader wants them).
+        #: listed at each bucket unless ``lists_deviant`` is false (when nothing reads them).
         self.lists_deviant = lists_deviant
         self.deviant: dict[str, np.ndarray] = {}
         # The bucket being gathered, step by step: attempts per value, failures per (value, k).
