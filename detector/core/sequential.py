@@ -106,6 +106,21 @@ class Cusum:
                 return 0.0
             charts = [[0.0, step_start, 0.0, 0.0] for _ in range(CHARTS)]
         best = 0.0
+        if not failures:
+            # Most steps of a live run have no failure: only the successes' term, and a chart
+            # above zero only adds the attempts (adding 0.0 leaves a statistic as it is).
+            for chart, (_, per_success) in zip(charts, ratios):
+                value = chart[0] + attempts * per_success
+                if value > 0.0:
+                    chart[0] = value
+                    chart[2] += attempts
+                    if value > best:
+                        best = value
+                else:
+                    chart[0] = 0.0
+            if best <= 0.0:
+                del self.runs[key]
+            return best
         successes = attempts - failures
         for chart, (per_failure, per_success) in zip(charts, ratios):
             before = chart[0]
