@@ -17,6 +17,7 @@ import click
 import orjson
 
 from .core.config import ConfigError
+from .core.events import AnomalyEvent, to_builtins
 
 # The format names, without importing the adapters for every command (kept in step by a test).
 MAIL_FORMATS = ("json", "postfix", "m365", "zeek-smtp")
@@ -172,14 +173,15 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
 
 
 class _KeepEvents:
-    """The ``--out`` sink, also keeping the events it is given (for ``--report``)."""
+    """The ``--out`` sink, also keeping the events it is given as the JSON objects it wrote (for
+    ``--report``, which reads them as it would read them from a file)."""
 
-    def __init__(self, sink, events: list) -> None:
+    def __init__(self, sink, events: list[dict]) -> None:
         self.sink, self.events = sink, events
 
-    def write_many(self, objs: list[dict]) -> None:
-        self.sink.write_many(objs)
-        self.events.extend(objs)
+    def write_many(self, events: list[AnomalyEvent]) -> None:
+        self.sink.write_many(events)
+        self.events.extend(to_builtins(event) for event in events)
 
 
 def _needs_plotly() -> None:

@@ -31,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from kafka.errors import KafkaError
 
+from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
 from .formats import CONTRACT, make_adapter
@@ -225,12 +225,12 @@ class Worker:
             headers.append(("format", self.formats[tp.topic].encode()))
         self._send(self.settings.topics.dead_letter, None, value, headers)
 
-    def _emit(self, events: list[dict]) -> None:
+    def _emit(self, events: list[AnomalyEvent]) -> None:
         for event in events:
-            self._send(self.settings.topics.anomalies, event["id"].encode(), orjson.dumps(event), [])
-            log.info("anomaly", extra={"id": event["id"], "state": event["state"],
-                                       "outcome": event["key"]["outcome"],
-                                       "severity": event["severity"]})
+            self._send(self.settings.topics.anomalies, event.id.encode(), encode_event(event), [])
+            log.info("anomaly", extra={"id": event.id, "state": event.state,
+                                       "outcome": event.key["outcome"],
+                                       "severity": event.severity})
 
     def _send(self, topic: str, key: bytes | None, value: bytes,
               headers: list[tuple[str, bytes]]) -> None:

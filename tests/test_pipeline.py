@@ -10,6 +10,7 @@ from jsonschema import Draft202012Validator
 from detector.settings import detector_config
 from detector.core.pipeline import Detector
 from detector.core.records import parse_ts
+from detector.core.events import to_builtins
 from traffic import T0, Traffic, feed_all
 
 EVENT_SCHEMA = Draft202012Validator(json.loads(
@@ -137,7 +138,7 @@ def test_a_restored_snapshot_continues_exactly_where_it_stopped():
     second = Detector(state=state)
     rest = Traffic(mail=traffic.mail[half_mail:], dns=traffic.dns[half_dns:])
     events += feed_all(second, rest)
-    assert events == reference
+    assert [to_builtins(e) for e in events] == reference
 
 
 def test_late_records_are_rejected_as_late_and_duplicates_are_counted():

@@ -17,6 +17,7 @@ import sys
 import orjson
 import pytest
 
+from detector.core.events import to_builtins
 from detector.core.pipeline import Detector
 from detector.evaluate import evaluate, load_events
 from detector.io.files import JsonLinesSink
@@ -209,7 +210,7 @@ def test_a_checkpoint_restores_the_slices_exactly(tmp_path):
             events += detector.feed(stream, lines, source=stream).events
         for stream in ("mail", "dns"):
             events += detector.finish_source(stream)
-        return events + detector.close()
+        return [to_builtins(e) for e in events + detector.close()]
 
     whole = run(cuts=())
     assert any(e["key"].get("sender_domain") for e in whole)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from detector.core.events import to_builtins
+
 T0 = 1795737600.0   # 2026-11-27T00:00:00Z
 
 
@@ -74,7 +76,8 @@ def hourly_servfail_spikes(hours: int, otp_per_min: int = 60) -> Traffic:
 
 
 def feed_all(detector, traffic: Traffic, batch: int = 500) -> list[dict]:
-    """Feed both streams in alternating batches (aligned by position), then close."""
+    """Feed both streams in alternating batches (aligned by position), then close; the events
+    as the JSON objects the shells write (``to_builtins``)."""
     events: list[dict] = []
     detector.add_source("mail")
     detector.add_source("dns")
@@ -88,4 +91,4 @@ def feed_all(detector, traffic: Traffic, batch: int = 500) -> list[dict]:
             events += detector.feed("mail", mail[m:m + batch], source="mail").events
             m += batch
     events += detector.close()
-    return events
+    return [to_builtins(event) for event in events]

@@ -26,6 +26,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .config import AlertConfig
+from .events import Rule, Severity, State
 
 
 @dataclass(slots=True)
@@ -39,7 +40,7 @@ class Judgement:
     fires: bool
     start: float
     end: float
-    rule: str                  # "short", "long" or "cusum"
+    rule: Rule
 
     @property
     def rate(self) -> float:
@@ -54,8 +55,8 @@ class Alert:
     key: str
     since: float               # onset: start of the window that opened it
     opened_at: float           # end of the step at which it opened
-    rule: str
-    severity: str
+    rule: Rule
+    severity: Severity
     last_rate: float
     last_emit_end: float
     last_elevated_end: float
@@ -74,6 +75,11 @@ class Alert:
     paged: bool = True
     parent: str | None = None
     related: list = field(default_factory=list)
+
+
+#: What ``AlertBook.decide`` returns when an event is due: the new state, the anomaly, and the
+#: judgement that decided it.
+Decision = tuple[State, Alert, Judgement]
 
 
 def slice_key(outcome: str, dimension: str, value: str) -> str:
@@ -128,14 +134,14 @@ class AlertBook:
         # only on evidence that came after it, not on the tail of the incident just resolved.
         self.resolved_until: dict[str, float] = {}
 
-    def severity(self, judgement: Judgement) -> str:
+    def severity(self, judgement: Judgement) -> Severity:
         excess = judgement.rate - judgement.expected_rate
         return "critical" if excess >= self.config.critical_excess_rate else "warning"
 
     def decide(self, key: str, end: float, step_attempts: int, step_failures: int,
                alertable: bool, short: Judgement | None = None, long: Judgement | None = None,
                sequential: Judgement | None = None, recent: Judgement | None = None,
-               still_elevated: bool = False) -> tuple[str, Alert, Judgement] | None:
+               still_elevated: bool = False) -> Decision | None:
         """The transition of ``key`` at the step ending at ``end``, if an event is due.
 
         ``short`` and ``long`` are the windows' verdicts (outcome-wide keys), ``sequential`` the

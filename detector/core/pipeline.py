@@ -21,9 +21,10 @@ import numpy as np
 from river import stats
 
 from . import records as rec
-from .alerts import Alert, AlertBook, Judgement, key_fields, slice_key
+from .alerts import Alert, AlertBook, Decision, Judgement, key_fields, slice_key
 from .clock import Deduplicator, EventClock
 from .config import DetectorConfig
+from .events import AnomalyEvent, Evidence, Expected, Observed, State, Window
 from .join import PREFER_HEALTHY, DnsJoin, prefer_of
 from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
@@ -64,12 +65,63 @@ class SliceStep:
 class FeedResult:
     """What one batch produced: anomaly events, and rejected lines as ``(index, reason)``."""
 
-    events: list[dict] = field(default_factory=list)
+    events: list[AnomalyEvent] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
 
 
 class Detector:
-    """The pure core. See the module docstring; the shells are ``detector.io`` and the worker."""
+    """The pure core: raw lines in, anomaly events out (see the module docstring). The shells
+    are ``detector replay`` (``detector.replay``) and the Kafka worker (``detector.worker``).
+
+    Parameters
+    ----------
+    config
+        The model, join, alert and slice parameters (``DetectorConfig()``: the defaults the
+        README's "Model" section justifies).
+    state
+        A ``snapshot()`` to resume from (JSON data; a checkpoint is input, so never pickle).
+    series
+        Keep one ``series_row`` per closed step in ``self.series`` for a shell to drain (the
+        HTML report's rates).
+
+    Examples
+    --------
+    One OTP sender, one mail a second, each depending on an SPF lookup the resolver logs a
+    moment before; after 40 healthy minutes (the model learns for 30) the lookups SERVFAIL for
+    two minutes:
+
+    >>> import orjson
+    >>> from detector.core import Detector
+    >>> def one_second(t, rcode):
+    ...     dns = {"ts": t, "qname": "bank.example", "qtype": "TXT", "rcode": rcode,
+    ...            "resolver": "res-a", "client": "mx1"}
+    ...     mail = {"ts": t + 0.2, "message_id": f"<{t}@mx1>", "sender": "verify@bank.example",
+    ...             "subject": "Your verification code", "server": "mx1",
+    ...             "status": "delivered" if rcode == "NOERROR" else "deferred",
+    ...             "dns_lookups": [{"qname": "bank.example", "qtype": "TXT"}]}
+    ...     return orjson.dumps(dns), orjson.dumps(mail)
+    >>> detector, events = Detector(), []
+    >>> for minute in range(52):
+    ...     rcode = "SERVFAIL" if 40 <= minute < 42 else "NOERROR"
+    ...     lines = [one_second(1795737600 + 60 * minute + s, rcode) for s in range(60)]
+    ...     events += detector.feed("dns", [d for d, _ in lines], source="dns").events
+    ...     events += detector.feed("mail", [m for _, m in lines], source="mail").events
+    >>> events += detector.close()
+    >>> for event in events:
+    ...     print(event.state, event.key["outcome"], event.detected_at, event.observed.failures)
+    open SERVFAIL 2026-11-27T00:40:15Z 10
+    update SERVFAIL 2026-11-27T00:41:15Z 60
+    update SERVFAIL 2026-11-27T00:42:25Z 40
+    resolved SERVFAIL 2026-11-27T00:47:55Z 120
+
+    The first ten failures (ten seconds of the outage, plus the join's five-second wait) open
+    it; the sender's own slice is the same incident, so it is not paged separately. Each event
+    is the contract's JSON through ``encode_event``:
+
+    >>> from detector.core import encode_event
+    >>> encode_event(events[0])[:50]
+    b'{"id":"servfail-a3744e26b4b0c660","state":"open","'
+    """
 
     def __init__(self, config: DetectorConfig | None = None, state: dict | None = None,
                  series: bool = False) -> None:
@@ -170,16 +222,16 @@ class Detector:
         """Declare an input before its first batch, so it holds the watermark back until then."""
         self.clock.add(source)
 
-    def finish_source(self, source: str) -> list[dict]:
+    def finish_source(self, source: str) -> list[AnomalyEvent]:
         """An input ended (or is idle): it stops holding the watermark back."""
         self.clock.finish(source)
-        events: list[dict] = []
+        events: list[AnomalyEvent] = []
         self._advance(self.clock.advance(), events)
         return events
 
-    def close(self) -> list[dict]:
+    def close(self) -> list[AnomalyEvent]:
         """End of input: join and judge everything seen; open anomalies stay open."""
-        events: list[dict] = []
+        events: list[AnomalyEvent] = []
         if self.pending or self.open_steps:
             newest = max([p[0] for p in self.pending] + [i * self.step_s for i in self.open_steps])
             # Judge through the end of the step that holds the newest record.
@@ -248,7 +300,7 @@ class Detector:
 
     # ------------------------------------------------------------ event time
 
-    def _advance(self, watermark: float, events: list[dict]) -> None:
+    def _advance(self, watermark: float, events: list[AnomalyEvent]) -> None:
         if watermark == -math.inf:
             return
         after = self.config.join.window_after_s
@@ -298,7 +350,7 @@ class Detector:
                     slot = (resolver, k)
                     resolver_failures[slot] = resolver_failures.get(slot, 0) + 1
 
-    def _close_steps_until(self, limit: float, events: list[dict]) -> None:
+    def _close_steps_until(self, limit: float, events: list[AnomalyEvent]) -> None:
         """Close every step whose end is at or before ``limit``."""
         step_s = self.step_s
         last = math.floor(limit / step_s) - 1          # newest closable step index
@@ -332,7 +384,7 @@ class Detector:
         self.bucket_max_score[:] = 0.0
         self.next_step = target
 
-    def _close_step(self, index: int, events: list[dict]) -> None:
+    def _close_step(self, index: int, events: list[AnomalyEvent]) -> None:
         """Judge the step ``index``: the outcome-wide keys on their windows and sequential test,
         the slices on theirs, then one page per incident (``_one_page``)."""
         step = self.open_steps.pop(index, None) or StepCounts()
@@ -366,7 +418,7 @@ class Detector:
                           in zip(KEYS, short_gate, long_gate) if opens_short or opens_long)
         candidates.update(KEYS[k] for k in sequential_fires)
         alertable = self._alertable(end)
-        decisions: list[tuple[str, Alert, Judgement]] = []
+        decisions: list[Decision] = []
         # Excess failures of open outcome keys in each window, to judge ALL against.
         explained_short = explained_long = 0.0
         for key in sorted(candidates, key=KEY_INDEX.__getitem__):
@@ -815,7 +867,8 @@ class Detector:
 
     # ---------------------------------------------------------------- output
 
-    def _event(self, state: str, alert: Alert, judgement: Judgement, end: float) -> dict:
+    def _event(self, state: State, alert: Alert, judgement: Judgement,
+               end: float) -> AnomalyEvent:
         alerts, model = self.config.alerts, self.config.model
         self.counters[f"anomalies:{state}"] += 1
         top = alerts.evidence_top
@@ -823,16 +876,15 @@ class Detector:
             # The whole anomaly: its totals and the evidence gathered while it was open.
             window_start, window_end = alert.since, alert.last_elevated_end
             attempts, failures = alert.attempts, alert.failures
-            evidence = {name: top_counted(alert.evidence.get(field, {}), top)
-                        for field, name in enumerate(EVIDENCE_FIELDS)}
+            found_top = [top_counted(alert.evidence.get(field, {}), top)
+                         for field in range(len(EVIDENCE_FIELDS))]
         else:
             window_start, window_end = judgement.start, judgement.end
             attempts, failures = judgement.attempts, judgement.failures
             found = self._evidence_of(alert, self._steps_of(judgement))
-            evidence = {name: top_values(found, field, top)
-                        for field, name in enumerate(EVIDENCE_FIELDS)}
+            found_top = [top_values(found, field, top) for field in range(len(EVIDENCE_FIELDS))]
         samples = alert.evidence.get(SAMPLES_FIELD, {})
-        evidence["sample_message_ids"] = sorted(samples)[: alerts.evidence_samples]
+        evidence = Evidence(*found_top, sorted(samples)[: alerts.evidence_samples])
         rate = failures / attempts if attempts else 0.0
         expected_rate = judgement.expected_rate
         window_buckets = (window_end - window_start) / model.bucket_s
@@ -847,26 +899,23 @@ class Detector:
             how = f"; p = 1e-{judgement.score:.1f}"
         reason = (f"{name} OTP failures {failures}/{attempts} ({rate:.1%}) vs expected "
                   f"{expected_rate:.2%} over {int(window_end - window_start)} s" + how)
-        event = {
-            "id": alert.id,
-            "state": state,
-            "key": key,
-            "detected_at": rec.format_ts(end + self.config.join.window_after_s),
-            "since": rec.format_ts(alert.since),
-            "window": {"start": rec.format_ts(window_start), "end": rec.format_ts(window_end)},
-            "observed": {"attempts": attempts, "failures": failures, "failure_rate": round(rate, 6)},
-            "expected": {"attempts": round(expected_attempts, 2),
-                         "failures": round(attempts * expected_rate, 3),
-                         "failure_rate": round(expected_rate, 6)},
-            "score": round(judgement.score, 2),
-            "severity": alert.severity if state != "open" else self.books.severity(judgement),
-            "rule": judgement.rule if state != "resolved" else alert.rule,
-            "reason": reason,
-            "evidence": evidence,
-        }
-        if alert.related:
-            event["related"] = sorted(alert.related)
-        return event
+        return AnomalyEvent(
+            id=alert.id,
+            state=state,
+            key=key,
+            detected_at=rec.format_ts(end + self.config.join.window_after_s),
+            since=rec.format_ts(alert.since),
+            window=Window(rec.format_ts(window_start), rec.format_ts(window_end)),
+            observed=Observed(attempts, failures, round(rate, 6)),
+            expected=Expected(round(expected_attempts, 2), round(attempts * expected_rate, 3),
+                              round(expected_rate, 6)),
+            score=round(judgement.score, 2),
+            severity=alert.severity if state != "open" else self.books.severity(judgement),
+            rule=judgement.rule if state != "resolved" else alert.rule,
+            reason=reason,
+            evidence=evidence,
+            related=sorted(alert.related),
+        )
 
     # ----------------------------------------------------------------- state
 

@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 
 from .outcomes import N_KEYS
+from .events import ValueCount
 
 #: At most this many failure tuples are kept per step and key for evidence.
 EVIDENCE_CAP = 500
@@ -187,12 +188,12 @@ class SlidingCounts:
         self._recompute()
 
 
-def top_values(failures: list[Failure], field: int, top: int) -> list[dict]:
+def top_values(failures: list[Failure], field: int, top: int) -> list[ValueCount]:
     """The ``top`` most common non-empty values of one evidence field, ties by value."""
     return top_counted(Counter(f[field] for f in failures if f[field]), top)
 
 
-def top_counted(counts: dict, top: int) -> list[dict]:
-    """``[{"value", "count"}]`` of the ``top`` largest counts, ties broken by value."""
+def top_counted(counts: dict, top: int) -> list[ValueCount]:
+    """The ``top`` largest counts, ties broken by value."""
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    return [{"value": value, "count": count} for value, count in ranked[:top]]
+    return [ValueCount(value, count) for value, count in ranked[:top]]

@@ -27,6 +27,8 @@ from typing import BinaryIO
 
 import orjson
 
+from ..core.events import json_default
+
 #: Lines handed to the core per chunk: large enough to amortise per-batch work, small enough that
 #: streams stay aligned in event time and memory stays flat.
 CHUNK_LINES = 4096
@@ -334,7 +336,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class JsonLinesSink:
-    """JSON objects as lines into an ``OutputFile`` (``-`` is stdout); ``close()`` commits."""
+    """JSON objects (dicts, or typed values such as ``AnomalyEvent``) as lines into an
+    ``OutputFile`` (``-`` is stdout); ``close()`` commits."""
 
     def __init__(self, path: str | Path, option: str = "output") -> None:
         self.path = str(path)
@@ -342,12 +345,13 @@ class JsonLinesSink:
         self.written = 0
 
     def write(self, obj: dict) -> None:
-        self.output.write(orjson.dumps(obj) + b"\n")
+        self.output.write(orjson.dumps(obj, default=json_default) + b"\n")
         self.written += 1
 
     def write_many(self, objs: list[dict]) -> None:
         if objs:
-            self.output.write(b"".join(orjson.dumps(obj) + b"\n" for obj in objs))
+            self.output.write(b"".join(orjson.dumps(obj, default=json_default) + b"\n"
+                                       for obj in objs))
             self.written += len(objs)
 
     def flush(self) -> None:
