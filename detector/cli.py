@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import NoReturn
 from pathlib import Path
 
 import click
@@ -26,7 +27,7 @@ DNS_FORMATS = ("json", "zeek-dns", "unbound", "bind", "coredns")
 EXIT_OK, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
-def _fail(message: str, status: int = EXIT_USAGE) -> None:
+def _fail(message: str, status: int = EXIT_USAGE) -> NoReturn:
     """One clear line on stderr and exit status 2: a usage or configuration problem."""
     click.echo(f"detector: error: {message}", err=True)
     sys.exit(status)
@@ -97,7 +98,7 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
     inputs = [*(("--mail", p) for p in mail_paths), *(("--dns", p) for p in dns_paths)]
     outputs = [("--out", out), ("--dead-letter", dead_letter), ("--state", state_path),
                ("--series", series_path), ("--report", report_path)]
-    opened = []
+    opened: list[JsonLinesSink | OutputFile] = []
     try:
         config = _settings(config_path, {}).detector
         for _, path in inputs:
@@ -128,7 +129,8 @@ def replay(mail_paths, dns_paths, out, dead_letter, config_path, state_path, mai
         _fail(str(err))
     progress = _progress_printer() if sys.stderr.isatty() else None
     # The report needs the events and the series after the replay: kept in memory for it.
-    events, series = [], []
+    events: list[dict] = []
+    series: list[dict] = []
 
     def on_series(rows: list[dict]) -> None:
         if series_out is not None:
@@ -435,6 +437,7 @@ def convert(format_name, file) -> None:
     except TruncatedInput as err:
         _fail(str(err), EXIT_PARTIAL)
     adapter = make_adapter(format_name, ADAPTERS[format_name].stream)
+    assert adapter is not None           # (the contract's own format was refused above)
     output = sys.stdout.buffer
     tally = _Rejections(file)
     records, skipped = 0, 0
@@ -496,19 +499,20 @@ def broker(port) -> None:
         _fail(f"--port: {problem}")
     local = LocalBroker(port=port)
     try:
-        local.start()
+        process = local.start().process
     except RuntimeError as err:
         _fail(str(err))
+    assert process is not None           # (start() raises when it cannot run it)
     click.echo(local.bootstrap)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     try:
-        while not stop and local.process.poll() is None:
+        while not stop and process.poll() is None:
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
-        status = local.process.poll()
+        status = process.poll()
         local.stop()
     if status is not None and not stop:
         _fail(f"the broker exited by itself with status {status}")

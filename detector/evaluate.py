@@ -126,9 +126,11 @@ def load_truth(path: str | Path) -> dict:
     return truth
 
 
-def parse_time(value: str | int | float) -> datetime:
+def parse_time(value: str | float) -> datetime:
     """RFC 3339 (``Z`` or an offset; none means UTC) or epoch seconds/milliseconds, as UTC."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise TypeError(f"not a time: {value!r}")
+    if not isinstance(value, str):
         return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, timezone.utc)
     moment = datetime.fromisoformat(value.strip().replace("z", "Z"))
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
@@ -157,7 +159,8 @@ def evaluate(events: Iterable[dict], truth: dict) -> dict:
             "kth_failure_s": _kth_failure_s(incident, start),
         })
 
-    false_alarms, per_decoy = [], Counter()
+    false_alarms: list[dict] = []
+    per_decoy: Counter[int | None] = Counter()     # by decoy index (None: outside any)
     for at, outcome, event in opens:
         if any(start <= at <= end + ALARM_SLACK for start, end, _ in incidents):
             continue

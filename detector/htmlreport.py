@@ -79,14 +79,15 @@ def minutes(series: Iterable[dict]) -> dict:
     failing = {key for slot in per_minute.values() for key in slot[1]}
     keys = [key for key in KEYS if key in failing]
     ends = sorted(per_minute)
-    out = {"end": ends, "attempts": [per_minute[m][0] for m in ends], "failures": {},
-           "expected": {}}
+    failures: dict[str, list] = {}
+    expected: dict[str, list] = {}
     for key in keys:
         k = KEYS.index(key)
-        out["failures"][key] = [per_minute[m][1].get(key, 0) for m in ends]
-        out["expected"][key] = [per_minute[m][2][k] / per_minute[m][0] if per_minute[m][0]
-                                else None for m in ends]
-    return out
+        failures[key] = [per_minute[m][1].get(key, 0) for m in ends]
+        expected[key] = [per_minute[m][2][k] / per_minute[m][0] if per_minute[m][0]
+                         else None for m in ends]
+    return {"end": ends, "attempts": [per_minute[m][0] for m in ends], "failures": failures,
+            "expected": expected}
 
 
 def anomalies(events: Iterable[dict]) -> list[dict]:

@@ -112,7 +112,7 @@ def configure_logging(level: str | int = "INFO", fmt: str = "json",
         levels = logging.getLevelNamesMapping()
         if level.upper() not in levels:
             raise ValueError(f"log level {level!r} is not one of "
-                             f"{', '.join(sorted(levels, key=levels.get))}")
+                             f"{', '.join(sorted(levels, key=levels.__getitem__))}")
         level = levels[level.upper()]
     handler = _DetectorHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

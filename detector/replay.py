@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import orjson
 
 from .core.config import DetectorConfig
+from .core.events import AnomalyEvent
 from .core.pipeline import DNS, MAIL, STATE_VERSION, Detector
 from .formats import CONTRACT, SNIFF_LINES, Adapter, contract_score, detect, make_adapter
 from .io.files import JsonLinesSink, LineSource, TruncatedInput, file_identity
@@ -245,7 +247,13 @@ def load_state(path: str | Path, config: DetectorConfig | None = None) -> dict |
     return state
 
 
-def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
+class EventSink(Protocol):
+    """Where a replay writes its events (a ``JsonLinesSink``, or anything with this method)."""
+
+    def write_many(self, events: list[AnomalyEvent]) -> None: ...
+
+
+def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
            dead_letter: JsonLinesSink | None = None, config: DetectorConfig | None = None,
            state: dict | None = None, save_state: Callable[[bytes], None] | None = None,
            progress: Callable[[int, int], None] | None = None,
@@ -286,7 +294,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: JsonLinesSink,
             current.adapter.restore(saved)
     total_size = sum(i.lines.size for i in inputs)
 
-    def forward(current: _Input, lines: list[bytes], numbers: list[int | None]) -> None:
+    def forward(current: _Input, lines: list[bytes], numbers: Sequence[int | None]) -> None:
         stream, path = current.lines.stream, current.lines.path
         count = current.count
         if current.adapter is not None:

@@ -99,7 +99,7 @@ def _log_level(text: str) -> str:
 
     levels = logging.getLevelNamesMapping()
     if text.upper() not in levels:
-        raise ValueError(f"must be one of {', '.join(sorted(levels, key=levels.get))}")
+        raise ValueError(f"must be one of {', '.join(sorted(levels, key=levels.__getitem__))}")
     return text.upper()
 
 
@@ -216,7 +216,7 @@ def _key_type(hint: Any) -> Any:
         return Annotated[hint, Field(ge=0)]
     if origin in (tuple, list, frozenset, set):
         return Annotated[hint, NoDecode, BeforeValidator(_comma_list)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _table_model(hint)
     return hint
 
@@ -383,7 +383,8 @@ def load_settings(path: str | None = None, environ: Mapping[str, str] | None = N
         if value is not None:
             flags.setdefault(table, {})[key] = value
     try:
-        root = _loader(path, environ)(**flags)
+        # Its tables are fields made at run time (one per table), so typed as Any here.
+        root: Any = _loader(path, environ)(**flags)  # type: ignore[arg-type]
     except ValidationError as err:
         raise ConfigError(_one_line(err, environ)) from None
     except SettingsError as err:

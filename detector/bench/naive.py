@@ -135,6 +135,7 @@ class NaiveDetector:
 
     def _judge(self, events: list[dict]) -> None:
         """Score the finished minute per key, open and resolve, then learn it."""
+        assert self.minute is not None        # (called for a minute seen)
         end = (self.minute + 1) * 60.0
         attempts = self.attempts
         self.minutes_judged += 1

@@ -120,7 +120,7 @@ def _latency(lat: dict) -> list[str]:
     lines = []
     transport = lat.get("transport", "kafka-python")
     if lat["n"]:
-        rows = [("", "p50", "p99", "max")]
+        rows: list[tuple[str, ...]] = [("", "p50", "p99", "max")]
         for name, label, digits in (
                 ("wall_s", f"wall clock, records produced at {lat['pace']:g}x real time", 2),
                 ("detection_delay_s", "  detection delay (event time, in detected_at)", 0),
@@ -158,11 +158,11 @@ def _memory(mem: dict) -> list[str]:
 def _quality(q: dict, replay: dict | None) -> list[str]:
     k = q["kth_failure"]
     scenarios = [*q["rows"], q["totals"]]
-    project = [("scenario", "runs", "incidents", "detected", "false", "wrong", "median", "max",
+    project: list[tuple[str, ...]] = [("scenario", "runs", "incidents", "detected", "false", "wrong", "median", "max",
                 f"{k}th fail")]
     project += [(_scenario(row), str(row["runs"]), str(row["incidents"]), *_scored(row["project"]),
                  _seconds(row["median_kth_failure_s"])) for row in scenarios]
-    naive = [("scenario", "detected", "false", "wrong", "median", "max")]
+    naive: list[tuple[str, ...]] = [("scenario", "detected", "false", "wrong", "median", "max")]
     naive += [(_scenario(row), *_scored(row["naive"])) for row in scenarios]
     quick = q.get("quick_after_last_event_h")
     every = len(q["scenarios"]) == len(SCENARIOS)

@@ -161,31 +161,35 @@ class AlertBook:
             sequential_opens = (sequential is not None and sequential.fires
                                 and sequential.start >= floor)
             if short is not None and short.fires:
-                judgement = short
-            elif long_opens:
-                judgement = long
-            elif sequential_opens:
-                judgement = sequential
+                opening = short
+            elif long_opens and long is not None:
+                opening = long
+            elif sequential_opens and sequential is not None:
+                opening = sequential
             else:
                 return None
-            alert = Alert(id=anomaly_id(key, judgement.start), key=key, since=judgement.start,
-                          opened_at=end, rule=judgement.rule, severity=self.severity(judgement),
-                          last_rate=judgement.rate, last_emit_end=end, last_elevated_end=end,
-                          attempts=judgement.attempts, failures=judgement.failures)
+            alert = Alert(id=anomaly_id(key, opening.start), key=key, since=opening.start,
+                          opened_at=end, rule=opening.rule, severity=self.severity(opening),
+                          last_rate=opening.rate, last_emit_end=end, last_elevated_end=end,
+                          attempts=opening.attempts, failures=opening.failures)
             self.open[key] = alert
-            return "open", alert, judgement
+            return "open", alert, opening
 
         alert.attempts += step_attempts
         alert.failures += step_failures
         # An anomaly is judged on the window that opened it: the long window lags an incident's
         # end by its whole length, which must not delay resolving a short, sharp incident.
+        # (The pipeline passes the windows an outcome-wide key has, and ``recent`` for a slice.)
         if alert.rule == "short":
+            assert short is not None
             judgement = short
             elevated = judgement.score >= config.resolve_score
         elif alert.rule == "long":
+            assert long is not None and short is not None
             judgement = long
             elevated = judgement.score >= config.resolve_score and _still_high(short, 1.0)
         else:
+            assert recent is not None
             judgement = recent
             elevated = still_elevated
         if not elevated:

@@ -24,7 +24,7 @@ from . import records as rec
 from .alerts import Alert, AlertBook, Decision, Judgement, key_fields, slice_key
 from .clock import Deduplicator, EventClock
 from .config import DetectorConfig
-from .events import AnomalyEvent, Evidence, Expected, Observed, State, Window
+from .events import AnomalyEvent, Evidence, Expected, Observed, Rule, State, Window
 from .join import PREFER_HEALTHY, DnsJoin, prefer_of
 from .model import MAX_SCORE, Baseline, beta_binomial_sf, score_of
 from .otp import OtpRules
@@ -370,6 +370,7 @@ class Detector:
 
     def _skip_to(self, target: int) -> None:
         """Jump over a gap with no traffic: the baseline forgets as it would have, nothing else."""
+        assert self.next_step is not None        # (set before the first step closes)
         per_bucket = self.steps_per_bucket
         buckets = target // per_bucket - self.next_step // per_bucket
         self.baseline.fade(buckets)
@@ -569,7 +570,7 @@ class Detector:
         attempts, failures = step.slice_attempts[d], step.slice_failures[d]
         table.add_step(attempts, failures)
         hot = table.hot(attempts, failures)
-        reached = []
+        reached: list[tuple[int, float, float]] = []
         if not hot:
             return SliceStep(attempts, failures, reached)
         extra: dict[str, np.ndarray] = {}
@@ -800,7 +801,7 @@ class Detector:
                 for x, p in zip(failures.tolist(), expected)]
 
     def _judge(self, attempts: int, failures: int, a: float, b: float, gate: bool,
-               start: float, end: float, rule: str) -> Judgement:
+               start: float, end: float, rule: Rule) -> Judgement:
         score = score_of(failures, attempts, a, b) if failures else 0.0
         expected = a / (a + b)
         fires = gate and score >= self.config.alerts.open_score
@@ -884,7 +885,9 @@ class Detector:
             found = self._evidence_of(alert, self._steps_of(judgement))
             found_top = [top_values(found, field, top) for field in range(len(EVIDENCE_FIELDS))]
         samples = alert.evidence.get(SAMPLES_FIELD, {})
-        evidence = Evidence(*found_top, sorted(samples)[: alerts.evidence_samples])
+        senders, resolvers, tenants, status_codes = found_top
+        evidence = Evidence(senders, resolvers, tenants, status_codes,
+                            sorted(samples)[: alerts.evidence_samples])
         rate = failures / attempts if attempts else 0.0
         expected_rate = judgement.expected_rate
         window_buckets = (window_end - window_start) / model.bucket_s

@@ -99,9 +99,9 @@ class SliceTable:
         counts = self.bucket_attempts
         for value, n in attempts.items():
             counts[value] = counts.get(value, 0) + n
-        counts = self.bucket_failures
+        slots = self.bucket_failures
         for slot, n in failures.items():
-            counts[slot] = counts.get(slot, 0) + n
+            slots[slot] = slots.get(slot, 0) + n
 
     def hot(self, attempts: dict[str, int], failures: dict[tuple[str, int], int]
             ) -> list[tuple[int, int, int, int]]:

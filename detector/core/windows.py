@@ -40,8 +40,9 @@ class StepCounts:
         self.attempts = 0
         self.failures = [0] * N_KEYS
         self.evidence: dict[int, list[Failure]] = {}
-        self.slice_attempts: tuple[dict[str, int], dict[str, int]] = ({}, {})
-        self.slice_failures: tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]] = ({}, {})
+        # One per slice dimension (two today).
+        self.slice_attempts: tuple[dict[str, int], ...] = ({}, {})
+        self.slice_failures: tuple[dict[tuple[str, int], int], ...] = ({}, {})
         self.pairs: dict[tuple[str, str], int] = {}
 
     def add_failure(self, key: int, failure: Failure) -> None:
@@ -124,7 +125,7 @@ class SlidingCounts:
         self.short_attempts += step.attempts
         if failed:
             self.short_failures += failures
-        if mixed:
+        if mixed and expected is not None:      # (mixed says it was given)
             self.short_expected += expected
         if self.pushed > self.short_steps:
             gone = (self.pushed - 1 - self.short_steps) % self.long_steps
@@ -183,8 +184,8 @@ class SlidingCounts:
             self.long_steps, N_KEYS)
         self.ring_evidence = [{int(k): [tuple(f) for f in v] for k, v in slot.items()}
                               for slot in state["evidence"]]
-        self.ring_failed = self.ring_failures.any(axis=1).tolist()
-        self.ring_mixed = self.ring_expected.any(axis=1).tolist()
+        self.ring_failed = [bool(row.any()) for row in self.ring_failures]
+        self.ring_mixed = [bool(row.any()) for row in self.ring_expected]
         self._recompute()
 
 

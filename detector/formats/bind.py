@@ -108,6 +108,7 @@ class Bind(LineAdapter):
                 self._skip(out, "other")
                 return None
             return "not_bind"
+        assert match is not None          # (an empty message names no client)
         what = client.group("what")
         if what.startswith("query: "):
             self._skip(out, "query_log")
@@ -131,6 +132,7 @@ class Bind(LineAdapter):
             qtype = rest
             rcode = self._outcome(failed.group("why"))
         else:
+            assert denied is not None         # (neither: returned above)
             parts = denied.group("question").rsplit("/", 2)   # NAME/TYPE/CLASS
             if len(parts) != 3:
                 return "truncated"

@@ -156,7 +156,7 @@ class LogTime:
         """The Common Log Format's ``27/Nov/2026:10:15:02 +0000`` (None if it is not one)."""
         parts = _COMMON_LOG.fullmatch(text)
         month = MONTHS.get(parts.group(2)) if parts else None
-        if not month:
+        if parts is None or not month:
             return None
         day, _, year, hour, minute, second, sign, oh, om = parts.groups()
         offset_s = (int(oh) * 3600 + int(om) * 60) * (1 if sign == "+" else -1)

@@ -183,7 +183,7 @@ def _split_header(text: str) -> tuple[tuple, str | None, str, str]:
         return ("iso", stamp_text), None if host == "-" else host, program, _rfc5424_message(rest)
     if match := _CLASSIC.match(text):
         month, day, hms, rest = match.groups()
-        stamp = ("classic", month, day, hms)
+        stamp: tuple[str, ...] = ("classic", month, day, hms)
     elif match := _ISO.match(text):
         date, clock, offset, rest = match.groups()
         if offset and offset not in "Zz" and ":" not in offset:
@@ -410,6 +410,7 @@ class PostfixAdapter(Adapter):
             return None  # CONNECT, EHLO, header/body checks: no envelope to count
         stage, _client, reply, sender, recipient = match.groups()
         codes = _REPLY_CODES.match(reply)
+        assert codes is not None              # (every part of it is optional)
         reply_class, dsn = codes.group(1), codes.group(2)
         status = "deferred" if (reply_class or (dsn or "5")[0]) == "4" else "failed"
         stamp = rfc3339(seconds)

@@ -264,7 +264,7 @@ class _ZeekLog(LineAdapter):
                 "uid" in row or "id.orig_h" in row or isinstance(row.get("id"), dict)) or not any(
                 key in row for key in self.json_keys):
             raise Rejected(self.not_mine)
-        nested = row.get("id") if isinstance(row.get("id"), dict) else {}
+        nested: dict = row["id"] if isinstance(row.get("id"), dict) else {}
 
         def get(name: str) -> str | None:
             value = row.get(name)

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -91,7 +92,7 @@ class LineSource:
         head = self._head(self._raw)
         if head.startswith(GZIP_MAGIC):
             self.compressed = True
-            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")
+            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
             try:
                 head = self._head(self._file)
             except (EOFError, OSError, zlib.error) as err:
@@ -344,11 +345,11 @@ class JsonLinesSink:
         self.output = OutputFile(path, option)
         self.written = 0
 
-    def write(self, obj: dict) -> None:
+    def write(self, obj: Any) -> None:
         self.output.write(orjson.dumps(obj, default=json_default) + b"\n")
         self.written += 1
 
-    def write_many(self, objs: list[dict]) -> None:
+    def write_many(self, objs: Sequence[Any]) -> None:
         if objs:
             self.output.write(b"".join(orjson.dumps(obj, default=json_default) + b"\n"
                                        for obj in objs))

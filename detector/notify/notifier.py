@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from ..io import kafka as kio
-from ..io.transport import TP, Batch, TransportError, make_transport
+from ..io.transport import TP, Batch, Transport, TransportError, make_transport
 from ..settings import Settings
 from .alerts import EventError, OpenAnomalies, read_event
 from .lanes import AlertmanagerLane, Lane, WebhookLane, backoff_s
@@ -75,7 +75,7 @@ class Notifier:
             for name, url in zip(receiver_names("webhook", notify.webhook_urls),
                                  notify.webhook_urls)]
         self.lanes: list[Lane] = [*self.alertmanagers, *self.webhooks]
-        self.transport = None
+        self.transport: Transport          # set by run(), before anything reads it
         self._changes = threading.Lock()          # assignment news from the client's thread
         self._assigned: set[TP] = set()
         self._revoked: set[TP] = set()
@@ -110,10 +110,11 @@ class Notifier:
         if self.shared.worker.create_topics:
             self._with_retry("create topics", lambda: kio.ensure_topics(
                 kafka, {notify.dead_letter_topic: {}}))
-        self.transport = self._with_retry("connect", lambda: make_transport(
+        transport = self._with_retry("connect", lambda: make_transport(
             kafka, notify.group_id, None))
-        if self.transport is None:                  # stopped before Kafka could be reached
+        if transport is None:                       # stopped before Kafka could be reached
             return 0
+        self.transport = transport
         self.transport.join([self.topic], on_assigned=self._on_assigned,
                             on_revoked=self._on_revoked)
         for lane in self.lanes:
@@ -209,15 +210,16 @@ class Notifier:
         self.metrics.open_anomalies.set(len(self.book))
 
     def _push(self, tp: TP, offset: int, value: bytes, event: dict | None, intents) -> None:
-        for lane in self.alertmanagers:
-            lane.push(tp, offset, intents)
-        for lane in self.webhooks:
-            lane.push(tp, offset, value, event)
+        for alertmanager in self.alertmanagers:
+            alertmanager.push(tp, offset, intents)
+        for webhook in self.webhooks:
+            webhook.push(tp, offset, value, event)
 
     def _done(self, tp: TP) -> int | None:
         """The offset below which every receiver has every event of ``tp``."""
         done = [lane.done(tp) for lane in self.lanes]
-        return None if not done or None in done else min(done)
+        known = [offset for offset in done if offset is not None]
+        return None if not done or len(known) < len(done) else min(known)
 
     def _commit(self, asynchronous: bool = False) -> None:
         offsets = {}

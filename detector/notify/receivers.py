@@ -92,7 +92,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
         headers = {**headers, "Authorization": "Basic " + base64.b64encode(
             credentials.encode()).decode()}
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
         url = urlunsplit(parts._replace(netloc=netloc))
     opener = urllib.request.build_opener(_NoRedirect(),
                                          urllib.request.HTTPSHandler(context=context))

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from itertools import accumulate, count
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -141,7 +142,7 @@ def generate(scenario: str, outdir: Path, seed: int = 1, hours: float | None = N
         start_ms = _ms(start)
         for minute in range(minutes):
             traffic.minute(start_ms + minute * MINUTE_MS)
-    truth = {
+    truth: dict[str, Any] = {
         "scenario": scenario, "seed": seed, "start": _rfc3339(start), "end": _rfc3339(end),
         "incidents": [{"outcome": ev.outcome, "start": _rfc3339(s), "end": _rfc3339(e),
                        "desc": ev.desc,
@@ -357,7 +358,7 @@ class _Traffic:
         server = tenant.server
         addresses = domain.addresses
         sender = addresses[int(rand() * len(addresses))] if len(addresses) > 1 else addresses[0]
-        record = {
+        record: dict[str, Any] = {
             "ts": None,
             "message_id": f"<{self._rng.getrandbits(32):08x}{next(self._message_seq):08x}@{server}>",
             "status": "delivered",
@@ -482,7 +483,7 @@ class _Traffic:
         rand = self._rand
         if rand() < TRAILING_DOT:
             qname += "."
-        record = {"ts": None, "qname": qname, "qtype": "TXT", "rcode": rcode}
+        record: dict[str, Any] = {"ts": None, "qname": qname, "qtype": "TXT", "rcode": rcode}
         if rcode == "NOERROR":
             record["answers"] = [answer] if rand() < 0.8 else 1
         elif rcode in ("NXDOMAIN", "NODATA"):
@@ -550,7 +551,7 @@ class _Traffic:
                 rcode, answers = "REFUSED", None
             else:
                 rcode, answers = "SERVFAIL", None
-            record = {"ts": None, "qname": qname, "qtype": qtype, "rcode": rcode}
+            record: dict[str, Any] = {"ts": None, "qname": qname, "qtype": qtype, "rcode": rcode}
             if answers is not None:
                 record["answers"] = answers
             record["resolver"] = resolver
