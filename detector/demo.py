@@ -60,6 +60,7 @@ from .io.files import JsonLinesSink, LineSource
 from .io.kafka import make_consumer
 from .io.produce import produce_files
 from .logs import configure_logging
+from .notify.settings import NotifySettings
 from .replay import replay
 from .report import events_table
 from .settings import Settings, load_settings
@@ -117,9 +118,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start Debian's prometheus-alertmanager on loopback and use it")
     parser.add_argument("--hold-firing", type=float, default=0.0, metavar="SECONDS",
                         help="keep the alert firing this long before part two (time to look)")
+    parser.add_argument("--hours", type=_positive, default=None, metavar="H",
+                        help="generate this many hours of logs (default: the scenario's 6; "
+                             "the incident is 2.5 h in, so at least 3.5)")
     parser.add_argument("--out", type=Path, default=OUT, metavar="DIR",
                         help="where the scenario, logs and report go (default demo-out)")
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of hours")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         context = _tls_context(notify)
         views = [view for url in notify.alertmanager_urls
                  if (view := AlertmanagerView.reachable(url, context)) is not None]
-        events = run(out, notify, views, args.hold_firing)
+        try:
+            events = run(out, notify, views, args.hold_firing, args.hours)
+        except KeyboardInterrupt:
+            say("interrupted")
+            return 130
     print(events_table(events))
     truth = orjson.loads((out / "truth.json").read_bytes())
     print()
@@ -153,19 +171,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(out: Path, notify, views: list["AlertmanagerView"], hold_s: float) -> list[dict]:
+def run(out: Path, notify: NotifySettings, views: list["AlertmanagerView"], hold_s: float,
+        hours: float | None = None) -> list[dict]:
     """Generate, produce, detect (and show the alert when ``views``); the events on the topic."""
     say("generating the seed-incident scenario (SPF lookups SERVFAIL for one OTP sender)")
-    summary = generate("seed-incident", out, seed=7).to_dict()
+    summary = generate("seed-incident", out, seed=7, hours=hours).to_dict()
     say(f"{summary['mail_records']} mail and {summary['dns_records']} DNS records, "
         f"{summary['start']} to {summary['end']}")
+    truth = orjson.loads((out / "truth.json").read_bytes())
+    if views and not truth["incidents"]:
+        say(f"no incident in {summary['start']} to {summary['end']}: nothing to show in "
+            "Alertmanager")
+        views = []
     with LocalBroker(log_path=out / "broker.log") as broker:
         say(f"local broker on {broker.bootstrap}")
         settings = demo_settings(broker.bootstrap)
         files = [(settings.topics.dns, out / "dns.jsonl.gz"),
                  (settings.topics.mail, out / "mail.jsonl.gz")]
         if views:
-            truth = orjson.loads((out / "truth.json").read_bytes())
             window = (parse_ts(summary["start"]), parse_ts(summary["end"]))
             Showing(out, settings, notify, views, window).run(files, truth, hold_s)
         else:
@@ -190,7 +213,7 @@ def demo_settings(bootstrap: str, **worker) -> Settings:
         **{("worker", key): value for key, value in worker.items()}})
 
 
-def notify_settings(urls: list[str]):
+def notify_settings(urls: list[str]) -> NotifySettings:
     """The notifier's configuration: its ``DETECTOR_NOTIFY_*`` environment, ``--alertmanager-url``
     over it. Alertmanager only: a webhook configured there is not sent the demo's events."""
     from .notify.settings import load_notify_settings
@@ -257,7 +280,7 @@ def _stamped_at_cut(line: bytes, cut: float) -> bool:
 class Showing:
     """The two-part run with the notifier, showing the alert in every Alertmanager of ``views``."""
 
-    def __init__(self, out: Path, settings: Settings, notify, views: list["AlertmanagerView"],
+    def __init__(self, out: Path, settings: Settings, notify: NotifySettings, views: list["AlertmanagerView"],
                  window: tuple[float, float]) -> None:
         self.out, self.settings, self.views, self.window = out, settings, views, window
         self.notify = notify
@@ -463,7 +486,7 @@ def _reason(err: BaseException) -> str:
     return f"{type(reason).__name__}: {reason}"
 
 
-def _tls_context(notify) -> ssl.SSLContext:
+def _tls_context(notify: NotifySettings) -> ssl.SSLContext:
     from .notify.receivers import tls_context
 
     return tls_context(notify.tls_verify, notify.ca_file)
