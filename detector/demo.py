@@ -19,11 +19,13 @@ does, and prints the resolution. The files are cut at a line, not sorted by time
 parts in order are the files exactly.
 
 The worker runs twice on one group, as a deployed worker restarts: the first run is stopped
-(checkpoint, commit, leave the group) once the alert has been shown, and the second restores
-that checkpoint, reads on, and exits when idle as the plain demo does. The first run never counts
-a partition as idle (``idle_timeout_s`` is a day), so to the detector the pause between the parts
-is a stream that is late, not one that ended: no step is judged before its records are in, and
-the events are the ones a single run over the whole files gives.
+(checkpoint, commit, leave the group) once it has read part one and the alert has been shown, and
+the second restores that checkpoint, reads on, and exits when idle as the plain demo does. The
+first run never counts a partition as idle (``idle_timeout_s`` is a day), so to the detector the
+pause between the parts is a stream that is late, not one that ended: no step is judged before its
+records are in, and the events are the ones a single run over the whole files gives. The demo's
+alerts are told from anything else in that Alertmanager by their ``anomaly_id``: the ids of the
+events on the demo's anomalies topic, which it follows.
 
 Alertmanager unreachable at the start, or not listing (or not dropping) the alert in time: one
 line saying so, and the demo goes on and writes its report.
@@ -44,7 +46,6 @@ import threading
 import time
 import urllib.request
 from contextlib import ExitStack
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -88,22 +89,40 @@ def say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
-def read_events(kafka, topic: str, idle_s: float = 2.0) -> list[dict]:
-    from kafka import TopicPartition
+class EventFollower:
+    """The anomalies topic read from its beginning, as far as it has come at each ``poll``."""
 
-    consumer = make_consumer(kafka, None)
+    def __init__(self, kafka, topic: str) -> None:
+        from kafka import TopicPartition
+
+        self.consumer = make_consumer(kafka, None)
+        partitions = sorted(self.consumer.partitions_for_topic(topic) or ())
+        self.consumer.assign([TopicPartition(topic, p) for p in partitions])
+        self.consumer.seek_to_beginning()
+        self.events: list[dict] = []
+
+    def poll(self, timeout_s: float = 0.2) -> int:
+        """Wait up to ``timeout_s`` for events; how many came."""
+        came = 0
+        for records in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+            self.events.extend(orjson.loads(r.value) for r in records)
+            came += len(records)
+        return came
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def read_events(kafka, topic: str, idle_s: float = 2.0) -> list[dict]:
+    follower = EventFollower(kafka, topic)
     try:
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        consumer.assign([TopicPartition(topic, p) for p in partitions])
-        consumer.seek_to_beginning()
-        events, quiet = [], time.monotonic()
+        quiet = time.monotonic()
         while time.monotonic() - quiet < idle_s:
-            for records in consumer.poll(timeout_ms=200).values():
-                events.extend(orjson.loads(r.value) for r in records)
+            if follower.poll():
                 quiet = time.monotonic()
-        return events
+        return follower.events
     finally:
-        consumer.close()
+        follower.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -189,8 +208,7 @@ def run(out: Path, notify: NotifySettings, views: list["AlertmanagerView"], hold
         files = [(settings.topics.dns, out / "dns.jsonl.gz"),
                  (settings.topics.mail, out / "mail.jsonl.gz")]
         if views:
-            window = (parse_ts(summary["start"]), parse_ts(summary["end"]))
-            Showing(out, settings, notify, views, window).run(files, truth, hold_s)
+            Showing(out, settings, notify, views).run(files, truth, hold_s)
         else:
             started = time.monotonic()
             sent = produce(settings, files)
@@ -278,12 +296,14 @@ def _stamped_at_cut(line: bytes, cut: float) -> bool:
 
 
 class Showing:
-    """The two-part run with the notifier, showing the alert in every Alertmanager of ``views``."""
+    """The two-part run with the notifier, showing the alert in every Alertmanager of ``views``.
 
-    def __init__(self, out: Path, settings: Settings, notify: NotifySettings, views: list["AlertmanagerView"],
-                 window: tuple[float, float]) -> None:
-        self.out, self.settings, self.views, self.window = out, settings, views, window
-        self.notify = notify
+    The demo's alerts are told from anything else in an Alertmanager by their ``anomaly_id``
+    annotation: the ids of the events on the demo's anomalies topic, which it follows."""
+
+    def __init__(self, out: Path, settings: Settings, notify: NotifySettings,
+                 views: list["AlertmanagerView"]) -> None:
+        self.out, self.settings, self.notify, self.views = out, settings, notify, views
         self.consumed = 0
 
     def run(self, files: list[tuple[str, Path]], truth: dict, hold_s: float) -> None:
@@ -293,8 +313,9 @@ class Showing:
         settings = self.settings
         cut = parse_ts(truth["incidents"][0]["start"]) + FIRING_FOR_S
         first, second = split_files(files, cut, self.out / "parts")
-        # The notifier subscribes before the worker's first run would create the topic.
+        # The notifier and the follower subscribe before the worker would create the topic.
         kio.ensure_topics(settings.kafka, {settings.topics.anomalies: {}})
+        self.follower = EventFollower(settings.kafka, settings.topics.anomalies)
         self.metrics = NotifierMetrics()
         self.notifier = Notifier(self.notify, settings, self.metrics)
         self.notifier_error: BaseException | None = None
@@ -331,6 +352,7 @@ class Showing:
         finally:
             self.notifier.stop()
             notifying.join(timeout=30)
+            self.follower.close()
             shutil.rmtree(self.out / "parts", ignore_errors=True)
 
     def _notify(self) -> None:
@@ -349,52 +371,60 @@ class Showing:
             return bool(since) and time.monotonic() - since[0] > SETTLE_S
         return settled
 
+    def _ids(self, *states: str) -> set[str]:
+        return {event["id"] for event in self.follower.events if event.get("state") in states}
+
     def wait_firing(self, read_all: Callable[[], bool]) -> dict[str, list[dict]]:
-        """Once the worker has read part one, each Alertmanager's alerts from this scenario,
-        printed; ``{}`` when none listed them in time (said in one line)."""
+        """Once the worker has read part one, each Alertmanager's alerts of the anomalies open
+        on the topic, printed; ``{}`` when none listed them in time (said in one line)."""
         settled = self._settled(read_all)
         while not read_all():
-            time.sleep(POLL_S)
+            self.follower.poll(POLL_S)
         firing: dict[str, list[dict]] = {}
         waiting = list(self.views)
         while waiting:
+            self.follower.poll(POLL_S)
+            opened = self._ids("open", "update") - self._ids("resolved")
             for view in list(waiting):
-                alerts = view.alerts(self.window)
+                alerts = view.alerts(opened) if opened else []
                 if alerts:
                     firing[view.url] = alerts
                     waiting.remove(view)
                     view.show_firing(alerts)
             if waiting and settled():
+                if not opened:
+                    say(f"no anomaly open on the topic {SETTLE_S:g} s after the worker read part "
+                        "one: nothing to show in Alertmanager")
+                    break
                 for view in waiting:
                     say(f"Alertmanager at {view.url} did not list the alert within "
                         f"{SETTLE_S:g} s of the worker reading part one ({self._delivery()}"
                         f"{view.last_error()}); going on without it")
                 break
-            time.sleep(POLL_S)
         return firing
 
     def wait_resolved(self, firing: dict[str, list[dict]], exited: Callable[[], bool]) -> None:
-        """Until no Alertmanager lists an alert of this scenario; each resolution printed."""
+        """Until no Alertmanager lists the alerts it showed firing; each resolution printed."""
         settled = self._settled(exited)
         waiting = [view for view in self.views if view.url in firing]
         while waiting:
+            self.follower.poll(POLL_S)
             for view in list(waiting):
-                if view.alerts(self.window, on_error=None) == []:
+                shown = {alert["annotations"]["anomaly_id"] for alert in firing[view.url]}
+                if view.alerts(shown, on_error=None) == []:
                     waiting.remove(view)
-                    self.show_resolved(view, firing[view.url])
+                    self.show_resolved(view, sorted(shown))
             if waiting and settled():
                 for view in waiting:
-                    say(f"Alertmanager at {view.url} still lists the alert {SETTLE_S:g} s after "
-                        f"the worker read everything ({self._delivery()}{view.last_error()})")
+                    state = "does not answer" if view.error else "still lists the alert"
+                    say(f"Alertmanager at {view.url} {state} {SETTLE_S:g} s after the worker "
+                        f"read everything ({self._delivery()}{view.last_error()})")
                 break
-            time.sleep(POLL_S)
 
-    def show_resolved(self, view: "AlertmanagerView", alerts: list[dict]) -> None:
-        ends = {event["id"]: event["detected_at"]
-                for event in read_events(self.settings.kafka, self.settings.topics.anomalies,
-                                         idle_s=1.0) if event.get("state") == "resolved"}
-        for alert in alerts:
-            anomaly_id = alert["annotations"].get("anomaly_id", "")
+    def show_resolved(self, view: "AlertmanagerView", anomaly_ids: list[str]) -> None:
+        ends = {event["id"]: event.get("detected_at") for event in self.follower.events
+                if event.get("state") == "resolved"}
+        for anomaly_id in anomaly_ids:
             say(f"Alertmanager at {view.url} no longer lists {anomaly_id}: resolved, "
                 f"endsAt {ends.get(anomaly_id, '?')} (the resolved event's detected_at)")
 
@@ -411,9 +441,7 @@ class Showing:
 
 
 class AlertmanagerView:
-    """Alertmanager's API v2 as the demo reads it: the active ``OTPDeliveryFailures`` alerts that
-    started within the scenario's data, so alerts of anything else in that Alertmanager are not
-    mistaken for the demo's."""
+    """Alertmanager's API v2 as the demo reads it: the active alerts of given anomalies."""
 
     def __init__(self, url: str, context: ssl.SSLContext | None) -> None:
         self.url = url.rstrip("/")
@@ -445,17 +473,18 @@ class AlertmanagerView:
         with urllib.request.urlopen(request, timeout=5, context=self.context) as response:
             return orjson.loads(response.read())
 
-    def alerts(self, window: tuple[float, float], on_error=()) -> list[dict] | None:
-        """The active alerts of this scenario; ``on_error`` (remembered) when the API fails."""
+    def alerts(self, anomaly_ids: set[str], on_error=()) -> list[dict] | None:
+        """The active alerts of these anomalies (resolved ones are not listed by the API);
+        ``on_error`` when the API fails (``error`` says how, until it answers again)."""
         try:
             listed = self.get("/api/v2/alerts?active=true")
         except Exception as err:             # noqa: BLE001 - remembered, said when giving up
             self.error = _reason(err)
             return list(on_error) if on_error is not None else None
-        start, end = window
+        self.error = ""
         return [alert for alert in listed
                 if alert.get("labels", {}).get("alertname") == ALERTNAME
-                and start <= _seconds(alert.get("startsAt")) <= end]
+                and (alert.get("annotations") or {}).get("anomaly_id") in anomaly_ids]
 
     def last_error(self) -> str:
         return f"; last answer: {self.error}" if self.error else ""
@@ -472,13 +501,6 @@ class AlertmanagerView:
                 f"; endsAt {alert.get('endsAt')} (moved on by every re-send while open)")
         say(f"  see it at   {self.url}/#/alerts or `amtool --alertmanager.url={self.url} alert "
             f"query alertname={ALERTNAME}` (Debian's package has no web UI)")
-
-
-def _seconds(text) -> float:
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except (TypeError, ValueError):
-        return float("nan")              # compares false: not this scenario's
 
 
 def _reason(err: BaseException) -> str:
