@@ -34,7 +34,6 @@ line saying so, and the demo goes on and writes its report.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import logging
 import os
@@ -48,7 +47,6 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
@@ -61,6 +59,7 @@ from .io.files import JsonLinesSink, LineSource
 from .io.kafka import make_consumer
 from .io.produce import produce_files
 from .logs import configure_logging
+from .notify.receivers import split_credentials
 from .notify.settings import NotifySettings
 from .replay import replay
 from .report import events_table
@@ -462,14 +461,9 @@ class AlertmanagerView:
         return view
 
     def get(self, path: str):
-        parts = urlsplit(self.url + path)
-        headers = {"Accept": "application/json"}
-        if parts.username is not None:       # as the notifier sends them: basic authentication
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-            parts = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port
-                                                            else ""))
-        request = urllib.request.Request(urlunsplit(parts), headers=headers)
+        # Credentials in the URL as the notifier sends them: basic authentication.
+        url, headers = split_credentials(self.url + path, {"Accept": "application/json"})
+        request = urllib.request.Request(url, headers=headers)
         with urllib.request.urlopen(request, timeout=5, context=self.context) as response:
             return orjson.loads(response.read())
 
