@@ -331,8 +331,11 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
     import logging
 
     logging.getLogger("kafka").setLevel(logging.WARNING)     # the client's chatter is not ours
+    from prometheus_client import disable_created_metrics
+
     from .worker_metrics import serve_worker_metrics
 
+    disable_created_metrics()       # no `_created` series per counter (README, "Metrics and health")
     worker = Worker(settings)
     try:
         server = serve_worker_metrics(worker, settings.worker.metrics_host,

@@ -133,6 +133,8 @@ class Worker:
                     log.info("input idle: flushing and exiting", extra={"idle_s": idle_exit})
                     self._flush_input()
                     break
+            if self.metrics is not None:
+                self.metrics.observe_core()   # what the last flush joined and judged
             self._checkpoint(final=True)
             self.detector = None          # checkpointed: closing revokes nothing left to save
         finally:
@@ -183,7 +185,7 @@ class Worker:
         if self.detector is not None:
             self._mark_idle(now)
             self._align()
-            self._update_gauges()
+            self._update_metrics()
         if now - self.last_checkpoint >= self.settings.worker.checkpoint_interval_s:
             self._checkpoint()
 
@@ -193,7 +195,6 @@ class Worker:
         count, next_offset = len(values), offsets[-1] + 1
         stream = self.stream_of[tp.topic]
         source = f"{tp.topic}/{tp.partition}"
-        before = detector.stats()
         adapter = self.adapters.get(source)
         converted_from = None
         if adapter is not None:
@@ -215,7 +216,7 @@ class Worker:
         progress.idle = False
         self.counts["consumed"] += count
         if self.metrics is not None:
-            self.metrics.observe_feed(tp.topic, count, before, detector.stats())
+            self.metrics.consumed(tp.topic, count)
 
     def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
@@ -482,9 +483,8 @@ class Worker:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
         if self.metrics is not None:
-            # A partition this member no longer owns has no lag here: no stale series.
-            for tp in revoked:
-                self.metrics.lag.remove(topic=tp.topic, partition=str(tp.partition))
+            # What the core counted last; a partition this member no longer owns has no lag here.
+            self.metrics.revoked(revoked)
         self.detector = None
         self.progress = {}
         self.pending_assignment = None
@@ -494,6 +494,8 @@ class Worker:
         partitions and leave reading the checkpoint to the main loop (``_restore``)."""
         if not assigned:
             log.info("standby: no partitions assigned")
+            if self.metrics is not None:
+                self.metrics.standby()
             return
         self.transport.pause(assigned)
         self.pending_assignment = set(assigned)
@@ -530,6 +532,8 @@ class Worker:
                 self.detector, offsets = Detector(self.settings.detector), {}
         else:
             self.detector, offsets = Detector(self.settings.detector), {}
+        if self.metrics is not None:
+            self.metrics.follow(self.detector)
         try:
             self._seek_and_resume(assigned, start, restored, offsets, times)
         except TransportError:
@@ -571,12 +575,11 @@ class Worker:
 
     # ----------------------------------------------------------------- metrics
 
-    def _update_gauges(self) -> None:
+    def _update_metrics(self) -> None:
+        """Once per step: the core's counters and gauges, and the lag of each partition."""
         if self.metrics is None:
             return
-        detector = self.detector
-        self.metrics.watermark.set(detector.watermark if detector.watermark > -math.inf else 0)
-        self.metrics.open_anomalies.set(detector.open_anomalies())
+        self.metrics.observe_core()
         for tp, progress in self.progress.items():
             high, position = self.transport.highwater(tp), progress.next_offset
             if high is not None and position is not None:
