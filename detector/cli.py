@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import orjson
 
+from . import gcpolicy
 from .core.config import ConfigError
 from .core.events import AnomalyEvent, to_builtins
 
@@ -41,6 +42,7 @@ class _Commands(click.Group):
     """click's group with one line for a usage error and no ``Aborted!`` traceback story."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        gcpolicy.tune()             # every command is one process over many records
         try:
             return super().main(args, prog_name or "detector", complete_var,
                                 standalone_mode=False, **extra)

@@ -89,6 +89,9 @@ class Worker:
         self.first_assignment = True
         self.pending_assignment: set[TP] | None = None
         self.last_checkpoint = time.monotonic()
+        #: A poll left records unread (a backlog): the step that reads the last of it
+        #: checkpoints at once (``_step``).
+        self.behind = False
         self.transport: Transport | None = None
         self.healthy = True
         self.counts = {"consumed": 0, "produced": 0, "checkpoints": 0}
@@ -182,11 +185,15 @@ class Worker:
             self._feed(batch, now_wall, now)
         if batches and self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        caught_up = False
         if self.detector is not None:
+            if batches:
+                caught_up = self._read_to_the_end()
             self._mark_idle(now)
             self._align()
             self._update_metrics()
-        if now - self.last_checkpoint >= self.settings.worker.checkpoint_interval_s:
+        if (caught_up or now - self.last_checkpoint
+                >= self.settings.worker.checkpoint_interval_s):
             self._checkpoint()
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
@@ -217,6 +224,25 @@ class Worker:
         self.counts["consumed"] += count
         if self.metrics is not None:
             self.metrics.consumed(tp.topic, count)
+
+    def _read_to_the_end(self) -> bool:
+        """True once, when a backlog has just been read to its end (as of the last fetch).
+
+        Then the worker checkpoints at once rather than at the next interval: what it has read
+        is committed as soon as there is no more, so a restart right after re-reads nothing, and
+        a backfill is committed when it is done (the group's lag says so). A live worker reads
+        each fetch to its end, so this fires only after a burst that one poll could not take.
+        """
+        transport = self.transport
+        behind = False
+        for tp, progress in self.progress.items():
+            high = transport.highwater(tp)
+            if high is not None and progress.next_offset is not None and \
+                    progress.next_offset < high:
+                behind = True
+                break
+        was_behind, self.behind = self.behind, behind
+        return was_behind and not behind
 
     def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
