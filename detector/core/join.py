@@ -26,13 +26,13 @@ import re
 from bisect import bisect_left, bisect_right, insort
 from heapq import heapify, heappop, heappush
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter
 
 from .outcomes import RANK
 from .records import FINAL_FAILURE, DnsRecord, MailRecord
 
-# A buffered resolver answer is the parsed ``DnsRecord`` itself:
-# (ts, qname, qtype, outcome, resolver, client).
+# A buffered resolver answer is the parsed ``DnsRecord`` itself (ts, qname, qtype, outcome,
+# resolver, client).
 Entry = DnsRecord
 
 
@@ -60,9 +60,9 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
     return bool(detail) and _DNS_DETAIL.search(detail) is not None
 
 
-#: An entry's time, the key of every bisection: itemgetter runs in C, where a function of ours
+#: An entry's time, the key of every bisection: attrgetter runs in C, where a function of ours
 #: cost a Python call per probe (1.6 M calls in a 370 k-record replay).
-_entry_ts = itemgetter(0)
+_entry_ts = attrgetter("ts")
 
 
 class DnsJoin:
@@ -101,21 +101,25 @@ class DnsJoin:
     def add_many(self, records) -> None:
         """``add`` of each record in turn: a batch's records in one loop over local names."""
         by_name, expiry, cap = self._by_name, self._expiry, self.max_buffered
+        size = self.size
         for record in records:
-            ts, qname = record[0], record[1]
+            ts, qname = record.ts, record.qname
             entries = by_name.get(qname)
             if entries is None:
                 by_name[qname] = [record]
                 heappush(expiry, (ts, qname))
-            elif entries[-1][0] <= ts:
+            elif entries[-1].ts <= ts:
                 entries.append(record)
             else:
-                if ts < entries[0][0]:          # a new oldest record of the name
+                if ts < entries[0].ts:          # a new oldest record of the name
                     heappush(expiry, (ts, qname))
                 insort(entries, record, key=_entry_ts)
-            self.size += 1
-            if self.size > cap:
+            size += 1
+            if size > cap:
+                self.size = size
                 self.evicted += self._drop_through(self._oldest(), inclusive=True)
+                size = self.size
+        self.size = size
 
     def _oldest(self) -> float:
         """The time of the oldest buffered record, once left-behind expiry entries are gone."""
@@ -123,7 +127,7 @@ class DnsJoin:
         while True:
             ts, qname = expiry[0]
             entries = by_name.get(qname)
-            if entries is not None and entries[0][0] == ts:
+            if entries is not None and entries[0].ts == ts:
                 return ts
             heappop(expiry)
 
@@ -134,6 +138,8 @@ class DnsJoin:
     def _drop_through(self, cutoff: float, inclusive: bool) -> int:
         dropped = 0
         expiry, by_name = self._expiry, self._by_name
+        if not expiry or (expiry[0][0] > cutoff if inclusive else expiry[0][0] >= cutoff):
+            return 0
         while expiry and (expiry[0][0] <= cutoff if inclusive else expiry[0][0] < cutoff):
             _, qname = heappop(expiry)
             entries = by_name.get(qname)
@@ -144,7 +150,7 @@ class DnsJoin:
                 del entries[:cut]
                 dropped += cut
                 if entries:
-                    heappush(expiry, (entries[0][0], qname))    # not before the cutoff
+                    heappush(expiry, (entries[0].ts, qname))    # not before the cutoff
                 else:
                     del by_name[qname]
         self.size -= dropped
@@ -161,13 +167,15 @@ class DnsJoin:
             server = None
         start, end = ts - self.before_s, ts + self.after_s
         split = bisect_right(entries, ts, key=_entry_ts)
-        if split and start <= entries[split - 1][0] <= end:
+        if split:
             # The usual case, with one bisection and no scan: the nearest answer before is in
-            # the window, compatible and of the kind preferred.
+            # the window, compatible and of the kind preferred (``_compatible``, inlined).
             entry = entries[split - 1]
-            if _compatible(entry, qtype, server) and (
+            if start <= entry.ts and (qtype is None or entry.qtype is None
+                                      or entry.qtype == qtype) and (
+                    server is None or entry.client is None or entry.client == server) and (
                     prefer == PREFER_NEAREST
-                    or (entry[3] in _FAILING) == (prefer == PREFER_FAILING)):
+                    or (entry.outcome in _FAILING) == (prefer == PREFER_FAILING)):
                 return entry
         lo = bisect_left(entries, start, key=_entry_ts)
         hi = bisect_right(entries, end, key=_entry_ts)
@@ -180,7 +188,7 @@ class DnsJoin:
                 continue
             if prefer == PREFER_NEAREST:
                 return entry
-            if (entry[3] in _FAILING) == (prefer == PREFER_FAILING):
+            if (entry.outcome in _FAILING) == (prefer == PREFER_FAILING):
                 if nearest is not None:
                     self.ambiguous += 1
                 return entry
@@ -211,7 +219,7 @@ class DnsJoin:
             if entry is None:
                 outcome, resolver = "UNMATCHED", None
             else:
-                outcome, resolver = entry[3], entry[4]
+                outcome, resolver = entry.outcome, entry.resolver
             rank = RANK[outcome]
             if rank < worst_rank:
                 worst, worst_rank, worst_resolver = outcome, rank, resolver
@@ -219,7 +227,8 @@ class DnsJoin:
 
     def snapshot(self) -> list:
         """Buffered records as plain lists, oldest first (the arrival order is rebuilt from ts)."""
-        flat = [list(entry) for entries in self._by_name.values() for entry in entries]
+        flat = [[e.ts, e.qname, e.qtype, e.outcome, e.resolver, e.client]
+                for entries in self._by_name.values() for e in entries]
         flat.sort(key=lambda row: (row[0], row[1]))
         return flat
 
@@ -230,7 +239,7 @@ class DnsJoin:
             record = DnsRecord(*row)
             self._by_name.setdefault(record.qname, []).append(record)
             self.size += 1
-        self._expiry = [(entries[0][0], qname) for qname, entries in self._by_name.items()]
+        self._expiry = [(entries[0].ts, qname) for qname, entries in self._by_name.items()]
         heapify(self._expiry)
 
 
@@ -244,6 +253,6 @@ def prefer_of(mail: MailRecord) -> int:
 
 
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:
-    if qtype is not None and entry[2] is not None and entry[2] != qtype:
+    if qtype is not None and entry.qtype is not None and entry.qtype != qtype:
         return False
-    return server is None or entry[5] is None or entry[5] == server
+    return server is None or entry.client is None or entry.client == server
