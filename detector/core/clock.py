@@ -108,6 +108,14 @@ class Deduplicator:
         add, remember = keys.add, order.append
         fresh = []
         keep = fresh.append
+        if len(order) + len(records) <= cap:         # the usual batch: the cap is not reached
+            for record in records:
+                key = f"{record.message_id}\x00{record.status}"
+                if key not in keys:
+                    add(key)
+                    remember((record.ts, key))
+                    keep(record)
+            return fresh
         for record in records:
             key = f"{record.message_id}\x00{record.status}"
             if key in keys:

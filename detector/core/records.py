@@ -154,6 +154,7 @@ def parse_ts(value: object) -> float:
                 whole = minute + second
                 seconds = whole + frac if frac is not None else whole
                 if offset is None:
+                    _remember(_SECOND_EPOCH, value[:19], whole)
                     return seconds           # the head is cached only when its hour is in range
                 seconds -= offset
                 if not 0 <= seconds <= MAX_EPOCH_S:
@@ -529,6 +530,7 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
     kept: list[int] | None = None
     decode, limit, cut = _decode_mail_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
     seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
+    domains, unknown = _DOMAIN_OF, _UNKNOWN
     for index, raw in enumerate(lines):
         try:
             if len(raw) > limit:
@@ -546,19 +548,25 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
                 sender, tenant, server = line.sender, line.tenant, line.server
                 category, status_code, detail = line.category, line.status_code, line.detail
                 lookups = line.dns_lookups
+                if sender:                   # domain_of(sender), its cache inlined
+                    domain = domains.get(sender, unknown)
+                    if domain is unknown:
+                        domain = domain_of(sender)
+                else:
+                    domain = None
                 record = MailRecord(
                     ts,
                     line.message_id[:cut],
                     line.status,
                     sender[:cut] if sender else None,
-                    domain_of(sender),
+                    domain,
                     tenant and tenant[:cut],
                     server.lower()[:cut] if server else None,
                     category.lower() if category else None,
                     line.subject,
                     status_code and status_code[:32],
                     None if lookups is None else [
-                        (normalize_name(lookup.qname),
+                        (lookup.qname.lower().rstrip(".")[:cut],      # normalize_name, inlined
                          lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
                     line.dns_outcome,
                     detail and detail[:cut],
