@@ -541,10 +541,13 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
                 record = _checked(raw, mail_from_object)
             else:
                 # mail_from_object's normalisation of the same fields: the same record.
-                ts = line.ts
-                whole = seconds_of(ts[:19]) if ts.__class__ is str else None
-                fraction = None if whole is None else fraction_of(ts[19:])
-                ts = parse_ts(ts) if fraction is None else whole + fraction   # parse_ts, inlined
+                ts = line.ts                 # parse_ts, inlined for its usual cases:
+                if ts.__class__ is str:      # a cached second and a UTC tail
+                    whole = seconds_of(ts[:19])
+                    fraction = None if whole is None else fraction_of(ts[19:])
+                    ts = parse_ts(ts) if fraction is None else whole + fraction
+                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
+                    ts = parse_ts(ts)
                 sender, tenant, server = line.sender, line.tenant, line.server
                 category, status_code, detail = line.category, line.status_code, line.detail
                 lookups = line.dns_lookups
@@ -602,10 +605,13 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRe
                 record = _checked(raw, dns_from_object)
             else:
                 # dns_from_object's normalisation of the same fields: the same record.
-                ts = line.ts
-                whole = seconds_of(ts[:19]) if ts.__class__ is str else None
-                fraction = None if whole is None else fraction_of(ts[19:])
-                ts = parse_ts(ts) if fraction is None else whole + fraction   # parse_ts, inlined
+                ts = line.ts                 # parse_ts, inlined for its usual cases:
+                if ts.__class__ is str:      # a cached second and a UTC tail
+                    whole = seconds_of(ts[:19])
+                    fraction = None if whole is None else fraction_of(ts[19:])
+                    ts = parse_ts(ts) if fraction is None else whole + fraction
+                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
+                    ts = parse_ts(ts)
                 rcode, answers = line.rcode, line.answers
                 outcome = outcome_of.get(rcode)
                 if outcome is None:      # another spelling, or not an rcode of the contract
