@@ -47,7 +47,6 @@ ALERT_EVIDENCE_VALUES = 100
 MAIL, DNS = "mail", "dns"
 
 
-
 class PendingDelivery(Struct, gc=False):
     """An OTP delivery waiting for the watermark to pass its time plus the join window.
 
@@ -167,14 +166,12 @@ class Detector:
         if records:
             records, kept, times = self._drop_future(records, kept, times, rejected, now)
         watermark = self.clock.watermark
-        if not records:
-            pass
-        elif min(times) >= watermark:                 # the usual batch: nothing late
+        if records and min(times) >= watermark:       # the usual batch: nothing late
             if stream == MAIL:
                 self._accept_mail(records)
             else:
                 self.join.add_many(records)
-        else:
+        elif records:
             on_time = []
             for index, record in zip(range(len(records)) if kept is None else kept, records):
                 if record.ts < watermark:
