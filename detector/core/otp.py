@@ -68,6 +68,9 @@ class OtpRules:
         self._sender = _combine(sender_patterns)
         self._subject = _combine(subject_patterns)
         self._verdicts: dict[str, bool] = {}
+        # Subjects that matched no pattern: newsletters and notifications repeat theirs for
+        # thousands of lines, where an OTP subject carries its code (so only misses are kept).
+        self._plain_subjects: set[str] = set()
 
     def is_otp(self, category: str | None, sender: str | None, subject: str | None) -> bool:
         """``category`` is lower case already (the parser folds it); sender/subject as logged."""
@@ -79,10 +82,9 @@ class OtpRules:
 
     def otp_mails(self, mails: list) -> list:
         """The records (with ``category``, ``sender``, ``subject``) that ``is_otp``, in order:
-        the rules over a batch in one loop. A sender's verdict is cached: a log repeats a few
-        thousand senders for all its lines, and most mail without a category is decided by
-        its sender or its subject."""
-        verdicts, subject_pattern = self._verdicts, self._subject
+        the rules over a batch in one loop. A sender's verdict is cached (a log repeats a few
+        thousand senders for all its lines), and so are the subjects that matched nothing."""
+        verdicts, subject_pattern, plain = self._verdicts, self._subject, self._plain_subjects
         found = []
         keep = found.append
         for mail in mails:
@@ -104,8 +106,14 @@ class OtpRules:
                     keep(mail)
                     continue
             subject = mail.subject
-            if subject and subject_pattern is not None and subject_pattern.search(subject):
+            if not subject or subject_pattern is None or subject in plain:
+                continue
+            if subject_pattern.search(subject):
                 keep(mail)
+            elif len(subject) <= 200:               # a hostile long subject is not kept
+                if len(plain) >= 4096:
+                    plain.clear()
+                plain.add(subject)
         return found
 
     def _sender_is_otp(self, sender: str) -> bool:
