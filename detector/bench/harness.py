@@ -79,7 +79,8 @@ def machine() -> dict:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {}
-    for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson"):
+    for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson",
+                    "msgspec"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
