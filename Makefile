@@ -38,6 +38,7 @@ integrations-deps:
 
 # One test process per core (pytest-xdist): the broker tests spend most of their time waiting.
 test: setup integrations-deps
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -n auto -m "not faults"
 
 # Fault injection against the broker (crashes, member moves, outages, refused writes): minutes.

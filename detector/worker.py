@@ -36,7 +36,7 @@ from kafka.errors import KafkaError
 from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
-from .formats import CONTRACT, make_adapter
+from .formats import CONTRACT, Adapter, make_adapter
 from .io import kafka as kio
 from .io.transport import TP, Batch, Transport, TransportError, make_transport
 from .settings import Settings
@@ -76,7 +76,7 @@ class Worker:
         topics = settings.topics
         self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
         self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
-        self.adapters: dict[str, object] = {}
+        self.adapters: dict[str, Adapter] = {}
         self.detector: Detector | None = None
         self.progress: dict[TP, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
@@ -92,7 +92,7 @@ class Worker:
         #: A poll left records unread (a backlog): the step that reads the last of it
         #: checkpoints at once (``_step``).
         self.behind = False
-        self.transport: Transport | None = None
+        self.transport: Transport         # set by run(), before anything reads it
         self.healthy = True
         self.counts = {"consumed": 0, "produced": 0, "checkpoints": 0}
 
@@ -116,10 +116,11 @@ class Worker:
             self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
                 settings.topics.state: {"cleanup.policy": "compact"}}))
-        self.transport = self._with_retry("connect", lambda: make_transport(
+        transport = self._with_retry("connect", lambda: make_transport(
             settings.kafka, settings.worker.group_id, self.assignor))
-        if self.transport is None:                 # stopped before Kafka could be reached
+        if transport is None:                      # stopped before Kafka could be reached
             return 0
+        self.transport = transport
         log.info("transport", extra={"transport": self.transport.name})
         self.transport.join([settings.topics.mail, settings.topics.dns],
                             on_assigned=self._on_assigned, on_revoked=self._on_revoked)
@@ -198,12 +199,14 @@ class Worker:
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
         detector = self.detector
+        assert detector is not None              # (the step feeds only while it has one)
+        offsets: list[int] | None
         tp, values, offsets = batch.tp, batch.values, batch.offsets
         count, next_offset = len(values), offsets[-1] + 1
         stream = self.stream_of[tp.topic]
         source = f"{tp.topic}/{tp.partition}"
         adapter = self.adapters.get(source)
-        converted_from = None
+        converted_from = ""                      # the offsets records converted from
         if adapter is not None:
             # A log format of its own: lines the adapter rejects are dead-lettered as they came;
             # the records it makes carry the offset range of the batch they came from.
@@ -354,13 +357,15 @@ class Worker:
         ``idle_timeout_s``; a partition with a backlog is slow, not idle, and keeps holding the
         watermark (its records would be late otherwise)."""
         timeout = self.settings.worker.idle_timeout_s
+        detector = self.detector
+        assert detector is not None
         for tp, progress in self.progress.items():
             if progress.idle or progress.paused or now - progress.last_data < timeout:
                 continue
             if self._caught_up(tp, progress):
                 progress.idle = True
                 log.debug("partition idle", extra={"partition": f"{tp.topic}/{tp.partition}"})
-                self._emit(self.detector.finish_source(f"{tp.topic}/{tp.partition}"))
+                self._emit(detector.finish_source(f"{tp.topic}/{tp.partition}"))
 
     def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
         transport = self.transport
@@ -384,6 +389,7 @@ class Worker:
     def _align(self) -> None:
         """Pause partitions too far ahead of the watermark; resume them as it catches up."""
         detector = self.detector
+        assert detector is not None
         lead = self.settings.worker.max_lead_s
         floor = detector.watermark + detector.config.clock.allowed_lateness_s
         if floor == -math.inf:
@@ -414,6 +420,7 @@ class Worker:
         meets the watermark it would meet in a replay of the same files (README, "Replay and
         worker"), and nothing piles up in memory behind a watermark that cannot move."""
         detector = self.detector
+        assert detector is not None
         high = detector.clock.high
         if not any(not p.idle and high.get(f"{tp.topic}/{tp.partition}", -math.inf) == -math.inf
                    for tp, p in self.progress.items()):
@@ -531,7 +538,7 @@ class Worker:
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
         restored = None
-        times: dict[TP, int] = {}
+        times: dict[TP, int | None] = {}
         if start not in ("committed", "earliest", "latest"):
             try:                                   # --from TIME: ask before changing anything
                 millis = int(parse_start_time(start) * 1000)
@@ -571,12 +578,14 @@ class Worker:
 
     def _seek_and_resume(self, assigned: set[TP], start: str, restored, offsets: dict,
                          times: dict) -> None:
+        detector = self.detector
+        assert detector is not None              # (made by _restore before)
         self.progress = {tp: PartitionProgress() for tp in assigned}
         saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
         self.adapters = {}
         for tp in sorted(assigned):
             source = f"{tp.topic}/{tp.partition}"
-            self.detector.add_source(source)
+            detector.add_source(source)
             adapter = make_adapter(self.formats[tp.topic], self.stream_of[tp.topic])
             if adapter is not None:
                 if source in saved_adapters:

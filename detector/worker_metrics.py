@@ -227,7 +227,7 @@ class MetricsServer:
                                                  type=socket.SOCK_STREAM,
                                                  flags=socket.AI_PASSIVE)[0]
         server_class = type("_BoundServer", (_Server,), {"address_family": family})
-        self._server = make_server(address[0], self.requested_port, self._app,
+        self._server = make_server(str(address[0]), self.requested_port, self._app,
                                    server_class=server_class, handler_class=_QuietHandler)
         # A short poll so stop() returns within 0.1 s instead of the default 0.5 s.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
@@ -241,7 +241,8 @@ class MetricsServer:
             return
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         self._server = self._thread = None
 
     def __enter__(self) -> "MetricsServer":
@@ -257,7 +258,7 @@ class MetricsServer:
                 return self._metrics_app(environ, start_response)
             if environ["REQUEST_METHOD"] != "GET":
                 return _reply(start_response, "405 Method Not Allowed", "text/plain; charset=utf-8",
-                              b"GET only\n", [("Allow", "GET")])
+                              b"GET only\n", (("Allow", "GET"),))
             if path == "/healthz":
                 ok, detail = self._health()
                 body = orjson.dumps({"ok": ok, "detail": detail}, default=str)
@@ -286,7 +287,7 @@ INDEX = b"otp-dns-detector\n/metrics  Prometheus metrics\n/healthz  health (200 
 
 
 def _reply(start_response, status: str, content_type: str, body: bytes,
-           headers: list[tuple[str, str]] = ()) -> list[bytes]:
+           headers: tuple[tuple[str, str], ...] = ()) -> list[bytes]:
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                             *headers])
     return [body]

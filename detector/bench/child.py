@@ -133,7 +133,8 @@ def bare_consume(bootstrap: str, topics: list[str], expected: int, group: str,
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              max_poll_records=5000)
     consumer.subscribe(topics)
-    count, done, ends = 0, None, {}
+    count, ends = 0, {}
+    done = started
     deadline = time.monotonic() + timeout_s
     try:
         while count < expected and time.monotonic() < deadline:
@@ -158,14 +159,16 @@ def bare_consume_confluent(bootstrap: str, topics: list[str], expected: int, gro
                          "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     consumer.subscribe(topics)
-    count, done, ends = 0, None, {}
+    count, ends = 0, {}
+    done = started
     deadline = time.monotonic() + timeout_s
     try:
         while count < expected and time.monotonic() < deadline:
             for message in consumer.consume(5000, 0.5):
-                if message.error() is None and message.value() is not None:
+                offset = message.offset()
+                if message.error() is None and message.value() is not None and offset is not None:
                     count += 1
-                    ends[f"{message.topic()}/{message.partition()}"] = message.offset() + 1
+                    ends[f"{message.topic()}/{message.partition()}"] = offset + 1
             done = time.perf_counter()
     finally:
         consumer.close()
@@ -197,7 +200,7 @@ def worker_run(settings_overrides: dict, ends: dict[str, int]) -> dict:
                 and all(reached.get(source, -1) >= end for source, end in ends.items())):
             committed["at"] = time.perf_counter()
 
-    transport.KafkaPythonTransport.commit = timed_commit
+    transport.KafkaPythonTransport.commit = timed_commit  # type: ignore[method-assign]
     started = time.perf_counter()
     worker = Worker(settings)
     worker.run()
@@ -228,6 +231,7 @@ def feed_log(path: str, name: str) -> dict:
 
     stream = ADAPTERS[name].stream
     adapter = make_adapter(name, stream)
+    assert adapter is not None                 # (formats of their own only)
     reasons: Counter[str] = Counter()
     started = time.perf_counter()
     source = LineSource(path, stream)

@@ -78,7 +78,7 @@ def machine() -> dict:
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson",
                     "msgspec"):
         try:
@@ -231,6 +231,7 @@ def quality_section(root: Path, work: Path, quick: bool, seeds: list[int], worke
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         runs = list(pool.map(run, zip(specs, datasets)))
     if replayed:
+        assert mixed is not None
         runs.append(mixed["quality"])
     rows = [{"scenario": name, **summarize([r for r in runs if r["scenario"] == name])}
             for name in dict.fromkeys(r["scenario"] for r in runs)]

@@ -106,7 +106,7 @@ class Deduplicator:
         each is remembered as it passes, so a repeat within the batch is a duplicate too."""
         keys, order, cap = self._keys, self._order, self.max_entries
         add, remember = keys.add, order.append
-        fresh = []
+        fresh: list = []
         keep = fresh.append
         if len(order) + len(records) <= cap:         # the usual batch: the cap is not reached
             for record in records:

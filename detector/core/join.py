@@ -26,6 +26,7 @@ import re
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from heapq import heappop, heappush
+from collections.abc import Sequence
 from itertools import chain
 from operator import attrgetter
 
@@ -59,7 +60,7 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
     """
     if status_code and _DNS_STATUS_CODE.match(status_code):
         return True
-    return bool(detail) and _DNS_DETAIL.search(detail) is not None
+    return detail is not None and detail != "" and _DNS_DETAIL.search(detail) is not None
 
 
 #: An entry's time, the key of every bisection: attrgetter runs in C, where a function of ours
@@ -149,7 +150,8 @@ class DnsJoin:
             gone += run[:cut]
             if cut < len(run):
                 del run[:cut]
-                heappush(runs, (run[0].ts, seq, run))
+                # (A decoded answer's ts is a float: decode_dns normalised it.)
+                heappush(runs, (run[0].ts, seq, run))  # type: ignore[misc]
         # A name's records before the cutoff are the first of its sorted list: as many as
         # left the runs.
         by_name = self._by_name
@@ -163,7 +165,7 @@ class DnsJoin:
         return len(gone)
 
     def match(self, ts: float, qname: str, qtype: str | None, server: str | None,
-              prefer: int = PREFER_NEAREST) -> Entry | None:
+              prefer: int = PREFER_NEAREST) -> DnsRecord | None:
         """The answer a lookup at ``ts`` joins: the nearest compatible one, or with ``prefer``
         the nearest compatible one of the preferred kind when the window holds one."""
         entries = self._by_name.get(qname)
@@ -212,7 +214,8 @@ class DnsJoin:
                                    mail.dns_outcome, prefer_of(mail))
 
     def resolve_fields(self, ts: float, server: str | None, sender_domain: str | None,
-                       lookups: list | None, dns_outcome: str | None,
+                       lookups: Sequence[tuple[str, str | None]] | None,
+                       dns_outcome: str | None,
                        prefer: int = PREFER_NEAREST) -> tuple[str, str | None]:
         """``resolve`` on the fields the pipeline keeps of a pending delivery."""
         if dns_outcome is not None:
@@ -251,7 +254,7 @@ class DnsJoin:
             self.size += 1
         run = sorted((entry for entries in self._by_name.values() for entry in entries),
                      key=_entry_ts)
-        self._runs = [(run[0].ts, 0, run)] if run else []
+        self._runs = [(float(run[0].ts), 0, run)] if run else []
 
 
 def prefer_of(mail: MailRecord) -> int:

@@ -78,14 +78,15 @@ class OtpRules:
             return category == "otp"
         if sender and self._sender_is_otp(sender):
             return True
-        return bool(subject) and self._subject is not None and self._subject.search(subject) is not None
+        return (subject is not None and subject != "" and self._subject is not None
+                and self._subject.search(subject) is not None)
 
     def otp_mails(self, mails: list) -> list:
         """The records (with ``category``, ``sender``, ``subject``) that ``is_otp``, in order:
         the rules over a batch in one loop. A sender's verdict is cached (a log repeats a few
         thousand senders for all its lines), and so are the subjects that matched nothing."""
         verdicts, subject_pattern, plain = self._verdicts, self._subject, self._plain_subjects
-        found = []
+        found: list = []
         keep = found.append
         for mail in mails:
             category = mail.category

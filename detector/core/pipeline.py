@@ -17,6 +17,7 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import Any
 
 import numpy as np
 from msgspec import Struct
@@ -211,10 +212,12 @@ class Detector:
         counters = self.counters
         decode = rec.decode_mail if stream == MAIL else rec.decode_dns
         # The accepted records, and their indexes in ``lines`` (None: every line, in order).
-        records, kept = decode(lines, rejected)
+        # (Mail records or DNS answers: both have a float ``ts`` once decoded.)
+        decoded: tuple[list[Any], list[int] | None] = decode(lines, rejected)
+        records, kept = decoded
         counters[f"{stream}_records"] += len(lines)
         # The batch's times, gathered once for the future check, the first and the newest.
-        times = [record.ts for record in records]
+        times: list[float] = [record.ts for record in records]
         if records:
             records, kept, times = self._drop_future(records, kept, times, rejected, now)
         watermark = self.clock.watermark
@@ -330,7 +333,7 @@ class Detector:
             return
         failure = rec.FINAL_FAILURE
         seq = self.seq
-        deliveries = []
+        deliveries: list[PendingDelivery] = []
         append = deliveries.append
         for mail in otp:
             seq += 1
@@ -376,7 +379,7 @@ class Detector:
         key_index = KEY_INDEX
         tally: dict[str | None, int] = {}          # outcome -> deliveries; None -> failures
         index = -1
-        step = None
+        step: Any = None                  # (a StepCounts from the first delivery on)
         for p in due:
             ts, sender_domain = p.ts, p.sender_domain
             outcome, resolver = resolve(ts, p.server, sender_domain, p.lookups, p.dns_outcome,
@@ -412,8 +415,8 @@ class Detector:
                     resolver_failures[slot] = resolver_failures.get(slot, 0) + 1
         counters = self.counters
         counters["otp_attempts"] += len(due)
-        for outcome, n in tally.items():
-            counters["otp_failures" if outcome is None else f"otp_outcome:{outcome}"] += n
+        for tallied, n in tally.items():
+            counters["otp_failures" if tallied is None else f"otp_outcome:{tallied}"] += n
 
     def _close_steps_until(self, limit: float, events: list[AnomalyEvent]) -> None:
         """Close every step whose end is at or before ``limit``."""

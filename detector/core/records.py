@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 import orjson
@@ -251,18 +251,18 @@ def domain_of(address: str | None) -> str | None:
     """
     if not address:
         return None
-    domain = _DOMAIN_OF.get(address, _UNKNOWN)
-    if domain is not _UNKNOWN:
-        return domain
-    domain = address.strip().strip("<>").rpartition("@")[2]
-    domain = normalize_name(domain) if domain and "@" in address else None
+    cached = _DOMAIN_OF.get(address, _UNKNOWN)
+    if cached is not _UNKNOWN:
+        return cached
+    after = address.strip().strip("<>").rpartition("@")[2]
+    domain = normalize_name(after) if after and "@" in address else None
     if len(address) <= 320:                   # a hostile long "address" is not kept
         _remember(_DOMAIN_OF, address, domain)
     return domain
 
 
 _DOMAIN_OF: dict[str, str | None] = {}
-_UNKNOWN = object()
+_UNKNOWN: Any = object()
 
 
 def load_object(raw: bytes | str) -> dict:
@@ -412,7 +412,7 @@ def dns_from_object(obj: dict) -> DnsRecord:
         ts,
         qname.lower().rstrip(".")[:MAX_FIELD_CHARS],           # normalize_name, inlined
         qtype.upper() if qtype else None,
-        outcome_of_rcode(rcode, len(answers) if answers_type is list else answers),
+        outcome_of_rcode(rcode, len(answers) if isinstance(answers, list) else answers),
         resolver[:MAX_FIELD_CHARS] if resolver else None,
         client.lower()[:MAX_FIELD_CHARS] if client else None,
     )
@@ -548,9 +548,9 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
                 record = _checked(raw, mail_from_object)
             else:
                 # mail_from_object's normalisation of the same fields: the same record.
-                ts = line.ts                 # parse_ts, inlined for its usual cases:
+                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
                 if ts.__class__ is str:      # a cached second and a UTC tail
-                    whole = seconds_of(ts[:19])
+                    whole: Any = seconds_of(ts[:19])
                     fraction = None if whole is None else fraction_of(ts[19:])
                     ts = parse_ts(ts) if fraction is None else whole + fraction
                 elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
@@ -616,9 +616,9 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAn
             except Exception:        # msgspec refused it: the checked path accepts or names why
                 record = _checked(raw, dns_from_object)
             else:
-                ts = line.ts                 # parse_ts, inlined for its usual cases:
+                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
                 if ts.__class__ is str:      # a cached second and a UTC tail
-                    whole = seconds_of(ts[:19])
+                    whole: Any = seconds_of(ts[:19])
                     fraction = None if whole is None else fraction_of(ts[19:])
                     ts = parse_ts(ts) if fraction is None else whole + fraction
                 elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
@@ -637,13 +637,13 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAn
     return records, kept
 
 
-def dns_record(answer: DnsAnswer) -> DnsRecord:
+def dns_record(answer: Any) -> DnsRecord:
     """The ``DnsRecord`` of an answer from ``decode_dns``: itself when it is one already, else
     ``dns_from_object``'s normalisation of the decoded line's other fields (its ``ts`` and
     ``qname`` are normalised already)."""
     if answer.__class__ is DnsRecord:
-        return answer                                    # type: ignore[return-value]
-    rcode, answers = answer.rcode, answer.answers        # type: ignore[union-attr]
+        return answer
+    rcode, answers = answer.rcode, answer.answers
     outcome = _OUTCOME_OF_RCODE.get(rcode)
     if outcome is None:              # another spelling, or not an rcode of the contract
         outcome = outcome_of_rcode(rcode, len(answers) if answers.__class__ is list else answers)
@@ -664,9 +664,10 @@ def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[
     """``(index, record)`` of every line ``validate`` accepts; ``(index, reason)`` of the others
     appended to ``rejected``. With ``mail_from_object`` or ``dns_from_object`` the batch takes the
     fast path (``decode_mail``, ``decode_dns``); any other validator gets decoded objects."""
-    fast = {mail_from_object: decode_mail, dns_from_object: decode_dns}.get(validate)
+    fast: Any = {mail_from_object: decode_mail, dns_from_object: decode_dns}.get(validate)
     if fast is not None:
-        records, kept = fast(lines, rejected)
+        decoded: tuple[list[Any], list[int] | None] = fast(lines, rejected)
+        records, kept = decoded
         if validate is dns_from_object:
             records = [dns_record(answer) for answer in records]
         return list(zip(range(len(records)) if kept is None else kept, records))

@@ -19,7 +19,7 @@ and kafka-python's murmur2, so a key lands in the same partition whichever clien
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import orjson
 
@@ -183,6 +183,7 @@ def produce_files(kafka: KafkaSettings, topic: str, paths: list[str], speed: flo
     for path in paths:
         source = LineSource(path, "any")
         try:
+            batches: Iterator[tuple[list[bytes], tuple | None]]
             if adapter is None:
                 batches = ((lines, None) for lines, _ in source.chunks())
             else:
