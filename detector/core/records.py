@@ -510,10 +510,6 @@ class _DnsLine(Struct, forbid_unknown_fields=True, gc=False):
     latency_ms: Union[_Latency, None] = None
 
 
-#: What ``decode_dns`` gives: a decoded line with its ``ts`` and ``qname`` normalised (the rest
-#: by ``dns_record`` when needed), or a ``DnsRecord`` from the checked path.
-DnsAnswer = Union[_DnsLine, DnsRecord]
-
 _decode_mail_line = msgspec.json.Decoder(_MailLine).decode
 _decode_dns_line = msgspec.json.Decoder(_DnsLine).decode
 _OUTCOME_OF_RCODE = {code: code for code in ("NOERROR", "NODATA", "NXDOMAIN", "SERVFAIL",
@@ -592,21 +588,16 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
     return records, kept
 
 
-def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAnswer],
+def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
                                                                      list[int] | None]:
-    """``decode_mail`` for DNS resolver lines: their answers (``DnsAnswer``) and indexes
-    (``None`` when every line was accepted).
-
-    Only the time and the name of an answer are normalised here: the join files an answer by
-    them, and most answers are never looked at again (names no delivery looks up, or outside
-    every delivery's window). ``dns_record`` finishes the rest when the join first reads one,
-    the same as ``dns_from_object`` would have (about a quarter of a DNS line's cost saved).
-    """
-    records: list[DnsAnswer] = []
+    """``decode_mail`` for DNS resolver lines: ``DnsRecord``s and their indexes (``None`` when
+    every line was accepted)."""
+    records: list[DnsRecord] = []
     append = records.append
     kept: list[int] | None = None
     decode, limit, cut = _decode_dns_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
     seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
+    outcome_of = _OUTCOME_OF_RCODE
     for index, raw in enumerate(lines):
         try:
             if len(raw) > limit:
@@ -616,6 +607,7 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAn
             except Exception:        # msgspec refused it: the checked path accepts or names why
                 record = _checked(raw, dns_from_object)
             else:
+                # dns_from_object's normalisation of the same fields: the same record.
                 ts = line.ts                 # parse_ts, inlined for its usual cases:
                 if ts.__class__ is str:      # a cached second and a UTC tail
                     whole = seconds_of(ts[:19])
@@ -623,9 +615,22 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAn
                     ts = parse_ts(ts) if fraction is None else whole + fraction
                 elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
                     ts = parse_ts(ts)
-                line.ts = ts
-                line.qname = line.qname.lower().rstrip(".")[:cut]    # normalize_name, inlined
-                record = line
+                rcode, answers = line.rcode, line.answers
+                outcome = outcome_of.get(rcode)
+                if outcome is None:      # another spelling, or not an rcode of the contract
+                    outcome = outcome_of_rcode(
+                        rcode, len(answers) if answers.__class__ is list else answers)
+                elif outcome == "NOERROR" and (answers == 0 or answers == []):
+                    outcome = "NODATA"
+                qtype, resolver, client = line.qtype, line.resolver, line.client
+                record = DnsRecord(
+                    ts,
+                    line.qname.lower().rstrip(".")[:cut],        # normalize_name, inlined
+                    qtype.upper() if qtype else None,
+                    outcome,
+                    resolver[:cut] if resolver else None,
+                    client.lower()[:cut] if client else None,
+                )
         except Rejected as err:
             rejected.append((index, err.reason))
             if kept is None:
@@ -637,29 +642,6 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAn
     return records, kept
 
 
-def dns_record(answer: DnsAnswer) -> DnsRecord:
-    """The ``DnsRecord`` of an answer from ``decode_dns``: itself when it is one already, else
-    ``dns_from_object``'s normalisation of the decoded line's other fields (its ``ts`` and
-    ``qname`` are normalised already)."""
-    if answer.__class__ is DnsRecord:
-        return answer                                    # type: ignore[return-value]
-    rcode, answers = answer.rcode, answer.answers        # type: ignore[union-attr]
-    outcome = _OUTCOME_OF_RCODE.get(rcode)
-    if outcome is None:              # another spelling, or not an rcode of the contract
-        outcome = outcome_of_rcode(rcode, len(answers) if answers.__class__ is list else answers)
-    elif outcome == "NOERROR" and (answers == 0 or answers == []):
-        outcome = "NODATA"
-    qtype, resolver, client = answer.qtype, answer.resolver, answer.client
-    return DnsRecord(
-        answer.ts,
-        answer.qname,
-        qtype.upper() if qtype else None,
-        outcome,
-        resolver[:MAX_FIELD_CHARS] if resolver else None,
-        client.lower()[:MAX_FIELD_CHARS] if client else None,
-    )
-
-
 def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
     """``(index, record)`` of every line ``validate`` accepts; ``(index, reason)`` of the others
     appended to ``rejected``. With ``mail_from_object`` or ``dns_from_object`` the batch takes the
@@ -667,8 +649,6 @@ def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[
     fast = {mail_from_object: decode_mail, dns_from_object: decode_dns}.get(validate)
     if fast is not None:
         records, kept = fast(lines, rejected)
-        if validate is dns_from_object:
-            records = [dns_record(answer) for answer in records]
         return list(zip(range(len(records)) if kept is None else kept, records))
     parsed = []
     for index, raw in enumerate(lines):
@@ -695,4 +675,4 @@ def parse_dns(raw: bytes | str) -> DnsRecord:
     records, _ = decode_dns([raw], rejected)
     if rejected:
         raise Rejected(rejected[0][1])
-    return dns_record(records[0])
+    return records[0]
