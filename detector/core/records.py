@@ -523,27 +523,75 @@ def _checked(raw, validate):
     return validate(load_object(raw))
 
 
-def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
-                                                                      list[int] | None]:
-    """Every mail-flow line of a batch that the contract accepts, as ``MailRecord``s, with their
-    indexes in ``lines`` (``None`` when every line was accepted, the usual batch); ``(index,
-    reason)`` of the others appended to ``rejected``."""
-    records: list[MailRecord] = []
+def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                 domains: dict = _DOMAIN_OF, unknown: object = _UNKNOWN) -> MailRecord:
+    """``mail_from_object``'s normalisation of a decoded line's fields: the same record."""
+    sender, tenant, server = line.sender, line.tenant, line.server
+    category, status_code, detail = line.category, line.status_code, line.detail
+    lookups = line.dns_lookups
+    if sender:                       # domain_of(sender), its cache inlined
+        domain = domains.get(sender, unknown)
+        if domain is unknown:
+            domain = domain_of(sender)
+    else:
+        domain = None
+    return MailRecord(
+        ts,
+        line.message_id[:cut],
+        line.status,
+        sender[:cut] if sender else None,
+        domain,
+        tenant and tenant[:cut],
+        server.lower()[:cut] if server else None,
+        category.lower() if category else None,
+        line.subject,
+        status_code and status_code[:32],
+        None if lookups is None else [
+            (lookup.qname.lower().rstrip(".")[:cut],          # normalize_name, inlined
+             lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
+        line.dns_outcome,
+        detail and detail[:cut],
+    )
+
+
+def _dns_record(line: _DnsLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                outcome_of: dict = _OUTCOME_OF_RCODE) -> DnsRecord:
+    """``dns_from_object``'s normalisation of a decoded line's fields: the same record."""
+    rcode, answers = line.rcode, line.answers
+    outcome = outcome_of.get(rcode)
+    if outcome is None:              # another spelling, or not an rcode of the contract
+        outcome = outcome_of_rcode(rcode, len(answers) if answers.__class__ is list else answers)
+    elif outcome == "NOERROR" and (answers == 0 or answers == []):
+        outcome = "NODATA"
+    qtype, resolver, client = line.qtype, line.resolver, line.client
+    return DnsRecord(
+        ts,
+        line.qname.lower().rstrip(".")[:cut],                # normalize_name, inlined
+        qtype.upper() if qtype else None,
+        outcome,
+        resolver[:cut] if resolver else None,
+        client.lower()[:cut] if client else None,
+    )
+
+
+def _decode(lines: list, rejected: list[tuple[int, str]], decode_line, build, validate
+            ) -> tuple[list, list[int] | None]:
+    """The batch decoder of a stream: each line through its Struct (``decode_line``) and
+    ``build``, or through the checked path with ``validate`` when the Struct refuses it."""
+    records: list = []
     append = records.append
     kept: list[int] | None = None
-    decode, limit, cut = _decode_mail_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
+    limit = MAX_LINE_BYTES
     seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
-    domains, unknown = _DOMAIN_OF, _UNKNOWN
     for index, raw in enumerate(lines):
         try:
             if len(raw) > limit:
                 raise Rejected("too_large")
             try:
-                line = decode(raw)
+                line = decode_line(raw)
             except Exception:        # msgspec refused it: the checked path accepts or names why
-                record = _checked(raw, mail_from_object)
+                record = _checked(raw, validate)
             else:
-                # mail_from_object's normalisation of the same fields: the same record.
                 ts = line.ts                 # parse_ts, inlined for its usual cases:
                 if ts.__class__ is str:      # a cached second and a UTC tail
                     whole = seconds_of(ts[:19])
@@ -551,32 +599,7 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
                     ts = parse_ts(ts) if fraction is None else whole + fraction
                 elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
                     ts = parse_ts(ts)
-                sender, tenant, server = line.sender, line.tenant, line.server
-                category, status_code, detail = line.category, line.status_code, line.detail
-                lookups = line.dns_lookups
-                if sender:                   # domain_of(sender), its cache inlined
-                    domain = domains.get(sender, unknown)
-                    if domain is unknown:
-                        domain = domain_of(sender)
-                else:
-                    domain = None
-                record = MailRecord(
-                    ts,
-                    line.message_id[:cut],
-                    line.status,
-                    sender[:cut] if sender else None,
-                    domain,
-                    tenant and tenant[:cut],
-                    server.lower()[:cut] if server else None,
-                    category.lower() if category else None,
-                    line.subject,
-                    status_code and status_code[:32],
-                    None if lookups is None else [
-                        (lookup.qname.lower().rstrip(".")[:cut],      # normalize_name, inlined
-                         lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
-                    line.dns_outcome,
-                    detail and detail[:cut],
-                )
+                record = build(line, ts)
         except Rejected as err:
             rejected.append((index, err.reason))
             if kept is None:
@@ -586,60 +609,21 @@ def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[Mail
         if kept is not None:
             kept.append(index)
     return records, kept
+
+
+def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
+                                                                      list[int] | None]:
+    """Every mail-flow line of a batch that the contract accepts, as ``MailRecord``s, with their
+    indexes in ``lines`` (``None`` when every line was accepted, the usual batch); ``(index,
+    reason)`` of the others appended to ``rejected``."""
+    return _decode(lines, rejected, _decode_mail_line, _mail_record, mail_from_object)
 
 
 def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
                                                                      list[int] | None]:
     """``decode_mail`` for DNS resolver lines: ``DnsRecord``s and their indexes (``None`` when
     every line was accepted)."""
-    records: list[DnsRecord] = []
-    append = records.append
-    kept: list[int] | None = None
-    decode, limit, cut = _decode_dns_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
-    seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
-    outcome_of = _OUTCOME_OF_RCODE
-    for index, raw in enumerate(lines):
-        try:
-            if len(raw) > limit:
-                raise Rejected("too_large")
-            try:
-                line = decode(raw)
-            except Exception:        # msgspec refused it: the checked path accepts or names why
-                record = _checked(raw, dns_from_object)
-            else:
-                # dns_from_object's normalisation of the same fields: the same record.
-                ts = line.ts                 # parse_ts, inlined for its usual cases:
-                if ts.__class__ is str:      # a cached second and a UTC tail
-                    whole = seconds_of(ts[:19])
-                    fraction = None if whole is None else fraction_of(ts[19:])
-                    ts = parse_ts(ts) if fraction is None else whole + fraction
-                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
-                    ts = parse_ts(ts)
-                rcode, answers = line.rcode, line.answers
-                outcome = outcome_of.get(rcode)
-                if outcome is None:      # another spelling, or not an rcode of the contract
-                    outcome = outcome_of_rcode(
-                        rcode, len(answers) if answers.__class__ is list else answers)
-                elif outcome == "NOERROR" and (answers == 0 or answers == []):
-                    outcome = "NODATA"
-                qtype, resolver, client = line.qtype, line.resolver, line.client
-                record = DnsRecord(
-                    ts,
-                    line.qname.lower().rstrip(".")[:cut],        # normalize_name, inlined
-                    qtype.upper() if qtype else None,
-                    outcome,
-                    resolver[:cut] if resolver else None,
-                    client.lower()[:cut] if client else None,
-                )
-        except Rejected as err:
-            rejected.append((index, err.reason))
-            if kept is None:
-                kept = list(range(index))
-            continue
-        append(record)
-        if kept is not None:
-            kept.append(index)
-    return records, kept
+    return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
 
 
 def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
