@@ -92,7 +92,8 @@ def digests(scenario: str, hours: float, directory: Path) -> dict[str, str]:
                   "--out", str(cut / f"events-{part}.jsonl"),
                   "--dead-letter", str(cut / f"dead-{part}.jsonl"),
                   "--state", str(cut / "state.json"))
-        for name, file in ((f"state_{part}", "state.json"), (f"events_{part}", f"events-{part}.jsonl"),
+        for name, file in ((f"state_{part}", "state.json"),
+                           (f"events_{part}", f"events-{part}.jsonl"),
                            (f"dead_letters_{part}", f"dead-{part}.jsonl")):
             out[name] = _digest((directory / cut / file).read_bytes())
     return out

@@ -31,12 +31,11 @@ from itertools import chain
 from operator import attrgetter
 
 from .outcomes import RANK
-from .records import FINAL_FAILURE, DnsAnswer, DnsRecord, MailRecord, dns_record
+from .records import FINAL_FAILURE, DnsRecord, MailRecord
 
-# A buffered resolver answer: as ``records.decode_dns`` gives it (its time and name normalised),
-# replaced in its name's list by its ``DnsRecord`` (ts, qname, qtype, outcome, resolver, client)
-# the first time a lookup reads it; most are never read.
-Entry = DnsAnswer
+# A buffered resolver answer is the parsed ``DnsRecord`` itself (ts, qname, qtype, outcome,
+# resolver, client).
+Entry = DnsRecord
 
 
 #: What a delivery prefers among several answers in its window (see the module docstring).
@@ -100,7 +99,7 @@ class DnsJoin:
         #: Joins where the delivery's status chose an answer other than the nearest one.
         self.ambiguous = 0
 
-    def add(self, record: DnsAnswer) -> None:
+    def add(self, record: DnsRecord) -> None:
         self.add_many((record,))
 
     def add_many(self, records) -> None:
@@ -150,8 +149,7 @@ class DnsJoin:
             gone += run[:cut]
             if cut < len(run):
                 del run[:cut]
-                # (A decoded answer's ts is a float: decode_dns normalised it.)
-                heappush(runs, (run[0].ts, seq, run))  # type: ignore[misc]
+                heappush(runs, (run[0].ts, seq, run))
         # A name's records before the cutoff are the first of its sorted list: as many as
         # left the runs.
         by_name = self._by_name
@@ -179,8 +177,6 @@ class DnsJoin:
             # The usual case, with one bisection and no scan: the nearest answer before is in
             # the window, compatible and of the kind preferred (``_compatible``, inlined).
             entry = entries[split - 1]
-            if entry.__class__ is not DnsRecord:     # read for the first time: finish it
-                entry = entries[split - 1] = dns_record(entry)
             if start <= entry.ts and (qtype is None or entry.qtype is None
                                       or entry.qtype == qtype) and (
                     server is None or entry.client is None or entry.client == server) and (
@@ -194,8 +190,6 @@ class DnsJoin:
         # Nearest before first (scan backwards), then the earliest after.
         for i in chain(range(split - 1, lo - 1, -1), range(split, hi)):
             entry = entries[i]
-            if entry.__class__ is not DnsRecord:
-                entry = entries[i] = dns_record(entry)
             if not _compatible(entry, qtype, server):
                 continue
             if prefer == PREFER_NEAREST:
@@ -241,7 +235,7 @@ class DnsJoin:
     def snapshot(self) -> list:
         """Buffered records as plain lists, oldest first (the arrival order is rebuilt from ts)."""
         flat = [[e.ts, e.qname, e.qtype, e.outcome, e.resolver, e.client]
-                for entries in self._by_name.values() for e in map(dns_record, entries)]
+                for entries in self._by_name.values() for e in entries]
         flat.sort(key=lambda row: (row[0], row[1]))
         return flat
 

@@ -510,10 +510,6 @@ class _DnsLine(Struct, forbid_unknown_fields=True, gc=False):
     latency_ms: Union[_Latency, None] = None
 
 
-#: What ``decode_dns`` gives: a decoded line with its ``ts`` and ``qname`` normalised (the rest
-#: by ``dns_record`` when needed), or a ``DnsRecord`` from the checked path.
-DnsAnswer = Union[_DnsLine, DnsRecord]
-
 _decode_mail_line = msgspec.json.Decoder(_MailLine).decode
 _decode_dns_line = msgspec.json.Decoder(_DnsLine).decode
 _OUTCOME_OF_RCODE = {code: code for code in ("NOERROR", "NODATA", "NXDOMAIN", "SERVFAIL",
@@ -527,137 +523,107 @@ def _checked(raw, validate):
     return validate(load_object(raw))
 
 
+def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                 domains: dict = _DOMAIN_OF, unknown: object = _UNKNOWN) -> MailRecord:
+    """``mail_from_object``'s normalisation of a decoded line's fields: the same record."""
+    sender, tenant, server = line.sender, line.tenant, line.server
+    category, status_code, detail = line.category, line.status_code, line.detail
+    lookups = line.dns_lookups
+    if sender:                       # domain_of(sender), its cache inlined
+        domain = domains.get(sender, unknown)
+        if domain is unknown:
+            domain = domain_of(sender)
+    else:
+        domain = None
+    return MailRecord(
+        ts,
+        line.message_id[:cut],
+        line.status,
+        sender[:cut] if sender else None,
+        domain,
+        tenant and tenant[:cut],
+        server.lower()[:cut] if server else None,
+        category.lower() if category else None,
+        line.subject,
+        status_code and status_code[:32],
+        None if lookups is None else [
+            (lookup.qname.lower().rstrip(".")[:cut],          # normalize_name, inlined
+             lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
+        line.dns_outcome,
+        detail and detail[:cut],
+    )
+
+
+def _dns_record(line: _DnsLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                outcome_of: dict = _OUTCOME_OF_RCODE) -> DnsRecord:
+    """``dns_from_object``'s normalisation of a decoded line's fields: the same record."""
+    rcode, answers = line.rcode, line.answers
+    outcome = outcome_of.get(rcode)
+    if outcome is None:              # another spelling, or not an rcode of the contract
+        outcome = outcome_of_rcode(rcode, len(answers) if isinstance(answers, list) else answers)
+    elif outcome == "NOERROR" and (answers == 0 or answers == []):
+        outcome = "NODATA"
+    qtype, resolver, client = line.qtype, line.resolver, line.client
+    return DnsRecord(
+        ts,
+        line.qname.lower().rstrip(".")[:cut],                # normalize_name, inlined
+        qtype.upper() if qtype else None,
+        outcome,
+        resolver[:cut] if resolver else None,
+        client.lower()[:cut] if client else None,
+    )
+
+
+def _decode(lines: list, rejected: list[tuple[int, str]], decode_line, build, validate
+            ) -> tuple[list, list[int] | None]:
+    """The batch decoder of a stream: each line through its Struct (``decode_line``) and
+    ``build``, or through the checked path with ``validate`` when the Struct refuses it."""
+    records: list = []
+    append = records.append
+    kept: list[int] | None = None
+    limit = MAX_LINE_BYTES
+    seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
+    for index, raw in enumerate(lines):
+        try:
+            if len(raw) > limit:
+                raise Rejected("too_large")
+            try:
+                line = decode_line(raw)
+            except Exception:        # msgspec refused it: the checked path accepts or names why
+                record = _checked(raw, validate)
+            else:
+                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
+                if ts.__class__ is str:      # a cached second and a UTC tail
+                    whole: Any = seconds_of(ts[:19])
+                    fraction = None if whole is None else fraction_of(ts[19:])
+                    ts = parse_ts(ts) if fraction is None else whole + fraction
+                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
+                    ts = parse_ts(ts)
+                record = build(line, ts)
+        except Rejected as err:
+            rejected.append((index, err.reason))
+            if kept is None:
+                kept = list(range(index))
+            continue
+        append(record)
+        if kept is not None:
+            kept.append(index)
+    return records, kept
+
+
 def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
                                                                       list[int] | None]:
     """Every mail-flow line of a batch that the contract accepts, as ``MailRecord``s, with their
     indexes in ``lines`` (``None`` when every line was accepted, the usual batch); ``(index,
     reason)`` of the others appended to ``rejected``."""
-    records: list[MailRecord] = []
-    append = records.append
-    kept: list[int] | None = None
-    decode, limit, cut = _decode_mail_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
-    seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
-    domains, unknown = _DOMAIN_OF, _UNKNOWN
-    for index, raw in enumerate(lines):
-        try:
-            if len(raw) > limit:
-                raise Rejected("too_large")
-            try:
-                line = decode(raw)
-            except Exception:        # msgspec refused it: the checked path accepts or names why
-                record = _checked(raw, mail_from_object)
-            else:
-                # mail_from_object's normalisation of the same fields: the same record.
-                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
-                if ts.__class__ is str:      # a cached second and a UTC tail
-                    whole: Any = seconds_of(ts[:19])
-                    fraction = None if whole is None else fraction_of(ts[19:])
-                    ts = parse_ts(ts) if fraction is None else whole + fraction
-                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
-                    ts = parse_ts(ts)
-                sender, tenant, server = line.sender, line.tenant, line.server
-                category, status_code, detail = line.category, line.status_code, line.detail
-                lookups = line.dns_lookups
-                if sender:                   # domain_of(sender), its cache inlined
-                    domain = domains.get(sender, unknown)
-                    if domain is unknown:
-                        domain = domain_of(sender)
-                else:
-                    domain = None
-                record = MailRecord(
-                    ts,
-                    line.message_id[:cut],
-                    line.status,
-                    sender[:cut] if sender else None,
-                    domain,
-                    tenant and tenant[:cut],
-                    server.lower()[:cut] if server else None,
-                    category.lower() if category else None,
-                    line.subject,
-                    status_code and status_code[:32],
-                    None if lookups is None else [
-                        (lookup.qname.lower().rstrip(".")[:cut],      # normalize_name, inlined
-                         lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
-                    line.dns_outcome,
-                    detail and detail[:cut],
-                )
-        except Rejected as err:
-            rejected.append((index, err.reason))
-            if kept is None:
-                kept = list(range(index))
-            continue
-        append(record)
-        if kept is not None:
-            kept.append(index)
-    return records, kept
+    return _decode(lines, rejected, _decode_mail_line, _mail_record, mail_from_object)
 
 
-def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsAnswer],
+def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
                                                                      list[int] | None]:
-    """``decode_mail`` for DNS resolver lines: their answers (``DnsAnswer``) and indexes
-    (``None`` when every line was accepted).
-
-    Only the time and the name of an answer are normalised here: the join files an answer by
-    them, and most answers are never looked at again (names no delivery looks up, or outside
-    every delivery's window). ``dns_record`` finishes the rest when the join first reads one,
-    the same as ``dns_from_object`` would have (about a quarter of a DNS line's cost saved).
-    """
-    records: list[DnsAnswer] = []
-    append = records.append
-    kept: list[int] | None = None
-    decode, limit, cut = _decode_dns_line, MAX_LINE_BYTES, MAX_FIELD_CHARS
-    seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
-    for index, raw in enumerate(lines):
-        try:
-            if len(raw) > limit:
-                raise Rejected("too_large")
-            try:
-                line = decode(raw)
-            except Exception:        # msgspec refused it: the checked path accepts or names why
-                record = _checked(raw, dns_from_object)
-            else:
-                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
-                if ts.__class__ is str:      # a cached second and a UTC tail
-                    whole: Any = seconds_of(ts[:19])
-                    fraction = None if whole is None else fraction_of(ts[19:])
-                    ts = parse_ts(ts) if fraction is None else whole + fraction
-                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
-                    ts = parse_ts(ts)
-                line.ts = ts
-                line.qname = line.qname.lower().rstrip(".")[:cut]    # normalize_name, inlined
-                record = line
-        except Rejected as err:
-            rejected.append((index, err.reason))
-            if kept is None:
-                kept = list(range(index))
-            continue
-        append(record)
-        if kept is not None:
-            kept.append(index)
-    return records, kept
-
-
-def dns_record(answer: Any) -> DnsRecord:
-    """The ``DnsRecord`` of an answer from ``decode_dns``: itself when it is one already, else
-    ``dns_from_object``'s normalisation of the decoded line's other fields (its ``ts`` and
-    ``qname`` are normalised already)."""
-    if answer.__class__ is DnsRecord:
-        return answer
-    rcode, answers = answer.rcode, answer.answers
-    outcome = _OUTCOME_OF_RCODE.get(rcode)
-    if outcome is None:              # another spelling, or not an rcode of the contract
-        outcome = outcome_of_rcode(rcode, len(answers) if answers.__class__ is list else answers)
-    elif outcome == "NOERROR" and (answers == 0 or answers == []):
-        outcome = "NODATA"
-    qtype, resolver, client = answer.qtype, answer.resolver, answer.client
-    return DnsRecord(
-        answer.ts,
-        answer.qname,
-        qtype.upper() if qtype else None,
-        outcome,
-        resolver[:MAX_FIELD_CHARS] if resolver else None,
-        client.lower()[:MAX_FIELD_CHARS] if client else None,
-    )
+    """``decode_mail`` for DNS resolver lines: ``DnsRecord``s and their indexes (``None`` when
+    every line was accepted)."""
+    return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
 
 
 def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
@@ -666,10 +632,7 @@ def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[
     fast path (``decode_mail``, ``decode_dns``); any other validator gets decoded objects."""
     fast: Any = {mail_from_object: decode_mail, dns_from_object: decode_dns}.get(validate)
     if fast is not None:
-        decoded: tuple[list[Any], list[int] | None] = fast(lines, rejected)
-        records, kept = decoded
-        if validate is dns_from_object:
-            records = [dns_record(answer) for answer in records]
+        records, kept = fast(lines, rejected)
         return list(zip(range(len(records)) if kept is None else kept, records))
     parsed = []
     for index, raw in enumerate(lines):
@@ -696,4 +659,4 @@ def parse_dns(raw: bytes | str) -> DnsRecord:
     records, _ = decode_dns([raw], rejected)
     if rejected:
         raise Rejected(rejected[0][1])
-    return dns_record(records[0])
+    return records[0]
