@@ -2,8 +2,10 @@
 
 Each measurement runs alone in its own interpreter so that none inherits another's heap, caches or
 imported modules, and its peak RSS is its own. The clock starts after the imports and stops when
-the work is done; the last line on stdout is a JSON object with ``records``, ``seconds`` and
-``max_rss_kib`` (and what else the kind reports). Kinds:
+the work is done (for the Kafka kinds, the clock starts before the client is made: joining the
+group is part of consuming); the last line on stdout is a JSON object with ``records``,
+``seconds``, ``max_rss_kib`` and ``cpu_s`` (user + system, every thread, imports included) and
+what else the kind reports. Kinds:
 
 - ``read``: the bare cost of the input: gzip and ``orjson.loads`` of every line, nothing else.
 - ``replay``: ``detector.replay.replay`` of the files, anomaly events to a file.
@@ -271,6 +273,7 @@ def main(argv: list[str]) -> int:
     kind, args = argv[0], orjson.loads(argv[1])
     result = KINDS[kind](args)
     result["max_rss_kib"] = max_rss_kib()
+    result.setdefault("cpu_s", cpu_s())
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 

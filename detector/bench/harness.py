@@ -309,9 +309,9 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
     if "kafka" in sections:
         from .kafka import kafka_section
 
-        result["kafka"] = kafka_section(
-            root, work, quick, repeat, latency_runs or (1 if quick else 5), latency_pace, say,
-            result.get("replay"), mixed_spec(replay_hours(quick)) if "replay" in result else None)
+        result["kafka"] = kafka_section(root, work, quick, repeat,
+                                        latency_runs or (1 if quick else 5), latency_pace, say,
+                                        mixed_spec(replay_hours(quick)))
     if "formats" in sections:
         from .formats import formats_section
 

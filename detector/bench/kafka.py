@@ -13,13 +13,13 @@ first ``PRODUCE_SAMPLE_LINES`` of each file into scratch topics (deleted after),
 ``produce_files`` and through kafka-python's producer as ``produce`` used it before (the baseline).
 
 **Throughput.** Then, alternating, in fresh processes: confluent-kafka's and kafka-python's bare
-consumers (group members reading until every record has come) and the worker with each
-transport (``Worker`` as ``detector run --exit-when-idle`` runs it). Each is timed from its start,
-the group join included, until it holds every record, or, for the worker, until its group has
-committed the end offsets (the offsets after the last records, as the bare consumers saw them):
-what a user waits for. The targets compare the default worker with both bare consumers; with the
-replay section's best time of the same files, the worker is also set against bare consume +
-replay (what the worker would take if its own work cost nothing).
+consumers (group members reading until every record has come), a replay of the same files (no
+Kafka), and the worker with each transport (``Worker`` as ``detector run --exit-when-idle`` runs
+it). Each is timed from its start, the group join included, until it holds every record, or, for
+the worker, until its group has committed the end offsets (the offsets after the last records,
+as the bare consumers saw them): what a user waits for. The targets compare the default worker
+with both bare consumers, and with bare confluent consume + replay: what the worker would take if
+its own work around the core (transport, alignment, checkpoints, writes) cost nothing.
 
 **Latency.** A worker runs as ``detector run`` on fresh topics. The history before the incident is
 produced as fast as the broker takes it (the warm-up) and the worker reads it; from a minute
@@ -98,19 +98,16 @@ def throughput_spec(quick: bool, replay_spec: Spec | None) -> Spec:
 
 
 def kafka_section(root: Path, work: Path, quick: bool, repeat: int, latency_runs: int,
-                  pace: float, say: Say = quiet, replay: dict | None = None,
-                  replay_spec: Spec | None = None) -> dict:
-    """``replay``: the replay section's result, and ``replay_spec`` its input, if it ran."""
+                  pace: float, say: Say = quiet, replay_spec: Spec | None = None) -> dict:
+    """``replay_spec``: the replay section's input, if it ran (the same files are used)."""
     start = past_start(SCENARIO)
     hours = QUICK_HOURS if quick else None
     specs = [Spec(SCENARIO, seed, hours, start) for seed in range(1, max(1, latency_runs) + 1)]
     through = throughput_spec(quick, replay_spec)
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     datasets = ensure_all(root, [*specs, through], workers)
-    replay_s = (min(replay["seconds"]["replay"])
-                if replay is not None and through == replay_spec else None)
     with LocalBroker(log_path=work / "broker.log") as broker:
-        throughput = throughput_through_kafka(broker, datasets[-1], repeat, work, say, replay_s)
+        throughput = throughput_through_kafka(broker, datasets[-1], repeat, work, say)
         latency = {transport: open_latency(broker, datasets[:latency_runs], pace, quick, work,
                                            say, transport)
                    for transport in TRANSPORTS}
@@ -126,7 +123,7 @@ def _kafka(broker: LocalBroker) -> KafkaSettings:
 
 
 def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int, work: Path,
-                             say: Say = quiet, replay_s: float | None = None) -> dict:
+                             say: Say = quiet) -> dict:
     kafka = _kafka(broker)
     tag = uuid.uuid4().hex[:8]
     topics = {"mail": f"bench-mail-{tag}", "dns": f"bench-dns-{tag}"}
@@ -141,7 +138,7 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
     loading = _loading(broker, dataset, repeat, work, say)
     truth = dataset.truth()
     kinds = {"bare_confluent": "consume-confluent", "bare": "consume"}
-    runs: dict[str, list[dict]] = {name: [] for name in (*kinds, *TRANSPORTS)}
+    runs: dict[str, list[dict]] = {name: [] for name in (*kinds, "replay", *TRANSPORTS)}
     checks = []
     ends = None
     for round_no in range(repeat):
@@ -154,6 +151,11 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
                 raise RuntimeError(f"the bare consumers saw different ends: {ends}, {bare['ends']}")
             ends = bare["ends"]
             runs[name].append(bare)
+        replay = run_child("replay", {"mail": str(dataset.mail), "dns": str(dataset.dns),
+                                      "out": str(work / "kafka-replay.jsonl")})
+        if not replay["records"] or replay["seconds"] <= 0:
+            raise RuntimeError(f"the replay of {dataset.directory} read nothing")
+        runs["replay"].append(replay)
         rates = []
         for transport in TRANSPORTS:
             run_tag = f"{tag}-{transport}-{round_no}"
@@ -177,7 +179,8 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
                          f"({report['detected']}/{report['total_incidents']} detected)")
         say(f"kafka round {round_no + 1}/{repeat}: bare consume, confluent-kafka "
             f"{runs['bare_confluent'][-1]['seconds']:.1f} s, kafka-python "
-            f"{runs['bare'][-1]['seconds']:.1f} s; " + ", ".join(rates))
+            f"{runs['bare'][-1]['seconds']:.1f} s; replay {replay['seconds']:.1f} s; "
+            + ", ".join(rates))
     best = {name: min(r["seconds"] for r in found) for name, found in runs.items()}
     default = TRANSPORTS[0]
     result = {
@@ -194,15 +197,13 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
         "worker_over_bare": best["bare"] / best[default],
         "worker_over_bare_target": TARGET_OVER_KAFKA_PYTHON,
         "worker_kafka_python_rate": produced / best["kafka-python"],
+        "worker_over_consume_and_replay": best[default] / (best["bare_confluent"]
+                                                           + best["replay"]),
+        "worker_over_consume_and_replay_target": TARGET_OVER_CONSUME_AND_REPLAY,
         "seconds": {name: [r["seconds"] for r in found] for name, found in runs.items()},
         "worker_max_rss_kib": max(r["max_rss_kib"] for r in runs[default]),
         "worker_kafka_python_max_rss_kib": max(r["max_rss_kib"] for r in runs["kafka-python"]),
         "worker_detection": checks}
-    if replay_s is not None:
-        result["replay_s"] = replay_s
-        result["worker_over_consume_and_replay"] = best[default] / (best["bare_confluent"]
-                                                                    + replay_s)
-        result["worker_over_consume_and_replay_target"] = TARGET_OVER_CONSUME_AND_REPLAY
     return result
 
 

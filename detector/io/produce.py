@@ -18,6 +18,7 @@ and kafka-python's murmur2, so a key lands in the same partition whichever clien
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -34,6 +35,12 @@ from .files import LineSource, TruncatedInput
 DELIVERY_TIMEOUT_MS = 30_000
 #: While the producer's queue is full, wait this long for room between checks for failures.
 QUEUE_WAIT_S = 0.1
+
+#: librdkafka logs every failed connection attempt; ``produce`` is a command with one error line,
+#: so its log goes nowhere and the last broker error is named in that line instead.
+_LIBRDKAFKA_LOG = logging.getLogger("detector.produce.librdkafka")
+_LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
+_LIBRDKAFKA_LOG.propagate = False
 
 
 def _record(line: bytes) -> dict | None:
@@ -77,6 +84,12 @@ def join_key(line: bytes) -> tuple[bytes | None, float | None]:
     return _key(obj), _ts(obj)
 
 
+def _text(err: Exception) -> str:
+    """A librdkafka exception's message (its ``KafkaError``'s text, not its repr)."""
+    first = err.args[0] if err.args else None
+    return first.str() if hasattr(first, "str") else str(err)
+
+
 class ProduceStopped(Exception):
     """Producing stopped part-way: ``sent`` records were acknowledged by Kafka before it did
     (an input that broke off, a broker that went away); ``cause`` says why."""
@@ -102,6 +115,7 @@ class _Loader:
         self.handed = 0
         self.failed = 0
         self.error: str | None = None
+        self.broker_error: str | None = None     # the last one librdkafka reported
         self._exception = KafkaException
         self.producer = Producer({
             **rdkafka_config(kafka),
@@ -115,18 +129,23 @@ class _Loader:
             "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
             "delivery.report.only.error": True,
             "on_delivery": self._report,
+            "error_cb": self._broker_failed,
+            "logger": _LIBRDKAFKA_LOG,
         })
         self._produce = self.producer.produce
         try:                  # what kafka-python's constructor did: fail now when no broker answers
             self.producer.list_topics(timeout=kafka.request_timeout_ms / 1000)
         except KafkaException as err:
             raise ProduceStopped(0, f"cannot connect to Kafka at {kafka.bootstrap_servers}: "
-                                    f"{err.args[0] if err.args else err}", started=False) from None
+                                    f"{_text(err)}", started=False) from None
 
     def _report(self, err, _message) -> None:
         self.failed += 1
         if self.error is None:
-            self.error = str(err)
+            self.error = err.str()
+
+    def _broker_failed(self, err) -> None:
+        self.broker_error = err.str()
 
     def send(self, values: list[bytes], keys: list[bytes | None] | None) -> None:
         """Hand ``values`` (with ``keys``) to librdkafka; waits while its queue is full."""
@@ -139,23 +158,27 @@ class _Loader:
                     break
                 except BufferError:
                     self.producer.poll(QUEUE_WAIT_S)
-                    self._check()
+                    self.check()
                 except self._exception as err:
-                    self.error = str(err.args[0] if err.args else err)
-                    raise ProduceStopped(self.stop(), f"Kafka failed: {self.error}") from None
+                    self.error = _text(err)
+                    self.check()
             self.handed += 1
         self.producer.poll(0)
-        self._check()
+        self.check()
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise ``ProduceStopped`` once a record has failed."""
         if self.error is not None:
-            raise ProduceStopped(self.stop(), f"Kafka failed: {self.error}")
+            cause = f"Kafka failed: {self.error}"
+            if self.broker_error and self.broker_error not in cause:
+                cause += f" (last broker error: {self.broker_error})"
+            raise ProduceStopped(self.stop(), cause)
 
     def flush(self) -> int:
         """Wait for every record; raises ``ProduceStopped`` if one failed. Returns the count."""
         while self.producer.flush(1.0):
-            self._check()
-        self._check()
+            self.check()
+        self.check()
         return self.handed
 
     def stop(self) -> int:
@@ -230,4 +253,4 @@ class _Pace:
             # librdkafka sends what it holds meanwhile (linger); its reports are served here.
             loader.producer.poll(0)
             time.sleep(delay)
-            loader._check()
+            loader.check()
