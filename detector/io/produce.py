@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -86,7 +87,7 @@ def join_key(line: bytes) -> tuple[bytes | None, float | None]:
 
 def _text(err: Exception) -> str:
     """A librdkafka exception's message (its ``KafkaError``'s text, not its repr)."""
-    first = err.args[0] if err.args else None
+    first: Any = err.args[0] if err.args else None
     return first.str() if hasattr(first, "str") else str(err)
 
 
