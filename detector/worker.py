@@ -1,8 +1,8 @@
 """The stream worker: Kafka in, the core, Kafka out; commits, checkpoints, signals and metrics.
 
 ``Worker.run()`` consumes the mail-flow and DNS topics as one consumer-group member, through a
-transport (``io.transport``: kafka-python, or librdkafka with the confluent extra), feeds each
-polled partition batch to the core (the source name is ``topic/partition``), and produces what
+transport (``io.transport``: librdkafka by default, kafka-python the pure-Python fallback), feeds
+each polled partition batch to the core (the source name is ``topic/partition``), and produces what
 the core returns: anomaly events to ``otp-anomalies`` (key = the event id) and rejected records to
 the dead-letter topic (value = the original bytes; headers = reason and source coordinates).
 

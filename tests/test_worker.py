@@ -149,6 +149,40 @@ def test_sigterm_finishes_the_batch_commits_and_exits_0(deployment, tmp_path):
     assert committed[0].offset > 0
 
 
+def test_a_backlog_is_committed_as_soon_as_it_is_read_not_at_the_next_interval(
+        broker, tmp_path, transport):
+    """A backfill's offsets reach the group once the worker has read it all, long before the
+    next periodic checkpoint (two minutes here)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from conftest import Deployment
+
+    deployment = Deployment(broker, tmp_path, transport=transport,
+                            worker={"checkpoint_interval_s": 120})
+    traffic = servfail_spike()                     # 8,400 mail lines: more than one poll takes
+    mail, dns = write_logs(traffic, tmp_path)
+    deployment.produce_files("dns", dns)
+    deployment.produce_files("mail", mail)
+    ends = {deployment.topics[stream]: max(m.offset() for m in deployment.read(stream)) + 1
+            for stream in ("mail", "dns")}
+    worker = deployment.start_worker()
+    consumer = Consumer({"logger": logging.getLogger("rdkafka"),
+                         "bootstrap.servers": deployment.broker.bootstrap,
+                         "group.id": deployment.group, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + 60
+        committed = {}
+        while committed != ends and time.monotonic() < deadline:
+            time.sleep(0.5)
+            found = consumer.committed([TopicPartition(topic, 0) for topic in ends], timeout=10)
+            committed = {tp.topic: tp.offset for tp in found}
+        assert committed == ends
+    finally:
+        consumer.close()
+        worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
 def test_the_worker_rejects_what_a_replay_of_the_same_files_rejects(broker, tmp_path):
     """Files produced in order: the dead-letter topic holds, reason for reason and offset for
     line, what ``detector replay --dead-letter`` writes (README, "Replay and worker")."""
