@@ -54,12 +54,12 @@ from .core.config import ConfigError
 from .core.records import Rejected, parse_ts
 from .evaluate import evaluate, format_table
 from .io import kafka as kio
-from .io.broker import LocalBroker, free_port
+from .io.broker import LocalBroker, free_port, stop_process
 from .io.files import JsonLinesSink, LineSource
 from .io.kafka import make_consumer
 from .io.produce import produce_files
 from .logs import configure_logging
-from .notify.receivers import split_credentials
+from .notify.receivers import split_credentials, tls_context
 from .notify.settings import NotifySettings
 from .replay import replay
 from .report import events_table
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"error: {err}")
                 return 2
             notify = dataclasses.replace(notify, alertmanager_urls=(local.url,))
-        context = _tls_context(notify)
+        context = tls_context(notify.tls_verify, notify.ca_file)
         views = [view for url in notify.alertmanager_urls
                  if (view := AlertmanagerView.reachable(url, context)) is not None]
         try:
@@ -502,12 +502,6 @@ def _reason(err: BaseException) -> str:
     return f"{type(reason).__name__}: {reason}"
 
 
-def _tls_context(notify: NotifySettings) -> ssl.SSLContext:
-    from .notify.receivers import tls_context
-
-    return tls_context(notify.tls_verify, notify.ca_file)
-
-
 class LocalAlertmanager:
     """Debian's Alertmanager on a free loopback port (clustering off, its files in ``workdir``),
     every alert routed to a receiver that notifies nobody: the demo reads its API."""
@@ -554,13 +548,7 @@ class LocalAlertmanager:
             time.sleep(0.1)
 
     def __exit__(self, *exc) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=10)
 
 
 def write_report(events: list[dict], out: Path = OUT) -> Path:

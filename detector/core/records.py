@@ -626,23 +626,6 @@ def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRe
     return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
 
 
-def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
-    """``(index, record)`` of every line ``validate`` accepts; ``(index, reason)`` of the others
-    appended to ``rejected``. With ``mail_from_object`` or ``dns_from_object`` the batch takes the
-    fast path (``decode_mail``, ``decode_dns``); any other validator gets decoded objects."""
-    fast: Any = {mail_from_object: decode_mail, dns_from_object: decode_dns}.get(validate)
-    if fast is not None:
-        records, kept = fast(lines, rejected)
-        return list(zip(range(len(records)) if kept is None else kept, records))
-    parsed = []
-    for index, raw in enumerate(lines):
-        try:
-            parsed.append((index, _checked(raw, validate)))
-        except Rejected as err:
-            rejected.append((index, err.reason))
-    return parsed
-
-
 def parse_mail(raw: bytes | str) -> MailRecord:
     """Decode and validate one mail-flow line (``decode_mail`` of one line); raise ``Rejected``."""
     rejected: list[tuple[int, str]] = []

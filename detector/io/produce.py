@@ -110,7 +110,7 @@ class _Loader:
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         from confluent_kafka import KafkaException, Producer
 
-        from .transport import rdkafka_config
+        from .transport import rdkafka_producer_config
 
         self.topic = topic
         self.handed = 0
@@ -118,16 +118,11 @@ class _Loader:
         self.error: str | None = None
         self.broker_error: str | None = None     # the last one librdkafka reported
         self._exception = KafkaException
+        # Per key, in order and once (the watermark's lateness bound holds per key); keys
+        # partitioned as kafka-python and the Java client do (see the module docstring).
         self.producer = Producer({
-            **rdkafka_config(kafka),
-            # Per key, in order and once: the watermark's lateness bound holds per key.
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            # As kafka-python and the Java client (see the module docstring).
-            "partitioner": "murmur2_random",
-            "message.max.bytes": 4_000_000,
-            "delivery.timeout.ms": DELIVERY_TIMEOUT_MS,
+            **rdkafka_producer_config(kafka, linger_ms=20,
+                                      delivery_timeout_ms=DELIVERY_TIMEOUT_MS),
             "delivery.report.only.error": True,
             "on_delivery": self._report,
             "error_cb": self._broker_failed,

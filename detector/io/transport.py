@@ -374,6 +374,23 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
     return config
 
 
+def rdkafka_producer_config(kafka: KafkaSettings, linger_ms: int,
+                            delivery_timeout_ms: int) -> dict[str, Any]:
+    """A librdkafka producer's settings, for the worker's writes and ``detector produce``:
+    ``acks=all`` and idempotent (per key, in order and once), and as kafka-python and the Java
+    client: the same key to the same partition whichever client wrote it (murmur2), records up
+    to 4 MB. A write not acknowledged within ``delivery_timeout_ms`` is reported failed."""
+    return {
+        **rdkafka_config(kafka),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": linger_ms,
+        "delivery.timeout.ms": delivery_timeout_ms,
+        "partitioner": "murmur2_random",
+        "message.max.bytes": 4_000_000,
+    }
+
+
 class _Delivery:
     """A librdkafka write's outcome, set by its delivery report."""
 
@@ -434,18 +451,9 @@ class ConfluentTransport(KafkaPythonTransport):
         self.max_records = kafka.max_poll_records
 
     def _make_producer(self):
-        return self._ck.Producer({
-            **rdkafka_config(self.kafka),
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": self.kafka.linger_ms,
-            # A write not acknowledged in this long is reported failed and retried by the worker.
-            "delivery.timeout.ms": 30_000,
-            # As kafka-python: the same key goes to the same partition whichever transport
-            # wrote it (murmur2), and records up to 4 MB.
-            "partitioner": "murmur2_random",
-            "message.max.bytes": 4_000_000,
-        })
+        # A write not acknowledged in 30 s is reported failed and retried by the worker.
+        return self._ck.Producer(rdkafka_producer_config(self.kafka, self.kafka.linger_ms,
+                                                         delivery_timeout_ms=30_000))
 
     # ---------------------------------------------------------------- group
 
