@@ -72,6 +72,19 @@ class Closed:
     through: int | None = None
     first_ts: float | None = None
 
+    def to_plain(self) -> dict:
+        """As JSON-able data: what a join worker publishes for the judge."""
+        return {"through": self.through, "first_ts": self.first_ts,
+                "steps": {str(i): counts.to_plain() for i, counts in self.steps.items()}}
+
+    @classmethod
+    def from_plain(cls, data: dict) -> "Closed":
+        """From ``to_plain``'s data (input from another process: checked by its use)."""
+        through, first_ts = data["through"], data["first_ts"]
+        return cls({int(i): StepCounts.from_plain(row) for i, row in data["steps"].items()},
+                   None if through is None else int(through),
+                   None if first_ts is None else float(first_ts))
+
 
 class JoinTask:
     """The per-record half of the detector over some inputs (see the module docstring).
