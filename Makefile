@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup integrations-deps test test-faults demo bench report-screenshot clean
+.PHONY: setup integrations-deps test test-faults demo demo-alertmanager bench report-screenshot clean
 
 setup: $(STAMP)
 
@@ -38,14 +38,29 @@ integrations-deps:
 
 # One test process per core (pytest-xdist): the broker tests spend most of their time waiting.
 test: setup integrations-deps
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q -n auto -m "not faults"
 
 # Fault injection against the broker (crashes, member moves, outages, refused writes): minutes.
 test-faults: setup
 	$(BIN)/python -m pytest -q -m faults
 
+# `make demo ALERTMANAGER_URL=http://host:9093` also runs the notifier and shows the alert firing
+# in that Alertmanager, then resolved (as does DETECTOR_NOTIFY_ALERTMANAGER_URLS in the environment).
+ALERTMANAGER_URL ?=
 demo: setup
-	$(BIN)/python -m detector.demo
+	$(BIN)/python -m detector.demo $(if $(ALERTMANAGER_URL),--alertmanager-url '$(ALERTMANAGER_URL)')
+
+# The same against Debian's Alertmanager started on loopback (installed with apt-get, as root, when
+# missing). HOLD=SECONDS keeps the alert firing that long, to look at it with amtool.
+HOLD ?= 0
+demo-alertmanager: setup
+	@command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || { \
+	  echo "demo-alertmanager: installing prometheus-alertmanager (missing)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus-alertmanager >/dev/null; } || \
+	  { echo "demo-alertmanager: apt-get install prometheus-alertmanager failed (needs root)" >&2; exit 1; }; }
+	$(BIN)/python -m detector.demo --with-alertmanager --hold-firing $(HOLD)
 
 bench: setup
 	$(BIN)/detector bench

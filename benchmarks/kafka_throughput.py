@@ -1,4 +1,4 @@
-"""Section 2: one worker's records/s through the local broker against kafka-python's bare consumer of the same topics, and the wall-clock latency from a spike's records produced to its open event.
+"""Section 2: loading logs with ``detector produce``, one worker through the local broker against bare consumers of the same topics (each from its start until it has every record, the worker until its group has committed the end offsets), and the wall-clock latency from a spike's records produced to its open event.
 
 Same as ``detector bench --only kafka``; any other ``detector bench`` option may follow
 (``--quick``, ``--json``, ``--repeat N``, ``--out-dir DIR``). Run from the project root:

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import orjson
 
+from . import gcpolicy
 from .core.config import ConfigError
 from .core.events import AnomalyEvent, to_builtins
 
@@ -41,6 +42,7 @@ class _Commands(click.Group):
     """click's group with one line for a usage error and no ``Aborted!`` traceback story."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        gcpolicy.tune()             # every command is one process over many records
         try:
             return super().main(args, prog_name or "detector", complete_var,
                                 standalone_mode=False, **extra)
@@ -331,8 +333,11 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
     import logging
 
     logging.getLogger("kafka").setLevel(logging.WARNING)     # the client's chatter is not ours
+    from prometheus_client import disable_created_metrics
+
     from .worker_metrics import serve_worker_metrics
 
+    disable_created_metrics()       # no `_created` series per counter (README, "Metrics and health")
     worker = Worker(settings)
     try:
         server = serve_worker_metrics(worker, settings.worker.metrics_host,

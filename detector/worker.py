@@ -1,8 +1,8 @@
 """The stream worker: Kafka in, the core, Kafka out; commits, checkpoints, signals and metrics.
 
 ``Worker.run()`` consumes the mail-flow and DNS topics as one consumer-group member, through a
-transport (``io.transport``: kafka-python, or librdkafka with the confluent extra), feeds each
-polled partition batch to the core (the source name is ``topic/partition``), and produces what
+transport (``io.transport``: librdkafka by default, kafka-python the pure-Python fallback), feeds
+each polled partition batch to the core (the source name is ``topic/partition``), and produces what
 the core returns: anomaly events to ``otp-anomalies`` (key = the event id) and rejected records to
 the dead-letter topic (value = the original bytes; headers = reason and source coordinates).
 
@@ -36,7 +36,7 @@ from kafka.errors import KafkaError
 from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
-from .formats import CONTRACT, make_adapter
+from .formats import CONTRACT, Adapter, make_adapter
 from .io import kafka as kio
 from .io.transport import TP, Batch, Transport, TransportError, make_transport
 from .settings import Settings
@@ -76,7 +76,7 @@ class Worker:
         topics = settings.topics
         self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
         self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
-        self.adapters: dict[str, object] = {}
+        self.adapters: dict[str, Adapter] = {}
         self.detector: Detector | None = None
         self.progress: dict[TP, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
@@ -89,7 +89,10 @@ class Worker:
         self.first_assignment = True
         self.pending_assignment: set[TP] | None = None
         self.last_checkpoint = time.monotonic()
-        self.transport: Transport | None = None
+        #: A poll left records unread (a backlog): the step that reads the last of it
+        #: checkpoints at once (``_step``).
+        self.behind = False
+        self.transport: Transport         # set by run(), before anything reads it
         self.healthy = True
         self.counts = {"consumed": 0, "produced": 0, "checkpoints": 0}
 
@@ -113,10 +116,11 @@ class Worker:
             self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
                 settings.topics.state: {"cleanup.policy": "compact"}}))
-        self.transport = self._with_retry("connect", lambda: make_transport(
+        transport = self._with_retry("connect", lambda: make_transport(
             settings.kafka, settings.worker.group_id, self.assignor))
-        if self.transport is None:                 # stopped before Kafka could be reached
+        if transport is None:                      # stopped before Kafka could be reached
             return 0
+        self.transport = transport
         log.info("transport", extra={"transport": self.transport.name})
         self.transport.join([settings.topics.mail, settings.topics.dns],
                             on_assigned=self._on_assigned, on_revoked=self._on_revoked)
@@ -133,6 +137,8 @@ class Worker:
                     log.info("input idle: flushing and exiting", extra={"idle_s": idle_exit})
                     self._flush_input()
                     break
+            if self.metrics is not None:
+                self.metrics.observe_core()   # what the last flush joined and judged
             self._checkpoint(final=True)
             self.detector = None          # checkpointed: closing revokes nothing left to save
         finally:
@@ -180,22 +186,27 @@ class Worker:
             self._feed(batch, now_wall, now)
         if batches and self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        caught_up = False
         if self.detector is not None:
+            if batches:
+                caught_up = self._read_to_the_end()
             self._mark_idle(now)
             self._align()
-            self._update_gauges()
-        if now - self.last_checkpoint >= self.settings.worker.checkpoint_interval_s:
+            self._update_metrics()
+        if (caught_up or now - self.last_checkpoint
+                >= self.settings.worker.checkpoint_interval_s):
             self._checkpoint()
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
         detector = self.detector
+        assert detector is not None              # (the step feeds only while it has one)
+        offsets: list[int] | None
         tp, values, offsets = batch.tp, batch.values, batch.offsets
         count, next_offset = len(values), offsets[-1] + 1
         stream = self.stream_of[tp.topic]
         source = f"{tp.topic}/{tp.partition}"
-        before = detector.stats()
         adapter = self.adapters.get(source)
-        converted_from = None
+        converted_from = ""                      # the offsets records converted from
         if adapter is not None:
             # A log format of its own: lines the adapter rejects are dead-lettered as they came;
             # the records it makes carry the offset range of the batch they came from.
@@ -215,7 +226,26 @@ class Worker:
         progress.idle = False
         self.counts["consumed"] += count
         if self.metrics is not None:
-            self.metrics.observe_feed(tp.topic, count, before, detector.stats())
+            self.metrics.consumed(tp.topic, count)
+
+    def _read_to_the_end(self) -> bool:
+        """True once, when a backlog has just been read to its end (as of the last fetch).
+
+        Then the worker checkpoints at once rather than at the next interval: what it has read
+        is committed as soon as there is no more, so a restart right after re-reads nothing, and
+        a backfill is committed when it is done (the group's lag says so). A live worker reads
+        each fetch to its end, so this fires only after a burst that one poll could not take.
+        """
+        transport = self.transport
+        behind = False
+        for tp, progress in self.progress.items():
+            high = transport.highwater(tp)
+            if high is not None and progress.next_offset is not None and \
+                    progress.next_offset < high:
+                behind = True
+                break
+        was_behind, self.behind = self.behind, behind
+        return was_behind and not behind
 
     def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
@@ -327,13 +357,15 @@ class Worker:
         ``idle_timeout_s``; a partition with a backlog is slow, not idle, and keeps holding the
         watermark (its records would be late otherwise)."""
         timeout = self.settings.worker.idle_timeout_s
+        detector = self.detector
+        assert detector is not None
         for tp, progress in self.progress.items():
             if progress.idle or progress.paused or now - progress.last_data < timeout:
                 continue
             if self._caught_up(tp, progress):
                 progress.idle = True
                 log.debug("partition idle", extra={"partition": f"{tp.topic}/{tp.partition}"})
-                self._emit(self.detector.finish_source(f"{tp.topic}/{tp.partition}"))
+                self._emit(detector.finish_source(f"{tp.topic}/{tp.partition}"))
 
     def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
         transport = self.transport
@@ -357,6 +389,7 @@ class Worker:
     def _align(self) -> None:
         """Pause partitions too far ahead of the watermark; resume them as it catches up."""
         detector = self.detector
+        assert detector is not None
         lead = self.settings.worker.max_lead_s
         floor = detector.watermark + detector.config.clock.allowed_lateness_s
         if floor == -math.inf:
@@ -387,6 +420,7 @@ class Worker:
         meets the watermark it would meet in a replay of the same files (README, "Replay and
         worker"), and nothing piles up in memory behind a watermark that cannot move."""
         detector = self.detector
+        assert detector is not None
         high = detector.clock.high
         if not any(not p.idle and high.get(f"{tp.topic}/{tp.partition}", -math.inf) == -math.inf
                    for tp, p in self.progress.items()):
@@ -482,9 +516,8 @@ class Worker:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
         if self.metrics is not None:
-            # A partition this member no longer owns has no lag here: no stale series.
-            for tp in revoked:
-                self.metrics.lag.remove(topic=tp.topic, partition=str(tp.partition))
+            # What the core counted last; a partition this member no longer owns has no lag here.
+            self.metrics.revoked(revoked)
         self.detector = None
         self.progress = {}
         self.pending_assignment = None
@@ -494,6 +527,8 @@ class Worker:
         partitions and leave reading the checkpoint to the main loop (``_restore``)."""
         if not assigned:
             log.info("standby: no partitions assigned")
+            if self.metrics is not None:
+                self.metrics.standby()
             return
         self.transport.pause(assigned)
         self.pending_assignment = set(assigned)
@@ -503,7 +538,7 @@ class Worker:
         worker = self.settings.worker
         start = worker.start_from if self.first_assignment else "committed"
         restored = None
-        times: dict[TP, int] = {}
+        times: dict[TP, int | None] = {}
         if start not in ("committed", "earliest", "latest"):
             try:                                   # --from TIME: ask before changing anything
                 millis = int(parse_start_time(start) * 1000)
@@ -530,6 +565,8 @@ class Worker:
                 self.detector, offsets = Detector(self.settings.detector), {}
         else:
             self.detector, offsets = Detector(self.settings.detector), {}
+        if self.metrics is not None:
+            self.metrics.follow(self.detector)
         try:
             self._seek_and_resume(assigned, start, restored, offsets, times)
         except TransportError:
@@ -541,12 +578,14 @@ class Worker:
 
     def _seek_and_resume(self, assigned: set[TP], start: str, restored, offsets: dict,
                          times: dict) -> None:
+        detector = self.detector
+        assert detector is not None              # (made by _restore before)
         self.progress = {tp: PartitionProgress() for tp in assigned}
         saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
         self.adapters = {}
         for tp in sorted(assigned):
             source = f"{tp.topic}/{tp.partition}"
-            self.detector.add_source(source)
+            detector.add_source(source)
             adapter = make_adapter(self.formats[tp.topic], self.stream_of[tp.topic])
             if adapter is not None:
                 if source in saved_adapters:
@@ -571,12 +610,11 @@ class Worker:
 
     # ----------------------------------------------------------------- metrics
 
-    def _update_gauges(self) -> None:
+    def _update_metrics(self) -> None:
+        """Once per step: the core's counters and gauges, and the lag of each partition."""
         if self.metrics is None:
             return
-        detector = self.detector
-        self.metrics.watermark.set(detector.watermark if detector.watermark > -math.inf else 0)
-        self.metrics.open_anomalies.set(detector.open_anomalies())
+        self.metrics.observe_core()
         for tp, progress in self.progress.items():
             high, position = self.transport.highwater(tp), progress.next_offset
             if high is not None and position is not None:

@@ -47,7 +47,7 @@ class Deployment:
     def __init__(self, broker: LocalBroker, workdir: Path, partitions: int = 1,
                  kafka: str = "session_timeout_ms = 6000\nheartbeat_interval_ms = 1000\n",
                  worker: dict | None = None, formats: dict | None = None,
-                 tables: str = "", transport: str = "kafka-python") -> None:
+                 tables: str = "", transport: str = "confluent") -> None:
         self.broker = broker
         self.transport = transport
         kafka += f'transport = "{transport}"\n'

@@ -228,25 +228,38 @@ def test_format_inputs_keep_headers_once_and_move_on_in_time(tmp_path):
 
 
 @pytest.mark.kafka
-def test_quick_bench_through_kafka_measures_throughput_and_an_open_events_latency(tmp_path):
+def test_quick_bench_through_kafka_measures_loading_throughput_and_an_open_events_latency(
+        tmp_path):
     result = CliRunner().invoke(bench, ["--quick", "--json", "--out-dir", str(tmp_path),
                                         "--only", "kafka"])
     assert result.exit_code == 0, result.output
     kafka = orjson.loads(result.stdout)["kafka"]
     throughput = kafka["throughput"]
-    assert throughput["bare_consume_rate"] > 0 and throughput["worker_rate"] > 0
-    assert throughput["worker_confluent_rate"] > 0 and throughput["bare_consume_confluent_rate"] > 0
-    assert [c["transport"] for c in throughput["worker_detection"]] == ["kafka-python", "confluent"]
+    assert throughput["default_transport"] == "confluent"
+    assert set(throughput["best_s"]) == {"bare", "bare_confluent", "replay", "confluent",
+                                         "kafka-python"}
+    assert all(seconds > 0 for seconds in throughput["best_s"].values())
+    assert throughput["worker_over_confluent"] == (throughput["best_s"]["bare_confluent"]
+                                                   / throughput["best_s"]["confluent"])
+    assert throughput["produce_rate"] > 0
+    loading = throughput["loading"]
+    assert loading["rate"] > 0 and loading["kafka_python_rate"] > 0
+    assert [c["transport"] for c in throughput["worker_detection"]] == ["confluent", "kafka-python"]
     assert all(c["false_alarms"] == 0 for c in throughput["worker_detection"])
-    for latency, transport in ((kafka["latency"], "kafka-python"),
-                               (kafka["latency_confluent"], "confluent")):
+    assert throughput["worker_over_consume_and_replay"] == throughput["best_s"]["confluent"] / (
+        throughput["best_s"]["bare_confluent"] + throughput["best_s"]["replay"])
+    for latency, transport in ((kafka["latency"], "confluent"),
+                               (kafka["latency_kafka_python"], "kafka-python")):
         assert latency["transport"] == transport
         assert latency["n"] == 1 and latency["wall_s"]["p50"] > 0
         assert latency["runs"][0]["outcome"] == "SERVFAIL"
         assert latency["detection_delay_s"]["p50"] >= 0
     table = (tmp_path / "bench-quick.txt").read_text()
-    for row in ("2. Through Kafka", "kafka-python bare consumer", "one worker",
-                "transport = confluent", "confluent-kafka bare consumer",
-                "Latency, transport kafka-python", "Latency, transport confluent",
+    for row in ("2. Through Kafka", "records produced at", "lines of each file, at most",
+                "kafka-python's producer", "confluent-kafka bare consumer",
+                "kafka-python bare consumer", "replay of the same files",
+                "worker, transport confluent (the default)", "bare confluent consume + replay",
+                "worker, transport kafka-python", "until its group has committed the end offsets",
+                "Latency, transport confluent", "Latency, transport kafka-python",
                 "wall clock, records produced at 10x real time", "real time: delay + lateness"):
         assert row in table, row

@@ -1,222 +1,214 @@
-"""The metrics registry and endpoint: given these updates, this exposition text and these answers."""
+"""The worker's metrics and their endpoint: given this input to the core, these samples; given
+this health, this answer; given a member that loses its partitions, no series of them left."""
 
-import json
-import math
-import threading
+import re
+import signal
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+import orjson
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from detector.metrics import CONTENT_TYPE, MetricError, MetricsServer, Registry
+from detector.core.pipeline import Detector
+from detector.io.transport import TP
+from detector.worker_metrics import MetricsServer, WorkerMetrics
+from traffic import Traffic
 
-
-def worker_after_one_batch() -> Registry:
-    """A worker's registry after a batch: records per topic, one anomaly, a watermark, the lag of
-    one partition read at scrape time, and four batch durations (one on a bucket bound)."""
-    registry = Registry()
-    consumed = registry.counter("otp_detector_records_total", "Records consumed, by topic.", ["topic"])
-    consumed.labels(topic="mail").inc(120)
-    consumed.labels("dns").inc(80)
-    registry.counter("otp_detector_anomalies_total", "Anomaly events produced.").inc()
-    registry.gauge("otp_detector_watermark_seconds", "Event-time watermark, Unix seconds.").set(1714564800.25)
-    lag = registry.gauge("otp_detector_consumer_lag_records", "Records behind the partition end.",
-                         ["topic", "partition"])
-    lag.labels(topic="mail", partition=0).set_function(lambda: 42)
-    durations = registry.histogram("otp_detector_batch_duration_seconds",
-                                   "Time to process one consumed batch.", buckets=[0.25, 0.5, 1])
-    for seconds in (0.125, 0.25, 0.5, 3):
-        durations.observe(seconds)
-    return registry
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-GOLDEN = """\
-# HELP otp_detector_records_total Records consumed, by topic.
-# TYPE otp_detector_records_total counter
-otp_detector_records_total{topic="dns"} 80
-otp_detector_records_total{topic="mail"} 120
-# HELP otp_detector_anomalies_total Anomaly events produced.
-# TYPE otp_detector_anomalies_total counter
-otp_detector_anomalies_total 1
-# HELP otp_detector_watermark_seconds Event-time watermark, Unix seconds.
-# TYPE otp_detector_watermark_seconds gauge
-otp_detector_watermark_seconds 1714564800.25
-# HELP otp_detector_consumer_lag_records Records behind the partition end.
-# TYPE otp_detector_consumer_lag_records gauge
-otp_detector_consumer_lag_records{topic="mail",partition="0"} 42
-# HELP otp_detector_batch_duration_seconds Time to process one consumed batch.
-# TYPE otp_detector_batch_duration_seconds histogram
-otp_detector_batch_duration_seconds_bucket{le="0.25"} 2
-otp_detector_batch_duration_seconds_bucket{le="0.5"} 3
-otp_detector_batch_duration_seconds_bucket{le="1"} 3
-otp_detector_batch_duration_seconds_bucket{le="+Inf"} 4
-otp_detector_batch_duration_seconds_sum 3.875
-otp_detector_batch_duration_seconds_count 4
-"""
+def samples(text: str) -> dict[tuple, float]:
+    """Every sample of an exposition: (name, sorted label pairs) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_a_worker_registry_renders_as_exposition_text():
-    assert worker_after_one_batch().render().decode() == GOLDEN
+def scrape(metrics: WorkerMetrics) -> dict[tuple, float]:
+    return samples(generate_latest(metrics.registry).decode())
 
 
-def test_an_empty_registry_renders_nothing_and_an_unused_labelled_metric_only_its_header():
-    registry = Registry()
-    assert registry.render() == b""
-    registry.counter("otp_detector_rejected_total", "Rejected lines.", ["reason"])
-    assert registry.render() == (b"# HELP otp_detector_rejected_total Rejected lines.\n"
-                                 b"# TYPE otp_detector_rejected_total counter\n")
+def by_label(scraped: dict, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: value for (sample, labels), value in scraped.items()
+            if sample == name}
 
 
-def test_labelled_histograms_keep_their_labels_before_le():
-    registry = Registry()
-    durations = registry.histogram("otp_detector_commit_duration_seconds", "Offset commits.",
-                                   buckets=[0.1], labelnames=["topic"])
-    durations.labels("mail").observe(0.05)
-    assert registry.render().decode().splitlines()[2:] == [
-        'otp_detector_commit_duration_seconds_bucket{topic="mail",le="0.1"} 1',
-        'otp_detector_commit_duration_seconds_bucket{topic="mail",le="+Inf"} 1',
-        'otp_detector_commit_duration_seconds_sum{topic="mail"} 0.05',
-        'otp_detector_commit_duration_seconds_count{topic="mail"} 1',
-    ]
+def servfail_spike() -> Traffic:
+    """90 quiet minutes of OTP mail, 10 in which a quarter of the lookups SERVFAIL, 40 quiet."""
+    return (Traffic().minutes(0, 90, 60, fail_every=150)
+            .minutes(90, 10, 60, bad_every=4, rcode="SERVFAIL")
+            .minutes(100, 40, 60, fail_every=150).sorted())
 
 
-def test_special_values_are_written_as_prometheus_spells_them():
-    registry = Registry()
-    skew = registry.gauge("otp_detector_clock_skew_seconds", "Skew per source.", ["source"])
-    skew.labels("up").set(math.inf)
-    skew.labels("down").set(-math.inf)
-    skew.labels("unknown").set(math.nan)
-    assert registry.render().decode().splitlines()[2:] == [
-        'otp_detector_clock_skew_seconds{source="down"} -Inf',
-        'otp_detector_clock_skew_seconds{source="unknown"} NaN',
-        'otp_detector_clock_skew_seconds{source="up"} +Inf',
-    ]
+def feed_in_steps(detector: Detector, metrics: WorkerMetrics, mail: list, dns: list,
+                  batch: int = 500) -> None:
+    """Feed both streams as a worker's steps do, a reading of the core after each step."""
+    for at in range(0, max(len(mail), len(dns)), batch):
+        detector.feed("dns", dns[at:at + batch], source="dns")
+        detector.feed("mail", mail[at:at + batch], source="mail")
+        metrics.observe_core()
 
 
-def test_label_values_and_help_are_escaped():
-    registry = Registry()
-    rejected = registry.counter("otp_detector_rejected_total",
-                                'Lines rejected "as is", per \\ reason\nsee docs.', ["reason"])
-    rejected.labels(reason='bad "ts" in C:\\logs\nline 2').inc()
-    assert registry.render().decode() == (
-        '# HELP otp_detector_rejected_total Lines rejected "as is", per \\\\ reason\\nsee docs.\n'
-        "# TYPE otp_detector_rejected_total counter\n"
-        'otp_detector_rejected_total{reason="bad \\"ts\\" in C:\\\\logs\\nline 2"} 1\n')
+def core_counts(detector: Detector, kind: str) -> dict[str, int]:
+    return {key.partition(":")[2]: value for key, value in detector.stats().items()
+            if key.startswith(kind + ":") and value}
 
 
-@pytest.mark.parametrize("register, reason", [
-    (lambda r: r.gauge("otp-detector-lag", "h"), "invalid metric name"),
-    (lambda r: r.gauge("2xx_deliveries", "h"), "invalid metric name"),
-    (lambda r: r.counter("otp_detector_records", "h"), "must end in _total"),
-    (lambda r: r.gauge("otp_detector_lag", "h", ["topic-name"]), "invalid label name"),
-    (lambda r: r.gauge("otp_detector_lag", "h", ["__topic"]), "reserved"),
-    (lambda r: r.gauge("otp_detector_lag", "h", ["topic", "topic"]), "duplicate label names"),
-    (lambda r: r.gauge("otp_detector_lag", "h", "topic"), "not the string"),
-    (lambda r: r.histogram("otp_detector_delay_seconds", "h", labelnames=["le"]), "reserved"),
-    (lambda r: r.histogram("otp_detector_delay_seconds", "h", buckets=[1, 0.5]), "increase strictly"),
-    (lambda r: r.histogram("otp_detector_delay_seconds", "h", buckets=[math.nan]), "NaN"),
-])
-def test_names_prometheus_would_reject_are_refused_with_the_reason(register, reason):
-    with pytest.raises(MetricError, match=reason):
-        register(Registry())
+def test_the_counters_are_the_cores_counts_including_what_an_idle_input_joins():
+    traffic = servfail_spike()
+    mail = [*traffic.mail[:3000], b"{oops", traffic.mail[3000], *traffic.mail[3000:]]
+    detector, metrics = Detector(), WorkerMetrics()
+    detector.add_source("mail")
+    detector.add_source("dns")
+    metrics.follow(detector)
+    feed_in_steps(detector, metrics, mail, traffic.dns)
+    joined_while_fed = detector.stats()["otp_attempts"]
+    # Both inputs go idle: the watermark moves on and the core joins what was waiting, between
+    # two fed batches; the worker's next step counts it.
+    detector.finish_source("mail")
+    detector.finish_source("dns")
+    assert detector.stats()["otp_attempts"] > joined_while_fed
+    metrics.observe_core()
+
+    scraped = scrape(metrics)
+    assert by_label(scraped, "otp_detector_otp_attempts_total", "outcome") == \
+        core_counts(detector, "otp_outcome")
+    assert by_label(scraped, "otp_detector_records_rejected_total", "reason") == \
+        core_counts(detector, "rejected") == {"not_json": 1}
+    assert by_label(scraped, "otp_detector_anomaly_events_total", "state") == \
+        core_counts(detector, "anomalies")
+    assert core_counts(detector, "anomalies")["open"] >= 1
+    assert scraped[("otp_detector_duplicates_total", ())] == 1
+    assert scraped[("otp_detector_watermark_seconds", ())] == detector.watermark
+    assert by_label(scraped, "otp_detector_watched_slices", "dimension") == {
+        "sender_domain": 1, "resolver": 1}
 
 
-def test_two_metrics_may_not_write_the_same_name():
-    registry = Registry()
-    registry.histogram("otp_detector_delay_seconds", "Delivery delay.")
-    with pytest.raises(MetricError, match="already written by metric 'otp_detector_delay_seconds'"):
-        registry.gauge("otp_detector_delay_seconds_count", "Clashes with the histogram's count.")
-    with pytest.raises(MetricError, match="already written"):
-        registry.gauge("otp_detector_delay_seconds", "Registered twice.")
+def test_a_restored_core_is_counted_from_its_checkpoint_not_from_zero():
+    """A member restores the checkpoint it wrote before a rebalance: its counters go on, they
+    neither count the checkpoint's history again nor go back."""
+    traffic = servfail_spike()
+    first, metrics = Detector(), WorkerMetrics()
+    for source in ("mail", "dns"):
+        first.add_source(source)
+    metrics.follow(first)
+    feed_in_steps(first, metrics, traffic.mail[:4000], traffic.dns[:4000])
+    before = scrape(metrics)
+    restored = Detector(state=orjson.loads(orjson.dumps(first.snapshot())))
+    metrics.revoked([])
+    metrics.follow(restored)
+    metrics.observe_core()
+    attempts = by_label(before, "otp_detector_otp_attempts_total", "outcome")
+    assert by_label(scrape(metrics), "otp_detector_otp_attempts_total", "outcome") == attempts
+    feed_in_steps(restored, metrics, traffic.mail[4000:], traffic.dns[4000:])
+    after = by_label(scrape(metrics), "otp_detector_otp_attempts_total", "outcome")
+    assert sum(after.values()) == restored.stats()["otp_attempts"] > sum(attempts.values())
 
 
-def test_label_misuse_is_refused_with_the_expected_labels():
-    registry = Registry()
-    lag = registry.gauge("otp_detector_consumer_lag_records", "Lag.", ["topic", "partition"])
-    with pytest.raises(MetricError, match=r"takes labels \(topic, partition\), got \(partition, topc\)"):
-        lag.labels(topc="mail", partition=0)
-    with pytest.raises(MetricError, match="takes 2 label values"):
-        lag.labels("mail")
-    with pytest.raises(MetricError, match="not both"):
-        lag.labels("mail", partition=0)
-    with pytest.raises(MetricError, match=r"call \.labels\(\.\.\.\) first"):
-        lag.set(3)
-    anomalies = registry.counter("otp_detector_anomalies_total", "Anomalies.")
-    with pytest.raises(MetricError, match="has no labels"):
-        anomalies.labels("x")
-    with pytest.raises(MetricError, match="only goes up"):
-        anomalies.inc(-1)
-
-
-def test_revoked_partitions_stop_reporting_lag():
-    registry = Registry()
-    lag = registry.gauge("otp_detector_consumer_lag_records", "Lag.", ["partition"])
+def test_a_revoke_drops_the_partitions_lag_and_a_standby_the_gauges_of_the_core():
+    traffic = servfail_spike()
+    detector, metrics = Detector(), WorkerMetrics()
+    for source in ("mail", "dns"):
+        detector.add_source(source)
+    metrics.follow(detector)
+    metrics.consumed("mail-flow", 6000)
+    feed_in_steps(detector, metrics, traffic.mail[:6000], traffic.dns[:6000])
     for partition in range(3):
-        lag.labels(partition).set(10 * partition)
-    lag.remove(partition=1)
-    lag.remove(7)                                   # never assigned: nothing to do
-    assert registry.render().decode().splitlines()[2:] == [
-        'otp_detector_consumer_lag_records{partition="0"} 0',
-        'otp_detector_consumer_lag_records{partition="2"} 20',
-    ]
-    lag.clear()
-    assert len(registry.render().decode().splitlines()) == 2
+        metrics.lag.labels(topic="mail-flow", partition=str(partition)).set(10 * partition)
+
+    metrics.revoked({TP("mail-flow", 0), TP("mail-flow", 2)})
+    scraped = scrape(metrics)
+    assert by_label(scraped, "otp_detector_consumer_lag_records", "partition") == {"1": 10}
+    # A rebalance usually gives the partitions back: until it says otherwise, the core's gauges
+    # keep their values (no drop to 0 and back between two scrapes).
+    assert scraped[("otp_detector_watermark_seconds", ())] == detector.watermark > 0
+    assert by_label(scraped, "otp_detector_watched_slices", "dimension") == {
+        "sender_domain": 1, "resolver": 1}
+
+    metrics.standby()
+    scraped = scrape(metrics)
+    assert scraped[("otp_detector_watermark_seconds", ())] == 0
+    assert scraped[("otp_detector_open_anomalies", ())] == 0
+    assert by_label(scraped, "otp_detector_watched_slices", "dimension") == {}
+    assert by_label(scraped, "otp_detector_evictions", "store") == {}
+    # Counters count what this process did: they stay.
+    assert scraped[("otp_detector_records_consumed_total", (("topic", "mail-flow"),))] == 6000
+    assert sum(by_label(scraped, "otp_detector_otp_attempts_total", "outcome").values()) == \
+        detector.stats()["otp_attempts"]
 
 
-def test_a_gauge_function_is_read_at_each_scrape_and_a_broken_one_shows_nan(caplog):
-    registry = Registry()
-    behind = [5]
-    registry.gauge("otp_detector_lag_records", "Lag.").set_function(lambda: behind[0])
-    broken = registry.gauge("otp_detector_broken", "Raises.")
-    broken.set_function(lambda: 1 / 0)
-    assert b"otp_detector_lag_records 5\n" in registry.render()
-    behind[0] = 9
-    rendered = registry.render()
-    assert b"otp_detector_lag_records 9\n" in rendered
-    assert b"otp_detector_broken NaN\n" in rendered
-    assert "gauge function for otp_detector_broken failed" in caplog.text
-    with pytest.raises(MetricError, match="reports a function"):
-        broken.inc()
-    broken.set(1)                                   # set() replaces the function
-    assert b"otp_detector_broken 1\n" in registry.render()
+def readme_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The README's table of the worker's metrics: name -> (type, label names)."""
+    text = README.read_text()
+    section = text[text.index("### Metrics and health"):]
+    section = section[:section.index("\n#")]
+    rows = re.findall(r"^\| `(otp_detector_\w+)(?:\{([\w,]*)\})?` \| (\w+) \|", section, re.M)
+    assert rows
+    return {name: (kind, tuple(labels.split(",")) if labels else ()) for name, labels, kind in rows}
 
 
-def test_concurrent_updates_are_all_counted_while_scrapes_run():
-    registry = Registry()
-    consumed = registry.counter("otp_detector_records_total", "Records.", ["topic"])
-    durations = registry.histogram("otp_detector_batch_duration_seconds", "Batches.", buckets=[0.5])
-    threads, increments = 8, 5000
-    done = threading.Event()
+def exported_metrics(metrics: WorkerMetrics) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """name -> (type, label names) of the registry's metrics, counters by their ``_total`` name.
+    Read in OpenMetrics, where a ``_created`` sample belongs to its counter's family."""
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse
 
-    def consume(topic):
-        for _ in range(increments):
-            consumed.labels(topic=topic).inc()
-            durations.observe(0.25)
-
-    def scrape():
-        while not done.is_set():
-            registry.render()
-
-    scraper = threading.Thread(target=scrape)
-    scraper.start()
-    workers = [threading.Thread(target=consume, args=(("mail", "dns")[i % 2],)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    done.set()
-    scraper.join()
-    text = registry.render().decode()
-    half = threads // 2 * increments
-    assert f'otp_detector_records_total{{topic="dns"}} {half}\n' in text
-    assert f'otp_detector_records_total{{topic="mail"}} {half}\n' in text
-    assert f"otp_detector_batch_duration_seconds_count {threads * increments}\n" in text
-    assert f"otp_detector_batch_duration_seconds_sum {threads * increments * 0.25:g}\n" in text
+    exported = {}
+    for family in parse(openmetrics(metrics.registry).decode()):
+        name = family.name + "_total" if family.type == "counter" else family.name
+        labels = {label for s in family.samples for label in s.labels if label != "le"}
+        exported[name] = (family.type, tuple(sorted(labels)))
+    return exported
 
 
-def fetch(url: str) -> tuple[int, dict, bytes]:
+def test_the_worker_exports_the_names_types_and_labels_the_readme_lists():
+    metrics = WorkerMetrics()
+    metrics.follow(Detector())
+    metrics.observe_core()
+    metrics.consumed("mail-flow", 1)
+    metrics.rejected.labels(reason="late").inc()
+    metrics.anomalies.labels(state="open").inc()
+    metrics.otp_attempts.labels(outcome="SERVFAIL").inc()
+    metrics.lag.labels(topic="mail-flow", partition="0").set(3)
+    listed = {name: (kind, tuple(sorted(labels))) for name, (kind, labels) in readme_metrics().items()}
+    assert exported_metrics(metrics) == listed
+
+
+def test_detector_run_serves_metrics_and_health_while_it_waits_for_the_broker(tmp_path):
+    """The command as deployed: the port answers before Kafka does, with every metric the
+    README lists and no ``_created`` series beside the counters."""
+    import subprocess
+
+    from conftest import DETECTOR, STARTED
+    from detector.io.broker import free_port
+    from integrations import wait_for
+
+    port = free_port()
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([*DETECTOR, "run", "--bootstrap-servers", "127.0.0.1:9",
+                               "--metrics-port", str(port)], stdout=log, stderr=log)
+    STARTED.append(worker)
+    status, _, body = wait_for("the metrics port", lambda: fetch(
+        f"http://127.0.0.1:{port}/healthz"), timeout=30,
+        log=lambda: (tmp_path / "worker.log").read_text())
+    assert status == 200 and orjson.loads(body)["detail"]["active"] is False
+    text = fetch(f"http://127.0.0.1:{port}/metrics")[2].decode()
+    families = {family.name + "_total" if family.type == "counter" else family.name: family.type
+                for family in text_string_to_metric_families(text)}
+    assert families == {name: kind for name, (kind, _) in readme_metrics().items()}
+    assert "_created" not in text
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
+# ------------------------------------------------------------------------------ the endpoint
+
+def fetch(url: str, accept: str | None = None, method: str = "GET") -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, method=method, headers={"Accept": accept} if accept else {})
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=5) as answer:
             return answer.status, dict(answer.headers), answer.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -225,53 +217,67 @@ def fetch(url: str) -> tuple[int, dict, bytes]:
 @pytest.fixture
 def healthy():
     """A health check the test can flip: (ok, detail) as the worker would report it."""
-    return {"ok": True, "detail": {"assigned_partitions": 3}}
+    return {"ok": True, "detail": {"active": True, "unacknowledged_writes": 0}}
 
 
 @pytest.fixture
 def server(healthy):
-    with MetricsServer(worker_after_one_batch(), port=0,
+    metrics = WorkerMetrics()
+    metrics.records.labels(topic="mail-flow").inc(120)
+    metrics.lag.labels(topic="mail-flow", partition="0").set(42)
+    with MetricsServer(metrics.registry, port=0,
                        health=lambda: (healthy["ok"], healthy["detail"])) as running:
         yield running
 
 
-def test_metrics_are_served_as_text_version_0_0_4(server):
+def test_metrics_are_text_0_0_4_by_default_and_openmetrics_when_the_scraper_asks(server):
     status, headers, body = fetch(f"http://127.0.0.1:{server.port}/metrics")
-    assert status == 200
-    assert headers["Content-Type"] == CONTENT_TYPE
-    assert body.decode() == GOLDEN
+    assert (status, headers["Content-Type"]) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert samples(body.decode())[("otp_detector_consumer_lag_records",
+                                   (("partition", "0"), ("topic", "mail-flow")))] == 42
+    # What Prometheus sends first: OpenMetrics, whose text ends in "# EOF".
+    status, headers, body = fetch(f"http://127.0.0.1:{server.port}/metrics",
+                                  accept="application/openmetrics-text;version=1.0.0,"
+                                         "text/plain;version=0.0.4;q=0.5")
+    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    assert b'otp_detector_records_consumed_total{topic="mail-flow"} 120.0' in body
 
 
 def test_healthz_answers_200_while_healthy_and_503_when_not(server, healthy):
     status, headers, body = fetch(f"http://127.0.0.1:{server.port}/healthz")
     assert (status, headers["Content-Type"]) == (200, "application/json")
-    assert json.loads(body) == {"ok": True, "detail": {"assigned_partitions": 3}}
-    healthy.update(ok=False, detail={"reason": "no poll for 60 s"})
+    assert orjson.loads(body) == {"ok": True, "detail": {"active": True,
+                                                         "unacknowledged_writes": 0}}
+    healthy.update(ok=False, detail={"healthy": False, "unacknowledged_writes": 12})
     status, _, body = fetch(f"http://127.0.0.1:{server.port}/healthz")
     assert status == 503
-    assert json.loads(body) == {"ok": False, "detail": {"reason": "no poll for 60 s"}}
+    assert orjson.loads(body) == {"ok": False, "detail": {"healthy": False,
+                                                          "unacknowledged_writes": 12}}
 
 
-def test_a_health_check_that_raises_is_unhealthy():
+def test_a_health_check_that_raises_is_unhealthy(caplog):
     def broken():
         raise RuntimeError("consumer closed")
 
-    with MetricsServer(Registry(), health=broken) as server:
+    with MetricsServer(WorkerMetrics().registry, health=broken) as server:
         status, _, body = fetch(f"http://127.0.0.1:{server.port}/healthz")
     assert status == 503
-    assert json.loads(body) == {"ok": False, "detail": {"error": "RuntimeError: consumer closed"}}
+    assert orjson.loads(body) == {"ok": False, "detail": {"error": "RuntimeError: consumer closed"}}
+    assert "health check failed" in caplog.text
 
 
-def test_the_index_lists_the_endpoints_and_other_paths_are_404(server, capfd):
+def test_the_index_lists_the_endpoints_other_paths_are_404_and_nothing_is_logged(server, capfd):
     status, _, body = fetch(f"http://127.0.0.1:{server.port}/")
     assert status == 200 and b"/metrics" in body and b"/healthz" in body
-    status, _, _ = fetch(f"http://127.0.0.1:{server.port}/metrics/extra")
-    assert status == 404
+    assert fetch(f"http://127.0.0.1:{server.port}/metrics/extra")[0] == 404
+    assert fetch(f"http://127.0.0.1:{server.port}/healthz", method="POST")[0] == 405
+    assert fetch(f"http://127.0.0.1:{server.port}/metrics", method="POST")[0] == 405
     assert capfd.readouterr().err == ""             # no request log lines on stderr
 
 
 def test_the_server_releases_its_port_and_stops_once():
-    server = MetricsServer(Registry()).start()
+    server = MetricsServer(WorkerMetrics().registry).start()
     port = server.port
     server.stop()
     server.stop()
@@ -281,17 +287,80 @@ def test_the_server_releases_its_port_and_stops_once():
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1)
 
 
-def test_a_revoked_partition_leaves_no_stale_lag_series():
-    """After a rebalance the lag gauge reports only partitions this member still owns."""
-    from detector.io.transport import TP
-    from detector.settings import load_settings
-    from detector.worker import Worker
-    from detector.worker_metrics import WorkerMetrics
+def test_two_workers_in_one_process_keep_their_own_series():
+    first, second = WorkerMetrics(), WorkerMetrics()
+    first.records.labels(topic="mail-flow").inc(5)
+    assert ("otp_detector_records_consumed_total", (("topic", "mail-flow"),)) not in scrape(second)
 
-    worker = Worker(load_settings(environ={}), metrics=WorkerMetrics())
-    worker.metrics.lag.labels(topic="mail-flow", partition="0").set(5)
-    worker.metrics.lag.labels(topic="mail-flow", partition="1").set(7)
-    worker._on_revoked({TP("mail-flow", 0)})
-    text = worker.metrics.registry.render().decode()
-    assert 'otp_detector_consumer_lag_records{topic="mail-flow",partition="1"} 7' in text
-    assert 'partition="0"' not in text
+
+# -------------------------------------------------------------------- through a real broker
+
+def lag_series(port: int) -> set[tuple[str, str]]:
+    """The (topic, partition) pairs a worker reports lag for."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(dict(labels)["topic"], dict(labels)["partition"])
+            for (name, labels) in samples(text) if name == "otp_detector_consumer_lag_records"}
+
+
+@pytest.mark.kafka
+def test_a_member_that_loses_its_partitions_stops_reporting_them(broker, tmp_path):
+    """The active member stalls past its session (a long pause, a frozen VM): the standby takes
+    the partitions over, and when the stalled member comes back the group settles on one
+    active member. Whichever lost the partitions while running reports none of them any more:
+    no lag series frozen at its last value, no watermark or open anomalies of a core it no
+    longer runs."""
+    from conftest import Deployment, write_logs
+    from detector.io.broker import free_port
+    from integrations import wait_for
+
+    # No periodic checkpoint falls due while the first member is stopped: when one does, right
+    # after such a stall, its commit is refused (the member left the group) and the worker
+    # retries it as a failed write instead of rejoining; that is the worker's commit path, not
+    # what this test is about.
+    deployment = Deployment(broker, tmp_path, partitions=2, worker={"checkpoint_interval_s": 600})
+    traffic = (Traffic().minutes(0, 20, 30, fail_every=20, sender_domain="a.example")
+               .minutes(0, 20, 30, fail_every=20, sender_domain="b.example")
+               .minutes(0, 20, 30, fail_every=20, sender_domain="c.example").sorted())
+    mail, dns = write_logs(traffic, tmp_path)
+    deployment.produce_files("dns", dns)
+    deployment.produce_files("mail", mail)
+    ports = {"first": free_port(), "second": free_port()}
+    members = {name: deployment.start_worker("--metrics-port", str(port), log_name=f"{name}.log")
+               for name, port in ports.items() if name == "first"}
+
+    def log(name: str):
+        return lambda: deployment.log(f"{name}.log")
+
+    wait_for("the first member reports the lag of its partitions",
+                     lambda: lag_series(ports["first"]), timeout=60, log=log("first"))
+    members["second"] = deployment.start_worker("--metrics-port", str(ports["second"]),
+                                                log_name="second.log")
+    deployment.wait_for_log("standby", "second.log")
+    assert lag_series(ports["second"]) == set()
+    # The second member's joining revoked and gave back every partition (eager rebalance).
+    wait_for("the first member active again", lambda: lag_series(ports["first"]), timeout=30,
+             log=log("first"))
+
+    members["first"].send_signal(signal.SIGSTOP)
+    try:
+        wait_for("the second member took the partitions over",
+                 lambda: lag_series(ports["second"]), timeout=60, log=log("second"))
+    finally:
+        members["first"].send_signal(signal.SIGCONT)
+
+    def standby():
+        """The member that ended up without partitions, once the group has settled."""
+        if deployment.log("first.log").count("standby") and lag_series(ports["second"]):
+            return "first"
+        if deployment.log("second.log").count("standby") > 1 and lag_series(ports["first"]):
+            return "second"
+        return None
+
+    loser = wait_for("one member active, the other a standby again", standby, timeout=60,
+                     log=lambda: deployment.log("first.log")[-1500:] + deployment.log("second.log")[-1500:])
+    text = urllib.request.urlopen(f"http://127.0.0.1:{ports[loser]}/metrics", timeout=5).read().decode()
+    scraped = samples(text)
+    assert lag_series(ports[loser]) == set()
+    assert scraped[("otp_detector_watermark_seconds", ())] == 0
+    assert scraped[("otp_detector_open_anomalies", ())] == 0
+    assert by_label(scraped, "otp_detector_watched_slices", "dimension") == {}

@@ -671,8 +671,8 @@ def test_a_bad_value_is_one_line_naming_the_key_and_the_rule_in_every_command(
     ("DETECTOR_ALERTS_OPEN_SCORE", "inf", "alerts.open_score: input should be a finite number, "
                                           "got 'inf' (from DETECTOR_ALERTS_OPEN_SCORE)"),
     ("DETECTOR_MODEL_BUCKET_S", "0", "model.bucket_s: must be greater than 0"),
-    ("DETECTOR_KAFKA_TRANSPORT", "librdkafka", "kafka.transport: input should be 'kafka-python' or "
-                                               "'confluent'"),
+    ("DETECTOR_KAFKA_TRANSPORT", "librdkafka", "kafka.transport: input should be 'confluent' or "
+                                               "'kafka-python'"),
 ])
 def test_a_bad_environment_value_is_one_line_naming_the_variable(tmp_path, logs, variable, value,
                                                                  words):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.kafka
 RECORDS = 3000
 
 
-@pytest.fixture(params=["kafka-python", "confluent"])
+@pytest.fixture(params=["confluent", "kafka-python"])
 def transport_name(request):
     return request.param
 

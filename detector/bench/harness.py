@@ -78,8 +78,9 @@ def machine() -> dict:
     except OSError:
         pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = {}
-    for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson"):
+    versions: dict[str, str | None] = {}
+    for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson",
+                    "msgspec"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -230,6 +231,7 @@ def quality_section(root: Path, work: Path, quick: bool, seeds: list[int], worke
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         runs = list(pool.map(run, zip(specs, datasets)))
     if replayed:
+        assert mixed is not None
         runs.append(mixed["quality"])
     rows = [{"scenario": name, **summarize([r for r in runs if r["scenario"] == name])}
             for name in dict.fromkeys(r["scenario"] for r in runs)]
@@ -308,7 +310,8 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
         from .kafka import kafka_section
 
         result["kafka"] = kafka_section(root, work, quick, repeat,
-                                        latency_runs or (1 if quick else 5), latency_pace, say)
+                                        latency_runs or (1 if quick else 5), latency_pace, say,
+                                        mixed_spec(replay_hours(quick)))
     if "formats" in sections:
         from .formats import formats_section
 

@@ -1,18 +1,25 @@
-"""Through Kafka: the worker's records/s against kafka-python's bare consumer, and the wall-clock
-latency from a spike's records being produced to its ``open`` event on the anomalies topic.
+"""Through Kafka: loading logs, the worker against bare consumers of the same topics, and the
+wall-clock latency from a spike's records being produced to its ``open`` event.
 
 Everything runs against a ``LocalBroker`` started here, on fresh topics and group ids, with the
 test settings of BROKER.md (``session_timeout_ms=6000, heartbeat_interval_ms=1000``). Input is the
-seed-incident scenario placed on the latest day on which it has already ended (a live worker
-rejects records from the future).
+``mixed`` scenario (72 h, 3.4 M records; ``--quick``: an hour of seed-incident), on days already
+past (a live worker rejects records from the future): the replay section's own files when they
+are, so that the worker can be set against that replay.
 
-**Throughput.** The scenario's files are produced once with ``produce_files``; then, alternating,
-in fresh processes: kafka-python's bare consumer (``poll()`` until the produced count has come),
-the worker with each transport (``Worker`` as ``detector run --exit-when-idle`` runs it, each fed
-batch timed), and confluent-kafka's bare consumer for reference. All are timed from the first
-batch in hand to the batch that completes the count, so the group join and the worker's idle
-wait before it exits are left out. The target compares the worker with kafka-python's bare
-consumer; the confluent transport (an extra) is reported against the same baseline.
+**Loading.** The files are produced once with ``detector produce``'s ``produce_files``
+(librdkafka), timed in a fresh process: the "records produced at" rate. Then, alternating, the
+first ``PRODUCE_SAMPLE_LINES`` of each file into scratch topics (deleted after), through
+``produce_files`` and through kafka-python's producer as ``produce`` used it before (the baseline).
+
+**Throughput.** Then, alternating, in fresh processes: confluent-kafka's and kafka-python's bare
+consumers (group members reading until every record has come), a replay of the same files (no
+Kafka), and the worker with each transport (``Worker`` as ``detector run --exit-when-idle`` runs
+it). Each is timed from its start, the group join included, until it holds every record, or, for
+the worker, until its group has committed the end offsets (the offsets after the last records,
+as the bare consumers saw them): what a user waits for. The targets compare the default worker
+with both bare consumers, and with bare confluent consume + replay: what the worker would take if
+its own work around the core (transport, alignment, checkpoints, writes) cost nothing.
 
 **Latency.** A worker runs as ``detector run`` on fresh topics. The history before the incident is
 produced as fast as the broker takes it (the warm-up) and the worker reads it; from a minute
@@ -45,6 +52,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -54,38 +62,59 @@ from ..demo import read_events
 from ..evaluate import evaluate, parse_time
 from ..io.broker import LocalBroker, free_port
 from ..io.kafka import ensure_topics, make_producer
-from ..io.produce import join_key, produce_files
+from ..io.produce import join_key
 from ..settings import TRANSPORTS, KafkaSettings
+from ..synth import SCENARIOS
 from .data import Dataset, Spec, ensure_all, past_start
 from .harness import Say, quiet, run_child
 
 SCENARIO = "seed-incident"
+THROUGHPUT_SCENARIO = "mixed"
 QUICK_HOURS = 3.25                 # the incident starts 2.5 h in
 QUICK_THROUGHPUT_HOURS = 1.0       # throughput needs no incident: the first hour, quiet
+#: Lines of each file produced by both loaders for their comparison (the baseline is slow).
+PRODUCE_SAMPLE_LINES = 100_000
+#: The default worker against confluent-kafka's and kafka-python's bare consumers (issue 12).
+TARGET_OVER_CONFLUENT = 0.25
+TARGET_OVER_KAFKA_PYTHON = 0.8
+#: The default worker against bare confluent consume + replay of the same records.
+TARGET_OVER_CONSUME_AND_REPLAY = 1.3
 QUICK_WARMUP_S = 45 * 60           # the model arms after 30 min and 1000 OTP attempts
 LEAD_S = 60.0                      # paced production starts this long before the incident
 LATENESS_S = 10.0                  # the core's allowed lateness (default configuration)
 GROUP_SETTINGS = {"kafka.session_timeout_ms": 6000, "kafka.heartbeat_interval_ms": 1000}
 
 
+def throughput_spec(quick: bool, replay_spec: Spec | None) -> Spec:
+    """The throughput input: the replay section's ``mixed`` when it lies in the past."""
+    if quick:
+        return Spec(SCENARIO, 1, QUICK_THROUGHPUT_HOURS, past_start(SCENARIO))
+    if replay_spec is not None and replay_spec.scenario == THROUGHPUT_SCENARIO:
+        scenario = SCENARIOS[THROUGHPUT_SCENARIO]
+        if scenario.start + timedelta(hours=replay_spec.hours or scenario.hours) <= datetime.now(
+                timezone.utc):
+            return replay_spec
+    return Spec(THROUGHPUT_SCENARIO, 1, None, past_start(THROUGHPUT_SCENARIO))
+
+
 def kafka_section(root: Path, work: Path, quick: bool, repeat: int, latency_runs: int,
-                  pace: float, say: Say = quiet) -> dict:
+                  pace: float, say: Say = quiet, replay_spec: Spec | None = None) -> dict:
+    """``replay_spec``: the replay section's input, if it ran (the same files are used)."""
     start = past_start(SCENARIO)
     hours = QUICK_HOURS if quick else None
     specs = [Spec(SCENARIO, seed, hours, start) for seed in range(1, max(1, latency_runs) + 1)]
-    if quick:
-        specs.append(Spec(SCENARIO, 1, QUICK_THROUGHPUT_HOURS, start))
+    through = throughput_spec(quick, replay_spec)
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    datasets = ensure_all(root, specs, workers)
+    datasets = ensure_all(root, [*specs, through], workers)
     with LocalBroker(log_path=work / "broker.log") as broker:
-        throughput = throughput_through_kafka(broker, datasets[-1], repeat, say)
+        throughput = throughput_through_kafka(broker, datasets[-1], repeat, work, say)
         latency = {transport: open_latency(broker, datasets[:latency_runs], pace, quick, work,
                                            say, transport)
                    for transport in TRANSPORTS}
-    return {"scenario": SCENARIO, "start": start.isoformat(),
-            "hours": QUICK_THROUGHPUT_HOURS if quick else 6.0,
-            "throughput": throughput, "latency": latency["kafka-python"],
-            "latency_confluent": latency["confluent"]}
+    return {"scenario": through.scenario, "start": datasets[-1].truth()["start"],
+            "hours": QUICK_THROUGHPUT_HOURS if quick else SCENARIOS[through.scenario].hours,
+            "throughput": throughput, "latency_scenario": SCENARIO,
+            "latency": latency["confluent"], "latency_kafka_python": latency["kafka-python"]}
 
 
 def _kafka(broker: LocalBroker) -> KafkaSettings:
@@ -93,29 +122,40 @@ def _kafka(broker: LocalBroker) -> KafkaSettings:
                          heartbeat_interval_ms=1000)
 
 
-def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
+def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int, work: Path,
                              say: Say = quiet) -> dict:
     kafka = _kafka(broker)
     tag = uuid.uuid4().hex[:8]
     topics = {"mail": f"bench-mail-{tag}", "dns": f"bench-dns-{tag}"}
-    ensure_topics(kafka, {topics["mail"]: {}, topics["dns"]: {}})
-    started = time.perf_counter()
-    produced = produce_files(kafka, topics["dns"], [str(dataset.dns)])
-    produced += produce_files(kafka, topics["mail"], [str(dataset.mail)])
-    produce_s = time.perf_counter() - started
+    create_topics(kafka, list(topics.values()))
+    load = run_child("produce", {"bootstrap": broker.bootstrap, "topics": topics,
+                                 "paths": {"dns": str(dataset.dns), "mail": str(dataset.mail)}})
+    produced = load["records"]
     if produced != dataset.lines:
         raise RuntimeError(f"produced {produced} records, the files have {dataset.lines}")
-    say(f"kafka: produced {produced:,} records in {produce_s:.1f} s")
+    say(f"kafka: produced {produced:,} records in {load['seconds']:.1f} s "
+        f"({produced / load['seconds']:,.0f} records/s)")
+    loading = _loading(broker, dataset, repeat, work, say)
     truth = dataset.truth()
-    runs: dict[str, list[dict]] = {name: [] for name in ("bare", "bare_confluent", *TRANSPORTS)}
+    kinds = {"bare_confluent": "consume-confluent", "bare": "consume"}
+    runs: dict[str, list[dict]] = {name: [] for name in (*kinds, "replay", *TRANSPORTS)}
     checks = []
+    ends = None
     for round_no in range(repeat):
-        for kind, name in (("consume", "bare"), ("consume-confluent", "bare_confluent")):
+        for name, kind in kinds.items():
             bare = run_child(kind, {"bootstrap": broker.bootstrap,
                                     "topics": list(topics.values()), "expected": produced,
                                     "group": f"bench-{kind}-{tag}-{round_no}"})
             _complete(bare, produced, f"the bare consumer ({kind})")
+            if ends is not None and bare["ends"] != ends:
+                raise RuntimeError(f"the bare consumers saw different ends: {ends}, {bare['ends']}")
+            ends = bare["ends"]
             runs[name].append(bare)
+        replay = run_child("replay", {"mail": str(dataset.mail), "dns": str(dataset.dns),
+                                      "out": str(work / "kafka-replay.jsonl")})
+        if not replay["records"] or replay["seconds"] <= 0:
+            raise RuntimeError(f"the replay of {dataset.directory} read nothing")
+        runs["replay"].append(replay)
         rates = []
         for transport in TRANSPORTS:
             run_tag = f"{tag}-{transport}-{round_no}"
@@ -128,31 +168,111 @@ def throughput_through_kafka(broker: LocalBroker, dataset: Dataset, repeat: int,
                         "worker.group_id": f"bench-worker-{run_tag}",
                         "worker.start_from": "earliest", "worker.idle_timeout_s": 1.0,
                         "worker.exit_when_idle_s": 1.0}
-            worker = run_child("worker", {"settings": settings, "expected": produced})
+            worker = run_child("worker", {"settings": settings, "ends": ends})
             _complete(worker, produced, f"the worker ({transport})")
             runs[transport].append(worker)
             report = evaluate(read_events(kafka, out["anomalies"], idle_s=1.0), truth)
             checks.append({"transport": transport, "detected": report["detected"],
                            "incidents": report["total_incidents"],
                            "false_alarms": report["false_alarm_count"]})
-            rates.append(f"worker ({transport}) {produced / worker['seconds']:,.0f} records/s "
+            rates.append(f"worker ({transport}) {worker['seconds']:.1f} s "
                          f"({report['detected']}/{report['total_incidents']} detected)")
-        say(f"kafka round {round_no + 1}/{repeat}: bare consume "
-            f"{produced / runs['bare'][-1]['seconds']:,.0f} records/s (confluent-kafka "
-            f"{produced / runs['bare_confluent'][-1]['seconds']:,.0f}), " + ", ".join(rates))
+        say(f"kafka round {round_no + 1}/{repeat}: bare consume, confluent-kafka "
+            f"{runs['bare_confluent'][-1]['seconds']:.1f} s, kafka-python "
+            f"{runs['bare'][-1]['seconds']:.1f} s; replay {replay['seconds']:.1f} s; "
+            + ", ".join(rates))
     best = {name: min(r["seconds"] for r in found) for name, found in runs.items()}
-    return {"records": produced, "repeat": repeat, "produce_rate": produced / produce_s,
-            "bare_consume_rate": produced / best["bare"],
-            "bare_consume_confluent_rate": produced / best["bare_confluent"],
-            "worker_rate": produced / best["kafka-python"],
-            "worker_over_bare": best["bare"] / best["kafka-python"],
-            "worker_confluent_rate": produced / best["confluent"],
-            "worker_confluent_over_bare": best["bare"] / best["confluent"],
-            "worker_over_bare_target": 0.8,
-            "seconds": {name: [r["seconds"] for r in found] for name, found in runs.items()},
-            "worker_max_rss_kib": max(r["max_rss_kib"] for r in runs["kafka-python"]),
-            "worker_confluent_max_rss_kib": max(r["max_rss_kib"] for r in runs["confluent"]),
-            "worker_detection": checks}
+    default = TRANSPORTS[0]
+    result = {
+        "records": produced, "repeat": repeat, "produce_rate": produced / load["seconds"],
+        "loading": loading,
+        "best_s": best,
+        "cpu_s": {name: min(r["cpu_s"] for r in found) for name, found in runs.items()},
+        "default_transport": default,
+        "bare_consume_confluent_rate": produced / best["bare_confluent"],
+        "bare_consume_rate": produced / best["bare"],
+        "worker_rate": produced / best[default],
+        "worker_over_confluent": best["bare_confluent"] / best[default],
+        "worker_over_confluent_target": TARGET_OVER_CONFLUENT,
+        "worker_over_bare": best["bare"] / best[default],
+        "worker_over_bare_target": TARGET_OVER_KAFKA_PYTHON,
+        "worker_kafka_python_rate": produced / best["kafka-python"],
+        "worker_over_consume_and_replay": best[default] / (best["bare_confluent"]
+                                                           + best["replay"]),
+        "worker_over_consume_and_replay_target": TARGET_OVER_CONSUME_AND_REPLAY,
+        "seconds": {name: [r["seconds"] for r in found] for name, found in runs.items()},
+        "worker_max_rss_kib": max(r["max_rss_kib"] for r in runs[default]),
+        "worker_kafka_python_max_rss_kib": max(r["max_rss_kib"] for r in runs["kafka-python"]),
+        "worker_detection": checks}
+    return result
+
+
+def _loading(broker: LocalBroker, dataset: Dataset, repeat: int, work: Path,
+             say: Say = quiet) -> dict:
+    """``produce_files`` against kafka-python's producer on the first lines of each file,
+    alternating, best of ``repeat``; each into scratch topics deleted after."""
+    from ..io.files import LineSource
+
+    paths = {}
+    for stream in ("dns", "mail"):
+        source = LineSource(str(getattr(dataset, stream)), stream)
+        try:
+            lines, _ = source.read_chunk(PRODUCE_SAMPLE_LINES)
+        finally:
+            source.close()
+        paths[stream] = str(work / f"produce-sample-{stream}.jsonl")
+        Path(paths[stream]).write_bytes(b"\n".join(lines) + b"\n")
+    kafka = _kafka(broker)
+    runs: dict[str, list[dict]] = {"produce": [], "produce-kafka-python": []}
+    for round_no in range(repeat):
+        for kind in runs:
+            topics = {stream: f"bench-load-{stream}-{uuid.uuid4().hex[:8]}"
+                      for stream in ("dns", "mail")}
+            create_topics(kafka, list(topics.values()))
+            try:
+                result = run_child(kind, {"bootstrap": broker.bootstrap, "topics": topics,
+                                          "paths": paths})
+            finally:
+                delete_topics(kafka, list(topics.values()))
+            runs[kind].append(result)
+            say(f"loading round {round_no + 1}/{repeat}: {kind} "
+                f"{result['records'] / result['seconds']:,.0f} records/s")
+    records = runs["produce"][0]["records"]
+    best = {kind: min(r["seconds"] for r in found) for kind, found in runs.items()}
+    return {"records": records, "lines_per_file": PRODUCE_SAMPLE_LINES,
+            "rate": records / best["produce"],
+            "kafka_python_rate": records / best["produce-kafka-python"],
+            "speedup": best["produce-kafka-python"] / best["produce"],
+            "seconds": {kind: [r["seconds"] for r in found] for kind, found in runs.items()}}
+
+
+def create_topics(kafka: KafkaSettings, topics: list[str], timeout_s: float = 10.0) -> None:
+    """Create ``topics`` and wait until each has a leader: a producer that meets a topic still
+    being created waits for its metadata (about half a second here), which is not loading."""
+    from confluent_kafka.admin import AdminClient
+
+    ensure_topics(kafka, {topic: {} for topic in topics})
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = admin.list_topics(timeout=timeout_s).topics
+        if all(topic in found and found[topic].error is None and found[topic].partitions
+               and all(p.leader >= 0 for p in found[topic].partitions.values())
+               for topic in topics):
+            return
+        time.sleep(0.1)
+
+
+def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
+    from kafka import KafkaAdminClient
+
+    from ..io.kafka import client_config
+
+    admin = KafkaAdminClient(**client_config(kafka))
+    try:
+        admin.delete_topics(topics)
+    finally:
+        admin.close()
 
 
 def _complete(result: dict, expected: int, who: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import NamedTuple
 
 
 class EventClock:
@@ -74,6 +75,12 @@ class EventClock:
         self.watermark = -math.inf if watermark is None else float(watermark)
 
 
+class _Record(NamedTuple):
+    message_id: str
+    status: str
+    ts: float
+
+
 class Deduplicator:
     """Exact duplicates by ``(message_id, status)`` within an event-time horizon, with a size cap.
 
@@ -92,15 +99,34 @@ class Deduplicator:
         self.evicted = 0
 
     def seen(self, message_id: str, status: str, ts: float) -> bool:
-        key = f"{message_id}\x00{status}"
-        if key in self._keys:
-            return True
-        self._keys.add(key)
-        self._order.append((ts, key))
-        if len(self._order) > self.max_entries:
-            self._keys.discard(self._order.popleft()[1])
-            self.evicted += 1
-        return False
+        return not self.first_seen([_Record(message_id, status, ts)])
+
+    def first_seen(self, records: list) -> list:
+        """The records (with ``message_id``, ``status``, ``ts``) not seen before, in order;
+        each is remembered as it passes, so a repeat within the batch is a duplicate too."""
+        keys, order, cap = self._keys, self._order, self.max_entries
+        add, remember = keys.add, order.append
+        fresh: list = []
+        keep = fresh.append
+        if len(order) + len(records) <= cap:         # the usual batch: the cap is not reached
+            for record in records:
+                key = f"{record.message_id}\x00{record.status}"
+                if key not in keys:
+                    add(key)
+                    remember((record.ts, key))
+                    keep(record)
+            return fresh
+        for record in records:
+            key = f"{record.message_id}\x00{record.status}"
+            if key in keys:
+                continue
+            add(key)
+            remember((record.ts, key))
+            keep(record)
+            if len(order) > cap:
+                keys.discard(order.popleft()[1])
+                self.evicted += 1
+        return fresh
 
     def expire(self, watermark: float) -> None:
         cutoff = watermark - self.horizon_s

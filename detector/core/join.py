@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right, insort
-from heapq import heapify, heappop, heappush
+from collections import Counter
+from heapq import heappop, heappush
+from collections.abc import Sequence
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter
 
 from .outcomes import RANK
 from .records import FINAL_FAILURE, DnsRecord, MailRecord
 
-# A buffered resolver answer is the parsed ``DnsRecord`` itself:
-# (ts, qname, qtype, outcome, resolver, client).
+# A buffered resolver answer is the parsed ``DnsRecord`` itself (ts, qname, qtype, outcome,
+# resolver, client).
 Entry = DnsRecord
 
 
@@ -57,12 +59,13 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
     """
     if status_code and _DNS_STATUS_CODE.match(status_code):
         return True
-    return bool(detail) and _DNS_DETAIL.search(detail) is not None
+    return detail is not None and detail != "" and _DNS_DETAIL.search(detail) is not None
 
 
-#: An entry's time, the key of every bisection: itemgetter runs in C, where a function of ours
+#: An entry's time, the key of every bisection: attrgetter runs in C, where a function of ours
 #: cost a Python call per probe (1.6 M calls in a 370 k-record replay).
-_entry_ts = itemgetter(0)
+_entry_ts = attrgetter("ts")
+_entry_qname = attrgetter("qname")
 
 
 class DnsJoin:
@@ -84,12 +87,13 @@ class DnsJoin:
         self.match_client = match_client
         self.max_buffered = max_buffered
         self._by_name: dict[str, list[Entry]] = {}
-        # Expiry order: a heap by event time, so a record far ahead of the others cannot hold
-        # back the expiry of everything behind it, and a restored buffer expires exactly alike.
-        # One entry per name, at the time of its oldest record (a name's records are sorted):
-        # an entry per record cost a push and a pop per record. An entry older than its name's
-        # oldest record is left behind by a cut that pushed a newer one, and is skipped.
-        self._expiry: list[tuple[float, str]] = []
+        # Expiry order: the buffered records once more, as runs sorted by event time (a batch
+        # each) in a heap by their oldest record, so a record far ahead of the others cannot
+        # hold back the expiry of everything behind it, and a restored buffer expires exactly
+        # alike. A batch is sorted in C and expires as a prefix of its run; a heap entry per
+        # name or per record cost a push and a pop per record.
+        self._runs: list[tuple[float, int, list[Entry]]] = []
+        self._run_seq = 0
         self.size = 0
         self.evicted = 0
         #: Joins where the delivery's status chose an answer other than the nearest one.
@@ -100,58 +104,66 @@ class DnsJoin:
 
     def add_many(self, records) -> None:
         """``add`` of each record in turn: a batch's records in one loop over local names."""
-        by_name, expiry, cap = self._by_name, self._expiry, self.max_buffered
+        if self.size + len(records) > self.max_buffered:
+            # The cap is reached within the batch: each record in turn, evicting as it goes.
+            for record in records:
+                self._index((record,))
+                if self.size > self.max_buffered:
+                    self.evicted += self._drop_through(self._runs[0][0], inclusive=True)
+            return
+        self._index(records)
+
+    def _index(self, records) -> None:
+        """File records under their names (each name's list sorted by time) and as a run."""
+        if not records:
+            return
+        by_name = self._by_name
         for record in records:
-            ts, qname = record[0], record[1]
+            qname = record.qname
             entries = by_name.get(qname)
             if entries is None:
                 by_name[qname] = [record]
-                heappush(expiry, (ts, qname))
-            elif entries[-1][0] <= ts:
+            elif entries[-1].ts <= record.ts:
                 entries.append(record)
             else:
-                if ts < entries[0][0]:          # a new oldest record of the name
-                    heappush(expiry, (ts, qname))
                 insort(entries, record, key=_entry_ts)
-            self.size += 1
-            if self.size > cap:
-                self.evicted += self._drop_through(self._oldest(), inclusive=True)
-
-    def _oldest(self) -> float:
-        """The time of the oldest buffered record, once left-behind expiry entries are gone."""
-        expiry, by_name = self._expiry, self._by_name
-        while True:
-            ts, qname = expiry[0]
-            entries = by_name.get(qname)
-            if entries is not None and entries[0][0] == ts:
-                return ts
-            heappop(expiry)
+        run = sorted(records, key=_entry_ts)
+        self._run_seq += 1
+        heappush(self._runs, (run[0].ts, self._run_seq, run))
+        self.size += len(run)
 
     def expire(self, cutoff: float) -> None:
         """Forget records older than ``cutoff``: no delivery still to be joined can need them."""
         self._drop_through(cutoff, inclusive=False)
 
     def _drop_through(self, cutoff: float, inclusive: bool) -> int:
-        dropped = 0
-        expiry, by_name = self._expiry, self._by_name
-        while expiry and (expiry[0][0] <= cutoff if inclusive else expiry[0][0] < cutoff):
-            _, qname = heappop(expiry)
-            entries = by_name.get(qname)
-            if entries is None:
-                continue
-            cut = (bisect_right if inclusive else bisect_left)(entries, cutoff, key=_entry_ts)
-            if cut:
-                del entries[:cut]
-                dropped += cut
-                if entries:
-                    heappush(expiry, (entries[0][0], qname))    # not before the cutoff
-                else:
-                    del by_name[qname]
-        self.size -= dropped
-        return dropped
+        """Drop every record before ``cutoff`` (through it, with ``inclusive``); how many."""
+        runs = self._runs
+        if not runs or (runs[0][0] > cutoff if inclusive else runs[0][0] >= cutoff):
+            return 0
+        gone: list[Entry] = []
+        find = bisect_right if inclusive else bisect_left
+        while runs and (runs[0][0] <= cutoff if inclusive else runs[0][0] < cutoff):
+            _, seq, run = heappop(runs)
+            cut = find(run, cutoff, key=_entry_ts)
+            gone += run[:cut]
+            if cut < len(run):
+                del run[:cut]
+                heappush(runs, (run[0].ts, seq, run))
+        # A name's records before the cutoff are the first of its sorted list: as many as
+        # left the runs.
+        by_name = self._by_name
+        for qname, count in Counter(map(_entry_qname, gone)).items():
+            entries = by_name[qname]
+            if len(entries) == count:
+                del by_name[qname]
+            else:
+                del entries[:count]
+        self.size -= len(gone)
+        return len(gone)
 
     def match(self, ts: float, qname: str, qtype: str | None, server: str | None,
-              prefer: int = PREFER_NEAREST) -> Entry | None:
+              prefer: int = PREFER_NEAREST) -> DnsRecord | None:
         """The answer a lookup at ``ts`` joins: the nearest compatible one, or with ``prefer``
         the nearest compatible one of the preferred kind when the window holds one."""
         entries = self._by_name.get(qname)
@@ -161,13 +173,15 @@ class DnsJoin:
             server = None
         start, end = ts - self.before_s, ts + self.after_s
         split = bisect_right(entries, ts, key=_entry_ts)
-        if split and start <= entries[split - 1][0] <= end:
+        if split:
             # The usual case, with one bisection and no scan: the nearest answer before is in
-            # the window, compatible and of the kind preferred.
+            # the window, compatible and of the kind preferred (``_compatible``, inlined).
             entry = entries[split - 1]
-            if _compatible(entry, qtype, server) and (
+            if start <= entry.ts and (qtype is None or entry.qtype is None
+                                      or entry.qtype == qtype) and (
+                    server is None or entry.client is None or entry.client == server) and (
                     prefer == PREFER_NEAREST
-                    or (entry[3] in _FAILING) == (prefer == PREFER_FAILING)):
+                    or (entry.outcome in _FAILING) == (prefer == PREFER_FAILING)):
                 return entry
         lo = bisect_left(entries, start, key=_entry_ts)
         hi = bisect_right(entries, end, key=_entry_ts)
@@ -180,7 +194,7 @@ class DnsJoin:
                 continue
             if prefer == PREFER_NEAREST:
                 return entry
-            if (entry[3] in _FAILING) == (prefer == PREFER_FAILING):
+            if (entry.outcome in _FAILING) == (prefer == PREFER_FAILING):
                 if nearest is not None:
                     self.ambiguous += 1
                 return entry
@@ -194,7 +208,8 @@ class DnsJoin:
                                    mail.dns_outcome, prefer_of(mail))
 
     def resolve_fields(self, ts: float, server: str | None, sender_domain: str | None,
-                       lookups: list | None, dns_outcome: str | None,
+                       lookups: Sequence[tuple[str, str | None]] | None,
+                       dns_outcome: str | None,
                        prefer: int = PREFER_NEAREST) -> tuple[str, str | None]:
         """``resolve`` on the fields the pipeline keeps of a pending delivery."""
         if dns_outcome is not None:
@@ -211,7 +226,7 @@ class DnsJoin:
             if entry is None:
                 outcome, resolver = "UNMATCHED", None
             else:
-                outcome, resolver = entry[3], entry[4]
+                outcome, resolver = entry.outcome, entry.resolver
             rank = RANK[outcome]
             if rank < worst_rank:
                 worst, worst_rank, worst_resolver = outcome, rank, resolver
@@ -219,7 +234,8 @@ class DnsJoin:
 
     def snapshot(self) -> list:
         """Buffered records as plain lists, oldest first (the arrival order is rebuilt from ts)."""
-        flat = [list(entry) for entries in self._by_name.values() for entry in entries]
+        flat = [[e.ts, e.qname, e.qtype, e.outcome, e.resolver, e.client]
+                for entries in self._by_name.values() for e in entries]
         flat.sort(key=lambda row: (row[0], row[1]))
         return flat
 
@@ -230,8 +246,9 @@ class DnsJoin:
             record = DnsRecord(*row)
             self._by_name.setdefault(record.qname, []).append(record)
             self.size += 1
-        self._expiry = [(entries[0][0], qname) for qname, entries in self._by_name.items()]
-        heapify(self._expiry)
+        run = sorted((entry for entries in self._by_name.values() for entry in entries),
+                     key=_entry_ts)
+        self._runs = [(float(run[0].ts), 0, run)] if run else []
 
 
 def prefer_of(mail: MailRecord) -> int:
@@ -244,6 +261,6 @@ def prefer_of(mail: MailRecord) -> int:
 
 
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:
-    if qtype is not None and entry[2] is not None and entry[2] != qtype:
+    if qtype is not None and entry.qtype is not None and entry.qtype != qtype:
         return False
-    return server is None or entry[5] is None or entry[5] == server
+    return server is None or entry.client is None or entry.client == server

@@ -67,18 +67,61 @@ class OtpRules:
         self._domains = frozenset(domains)
         self._sender = _combine(sender_patterns)
         self._subject = _combine(subject_patterns)
+        self._verdicts: dict[str, bool] = {}
+        # Subjects that matched no pattern: newsletters and notifications repeat theirs for
+        # thousands of lines, where an OTP subject carries its code (so only misses are kept).
+        self._plain_subjects: set[str] = set()
 
     def is_otp(self, category: str | None, sender: str | None, subject: str | None) -> bool:
         """``category`` is lower case already (the parser folds it); sender/subject as logged."""
         if category is not None:
             return category == "otp"
-        if sender:
-            address = sender.lower()
-            if address in self._addresses or address.rpartition("@")[2] in self._domains:
-                return True
-            if self._sender is not None and self._sender.search(address):
-                return True
-        return bool(subject) and self._subject is not None and self._subject.search(subject) is not None
+        if sender and self._sender_is_otp(sender):
+            return True
+        return (subject is not None and subject != "" and self._subject is not None
+                and self._subject.search(subject) is not None)
+
+    def otp_mails(self, mails: list) -> list:
+        """The records (with ``category``, ``sender``, ``subject``) that ``is_otp``, in order:
+        the rules over a batch in one loop. A sender's verdict is cached (a log repeats a few
+        thousand senders for all its lines), and so are the subjects that matched nothing."""
+        verdicts, subject_pattern, plain = self._verdicts, self._subject, self._plain_subjects
+        found: list = []
+        keep = found.append
+        for mail in mails:
+            category = mail.category
+            if category is not None:
+                if category == "otp":
+                    keep(mail)
+                continue
+            sender = mail.sender
+            if sender:
+                verdict = verdicts.get(sender)
+                if verdict is None:
+                    verdict = self._sender_is_otp(sender)
+                    if len(verdicts) >= 4096:
+                        verdicts.clear()
+                    if len(sender) <= 320:          # a hostile long "address" is not kept
+                        verdicts[sender] = verdict
+                if verdict:
+                    keep(mail)
+                    continue
+            subject = mail.subject
+            if not subject or subject_pattern is None or subject in plain:
+                continue
+            if subject_pattern.search(subject):
+                keep(mail)
+            elif len(subject) <= 200:               # a hostile long subject is not kept
+                if len(plain) >= 4096:
+                    plain.clear()
+                plain.add(subject)
+        return found
+
+    def _sender_is_otp(self, sender: str) -> bool:
+        address = sender.lower()
+        if address in self._addresses or address.rpartition("@")[2] in self._domains:
+            return True
+        return self._sender is not None and self._sender.search(address) is not None
 
 
 def _combine(patterns: Iterable[str]) -> re.Pattern[str] | None:

@@ -6,16 +6,29 @@ reason from a small vocabulary (``not_json``, ``not_object``, ``missing_field:<n
 meaningful and a user reading one knows which field to fix. Timestamps follow the contract: RFC 3339
 (any offset, none means UTC) or epoch seconds, or epoch milliseconds when the number is above 1e11.
 The schemas in ``schemas/`` say the same thing; a test holds the two together.
+
+Two paths, one answer. Almost every line is a valid record in the usual spelling, so a batch is
+first decoded by msgspec into typed structs (``_MailLine``, ``_DnsLine``): decoding, type checks,
+non-empty required strings, enumerated values in their usual (lower or upper) case, non-negative
+numbers, all in one C call per line. Those structs are built so that what they accept is a subset
+of what the contract accepts: a line they refuse (any msgspec error: unknown fields, another
+spelling of a status, an integral float for ``answers``, bad JSON, ...) goes through the checked
+Python path (``load_object`` with orjson, then ``mail_from_object`` / ``dns_from_object``), which
+accepts it or names the *first* problem in the contract's order. Unknown fields are refused by the
+structs because msgspec skips their values without the checks orjson makes (UTF-8, numbers beyond
+a double), which only the checked path then makes. Both paths normalise the same way, so a record
+is the same whichever path it took (``tests/test_decoder_paths.py`` holds the two together).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
 
+import msgspec
 import orjson
+from msgspec import Meta, Struct
 
 from .outcomes import OUTCOMES, outcome_of_rcode
 
@@ -46,6 +59,11 @@ _MINUTE_EPOCH: dict[str, float] = {}
 _SECOND_OF = {f":{n:02d}": min(n, 59) for n in range(61)}
 _TAILS: dict[str, tuple[float | None, int | None]] = {}
 _MAX_CACHED_TAIL = 16         # ".123456789+01:00": nanoseconds and an offset
+#: The same, a level up: epoch seconds of a ``YYYY-MM-DDTHH:MM:SS`` head (``minute + second``,
+#: as below) and the fraction of a tail without an offset (``0.0`` for none: adding it changes
+#: no float), so the usual timestamp costs two slices and two look-ups.
+_SECOND_EPOCH: dict[str, float] = {}
+_UTC_FRACTION: dict[str, float] = {}
 
 _RFC3339 = re.compile(
     r"(\d{4})-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[Tt]([01]\d|2[0-3]):([0-5]\d):([0-5]\d|60)"
@@ -69,9 +87,11 @@ class Rejected(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True)
-class MailRecord:
-    """One delivery attempt, validated; strings as logged except where noted."""
+class MailRecord(Struct, gc=False):
+    """One delivery attempt, validated; strings as logged except where noted.
+
+    A msgspec Struct: built in C, never tracked by the garbage collector (it holds no cycle).
+    """
 
     ts: float
     message_id: str
@@ -88,8 +108,11 @@ class MailRecord:
     detail: str | None = None     # the status text (read by the join's attribution rule)
 
 
-class DnsRecord(NamedTuple):
-    """One resolver answer (or give-up), validated. A tuple: the join buffers it as it is."""
+class DnsRecord(Struct, gc=False):
+    """One resolver answer (or give-up), validated. The join buffers it as it is.
+
+    A msgspec Struct: built in C, never tracked by the garbage collector (it holds no cycle).
+    """
 
     ts: float
     qname: str                    # lower case, no trailing dot
@@ -98,8 +121,6 @@ class DnsRecord(NamedTuple):
     resolver: str | None
     client: str | None            # lower case
 
-
-_new_tuple = tuple.__new__        # builds a DnsRecord without NamedTuple's keyword handling
 
 
 def parse_ts(value: object) -> float:
@@ -118,7 +139,13 @@ def parse_ts(value: object) -> float:
         # are looked up separately, heads and tails cached only once ``_parse_rfc3339`` has
         # accepted them (the regex is fixed-width up to the seconds, so a string matches it
         # exactly when all three parts do). 1.7 -> 0.5 us per timestamp; the sums are done in
-        # the same order as there, so the floats are the same.
+        # the same order as there, so the floats are the same. First of all, the whole head to
+        # the seconds and a UTC tail, each one look-up (the decoders inline this much).
+        whole = _SECOND_EPOCH.get(value[:19])
+        if whole is not None:
+            fraction = _UTC_FRACTION.get(value[19:])
+            if fraction is not None:
+                return whole + fraction      # the head is cached only when its hour is in range
         minute = _MINUTE_EPOCH.get(value[:16])
         second = _SECOND_OF.get(value[16:19])
         if minute is not None and second is not None:
@@ -128,6 +155,7 @@ def parse_ts(value: object) -> float:
                 whole = minute + second
                 seconds = whole + frac if frac is not None else whole
                 if offset is None:
+                    _remember(_SECOND_EPOCH, value[:19], whole)
                     return seconds           # the head is cached only when its hour is in range
                 seconds -= offset
                 if not 0 <= seconds <= MAX_EPOCH_S:
@@ -171,9 +199,12 @@ def _parse_rfc3339(value: str) -> float:
         raise Rejected("bad_ts")
     if 0 <= base <= MAX_EPOCH_S:
         _remember(_MINUTE_EPOCH, value[:16], minute)
+        _remember(_SECOND_EPOCH, value[:19], minute + min(int(value[17:19]), 59))
         tail = value[19:]
         if len(tail) <= _MAX_CACHED_TAIL:        # a hostile tail of many digits is not kept
             _remember(_TAILS, tail, (float(frac) if frac else None, offset_s))
+            if offset_s is None:
+                _remember(_UTC_FRACTION, tail, float(frac) if frac else 0.0)
     return seconds
 
 
@@ -220,18 +251,18 @@ def domain_of(address: str | None) -> str | None:
     """
     if not address:
         return None
-    domain = _DOMAIN_OF.get(address, _UNKNOWN)
-    if domain is not _UNKNOWN:
-        return domain
-    domain = address.strip().strip("<>").rpartition("@")[2]
-    domain = normalize_name(domain) if domain and "@" in address else None
+    cached = _DOMAIN_OF.get(address, _UNKNOWN)
+    if cached is not _UNKNOWN:
+        return cached
+    after = address.strip().strip("<>").rpartition("@")[2]
+    domain = normalize_name(after) if after and "@" in address else None
     if len(address) <= 320:                   # a hostile long "address" is not kept
         _remember(_DOMAIN_OF, address, domain)
     return domain
 
 
 _DOMAIN_OF: dict[str, str | None] = {}
-_UNKNOWN = object()
+_UNKNOWN: Any = object()
 
 
 def load_object(raw: bytes | str) -> dict:
@@ -323,7 +354,7 @@ def mail_from_object(obj: dict) -> MailRecord:
         dns_outcome = dns_outcome.upper()
         if dns_outcome not in _OUTCOME_SET:
             raise Rejected("bad_value:dns_outcome")
-    # Positional: the generated __init__ of a dataclass takes no keyword cost then.
+    # Positional, as the Struct declares its fields.
     return MailRecord(
         ts,
         message_id[:MAX_FIELD_CHARS],
@@ -377,14 +408,14 @@ def dns_from_object(obj: dict) -> DnsRecord:
                                      and latency >= 0))):
         return _checked_dns_record(obj)
     ts = parse_ts(ts)      # the first check of the contract's order: its reason stands
-    return _new_tuple(DnsRecord, (
+    return DnsRecord(
         ts,
         qname.lower().rstrip(".")[:MAX_FIELD_CHARS],           # normalize_name, inlined
         qtype.upper() if qtype else None,
-        outcome_of_rcode(rcode, len(answers) if answers_type is list else answers),
+        outcome_of_rcode(rcode, len(answers) if isinstance(answers, list) else answers),
         resolver[:MAX_FIELD_CHARS] if resolver else None,
         client.lower()[:MAX_FIELD_CHARS] if client else None,
-    ))
+    )
 
 
 def _checked_dns_record(obj: dict) -> DnsRecord:
@@ -418,47 +449,197 @@ def _checked_dns_record(obj: dict) -> DnsRecord:
     qtype = get("qtype")
     resolver = get("resolver")
     client = get("client")
-    return _new_tuple(DnsRecord, (
+    return DnsRecord(
         ts,
         normalize_name(qname),
         qtype.upper() if qtype else None,
         outcome_of_rcode(rcode, count),
         resolver[:MAX_FIELD_CHARS] if resolver else None,
         client.lower()[:MAX_FIELD_CHARS] if client else None,
-    ))
+    )
 
 
-def parse_lines(lines: list, validate, rejected: list[tuple[int, str]]) -> list[tuple[int, object]]:
-    """``(index, record)`` of every line ``validate`` accepts; ``(index, reason)`` of the others
-    appended to ``rejected``.
+# ------------------------------------------------------------------ the fast path: msgspec
 
-    ``load_object`` and the validator in one loop, the per-line work of a batch: the decoding is
-    inlined (the same checks in the same order as ``load_object``) to save a call per line.
-    """
-    parsed = []
-    append = parsed.append
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+_Text = Annotated[str, Meta(min_length=1)]
+_Count = Annotated[int, Meta(ge=0)]
+_Latency = Annotated[float, Meta(ge=0)]
+
+
+class _Lookup(Struct, forbid_unknown_fields=True, gc=False):
+    """One ``dns_lookups`` entry as the fast decoder accepts it."""
+
+    qname: _Text
+    qtype: Union[str, None] = None
+
+
+class _MailLine(Struct, forbid_unknown_fields=True, gc=False):
+    """A mail-flow line as the fast decoder accepts it: a valid record in the usual spelling
+    (lower-case ``status`` and ``direction``, upper-case ``dns_outcome``), no unknown field.
+    JSON ``null`` is ``None``, as a missing field; a number ``ts`` is a float (``bool`` is not)."""
+
+    ts: Union[str, float]
+    message_id: _Text
+    status: Literal[tuple(sorted(STATUSES))]                       # type: ignore[valid-type]
+    sender: Union[str, None] = None
+    recipient: Union[str, None] = None
+    tenant: Union[str, None] = None
+    server: Union[str, None] = None
+    direction: Union[Literal["inbound", "outbound"], None] = None
+    category: Union[str, None] = None
+    subject: Union[str, None] = None
+    status_code: Union[str, None] = None
+    detail: Union[str, None] = None
+    dns_lookups: Union[list[_Lookup], None] = None
+    dns_outcome: Union[Literal[OUTCOMES], None] = None            # type: ignore[valid-type]
+
+
+class _DnsLine(Struct, forbid_unknown_fields=True, gc=False):
+    """A DNS resolver line as the fast decoder accepts it: ``answers`` a list of scalars or a
+    non-negative integer, ``latency_ms`` a non-negative number, no unknown field. Answers that
+    are lists or objects go to the checked path: orjson refuses nesting past 1024 levels, which
+    msgspec decodes."""
+
+    ts: Union[str, float]
+    qname: _Text
+    rcode: _Text
+    answers: Union[list[Union[str, int, float, bool, None]], _Count, None] = None
+    qtype: Union[str, None] = None
+    resolver: Union[str, None] = None
+    client: Union[str, None] = None
+    latency_ms: Union[_Latency, None] = None
+
+
+_decode_mail_line = msgspec.json.Decoder(_MailLine).decode
+_decode_dns_line = msgspec.json.Decoder(_DnsLine).decode
+_OUTCOME_OF_RCODE = {code: code for code in ("NOERROR", "NODATA", "NXDOMAIN", "SERVFAIL",
+                                              "REFUSED", "TIMEOUT", "FORMERR", "NOTIMP")}
+
+
+def _checked(raw, validate):
+    """The checked path of one line: the record, or ``Rejected`` naming its first problem."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise Rejected("too_large")
+    return validate(load_object(raw))
+
+
+def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                 domains: dict = _DOMAIN_OF, unknown: object = _UNKNOWN) -> MailRecord:
+    """``mail_from_object``'s normalisation of a decoded line's fields: the same record."""
+    sender, tenant, server = line.sender, line.tenant, line.server
+    category, status_code, detail = line.category, line.status_code, line.detail
+    lookups = line.dns_lookups
+    if sender:                       # domain_of(sender), its cache inlined
+        domain = domains.get(sender, unknown)
+        if domain is unknown:
+            domain = domain_of(sender)
+    else:
+        domain = None
+    return MailRecord(
+        ts,
+        line.message_id[:cut],
+        line.status,
+        sender[:cut] if sender else None,
+        domain,
+        tenant and tenant[:cut],
+        server.lower()[:cut] if server else None,
+        category.lower() if category else None,
+        line.subject,
+        status_code and status_code[:32],
+        None if lookups is None else [
+            (lookup.qname.lower().rstrip(".")[:cut],          # normalize_name, inlined
+             lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
+        line.dns_outcome,
+        detail and detail[:cut],
+    )
+
+
+def _dns_record(line: _DnsLine, ts: float, cut: int = MAX_FIELD_CHARS,
+                outcome_of: dict = _OUTCOME_OF_RCODE) -> DnsRecord:
+    """``dns_from_object``'s normalisation of a decoded line's fields: the same record."""
+    rcode, answers = line.rcode, line.answers
+    outcome = outcome_of.get(rcode)
+    if outcome is None:              # another spelling, or not an rcode of the contract
+        outcome = outcome_of_rcode(rcode, len(answers) if isinstance(answers, list) else answers)
+    elif outcome == "NOERROR" and (answers == 0 or answers == []):
+        outcome = "NODATA"
+    qtype, resolver, client = line.qtype, line.resolver, line.client
+    return DnsRecord(
+        ts,
+        line.qname.lower().rstrip(".")[:cut],                # normalize_name, inlined
+        qtype.upper() if qtype else None,
+        outcome,
+        resolver[:cut] if resolver else None,
+        client.lower()[:cut] if client else None,
+    )
+
+
+def _decode(lines: list, rejected: list[tuple[int, str]], decode_line, build, validate
+            ) -> tuple[list, list[int] | None]:
+    """The batch decoder of a stream: each line through its Struct (``decode_line``) and
+    ``build``, or through the checked path with ``validate`` when the Struct refuses it."""
+    records: list = []
+    append = records.append
+    kept: list[int] | None = None
+    limit = MAX_LINE_BYTES
+    seconds_of, fraction_of = _SECOND_EPOCH.get, _UTC_FRACTION.get
     for index, raw in enumerate(lines):
         try:
-            if len(raw) > MAX_LINE_BYTES:
+            if len(raw) > limit:
                 raise Rejected("too_large")
             try:
-                obj = loads(raw)
-            except decode_error:
-                raise Rejected("not_json") from None
-            if not isinstance(obj, dict):
-                raise Rejected("not_object")
-            append((index, validate(obj)))
+                line = decode_line(raw)
+            except Exception:        # msgspec refused it: the checked path accepts or names why
+                record = _checked(raw, validate)
+            else:
+                ts: Any = line.ts            # parse_ts, inlined for its usual cases:
+                if ts.__class__ is str:      # a cached second and a UTC tail
+                    whole: Any = seconds_of(ts[:19])
+                    fraction = None if whole is None else fraction_of(ts[19:])
+                    ts = parse_ts(ts) if fraction is None else whole + fraction
+                elif not 0 <= ts <= EPOCH_MS_THRESHOLD:     # else epoch seconds as they are
+                    ts = parse_ts(ts)
+                record = build(line, ts)
         except Rejected as err:
             rejected.append((index, err.reason))
-    return parsed
+            if kept is None:
+                kept = list(range(index))
+            continue
+        append(record)
+        if kept is not None:
+            kept.append(index)
+    return records, kept
+
+
+def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
+                                                                      list[int] | None]:
+    """Every mail-flow line of a batch that the contract accepts, as ``MailRecord``s, with their
+    indexes in ``lines`` (``None`` when every line was accepted, the usual batch); ``(index,
+    reason)`` of the others appended to ``rejected``."""
+    return _decode(lines, rejected, _decode_mail_line, _mail_record, mail_from_object)
+
+
+def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
+                                                                     list[int] | None]:
+    """``decode_mail`` for DNS resolver lines: ``DnsRecord``s and their indexes (``None`` when
+    every line was accepted)."""
+    return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
 
 
 def parse_mail(raw: bytes | str) -> MailRecord:
-    """Decode and validate one mail-flow line; raise ``Rejected``."""
-    return mail_from_object(load_object(raw))
+    """Decode and validate one mail-flow line (``decode_mail`` of one line); raise ``Rejected``."""
+    rejected: list[tuple[int, str]] = []
+    records, _ = decode_mail([raw], rejected)
+    if rejected:
+        raise Rejected(rejected[0][1])
+    return records[0]
 
 
 def parse_dns(raw: bytes | str) -> DnsRecord:
-    """Decode and validate one DNS resolver line; raise ``Rejected``."""
-    return dns_from_object(load_object(raw))
+    """Decode and validate one DNS resolver line (``decode_dns`` of one line); raise
+    ``Rejected``."""
+    rejected: list[tuple[int, str]] = []
+    records, _ = decode_dns([raw], rejected)
+    if rejected:
+        raise Rejected(rejected[0][1])
+    return records[0]

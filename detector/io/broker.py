@@ -60,6 +60,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen | None, timeout_s: float) -> None:
+    """Stop a child process we started: SIGTERM, then SIGKILL if it is still there after
+    ``timeout_s``; nothing for one that is gone (or was never started)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class LocalBroker:
     """A tansu process on ``127.0.0.1:port``; a context manager that stops it on exit."""
 
@@ -99,13 +112,7 @@ class LocalBroker:
         raise RuntimeError(f"broker did not listen on port {self.port} within {timeout_s} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout_s=5)
         self.process = None
 
     def __enter__(self) -> "LocalBroker":

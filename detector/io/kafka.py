@@ -158,7 +158,7 @@ def release_parked_fetches(consumer: KafkaConsumer) -> None:
     fetcher = getattr(consumer, "_fetcher", None)
     current = getattr(fetcher, "_next_partition_records", None)
     if current is not None and not current and getattr(fetcher, "_paused_partition_records", None):
-        fetcher._next_partition_records = None
+        setattr(fetcher, "_next_partition_records", None)
 
 
 def ensure_topics(kafka: KafkaSettings, topics: dict[str, dict[str, str]]) -> list[str]:

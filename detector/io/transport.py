@@ -5,12 +5,7 @@ batches of raw values per partition, pause/resume/seek partitions, ask where a p
 commit offsets, and produce records with a way to learn, after a flush, which were acknowledged.
 ``Transport`` is that interface; two implementations share it (``kafka.transport`` selects one):
 
-``kafka-python`` (the default)
-    One ``KafkaConsumer`` is both the group member and the fetcher; one ``KafkaProducer`` writes.
-    Pure Python: decoding a fetched record costs ~10 us, about what the core spends on it, so
-    this transport roughly halves the worker's throughput (see the README's benchmark table).
-
-``confluent`` (an extra: ``pip install 'otp-dns-detector[confluent]'``)
+``confluent`` (the default)
     Records are fetched and produced by librdkafka (confluent-kafka), which decodes them in C.
     Group membership and offset commits stay with a kafka-python consumer: librdkafka's Python
     binding cannot take a custom assignor, and the detector needs single-active assignment (one
@@ -18,6 +13,11 @@ commit offsets, and produce records with a way to learn, after a flush, which we
     That member keeps every partition it is given paused, so it never fetches; the librdkafka
     consumer never joins the group (it only ``assign()``s what the group gave this member, at
     the offsets the worker seeks to). Checkpoints are read back through kafka-python in both.
+
+``kafka-python`` (the pure-Python fallback, where librdkafka cannot be installed)
+    One ``KafkaConsumer`` is both the group member and the fetcher; one ``KafkaProducer`` writes.
+    Decoding a fetched record costs ~10 us of Python, about what the core spends on it, so the
+    worker is markedly slower with it (see the README's benchmark table).
 
 Rebalance callbacks run on kafka-python's IO thread. The kafka-python transport hands them to
 the worker as they come; the confluent transport also records the revoked partitions and stops
@@ -46,8 +46,9 @@ from . import kafka as kio
 
 log = logging.getLogger(__name__)
 
-CONFLUENT_MISSING = ("kafka.transport = 'confluent' needs the confluent-kafka package: "
-                     "pip install 'otp-dns-detector[confluent]'")
+CONFLUENT_MISSING = ("kafka.transport = 'confluent' (the default) needs the confluent-kafka "
+                     "package, a dependency of this project: pip install confluent-kafka, or "
+                     "set kafka.transport = 'kafka-python' (pure Python, slower)")
 
 
 class TransportError(Exception):
@@ -154,9 +155,9 @@ class Transport(ABC):
 
 
 def make_transport(kafka: KafkaSettings, group_id: str, assignor) -> Transport:
-    if kafka.transport == "confluent":
-        return ConfluentTransport(kafka, group_id, assignor)
-    return KafkaPythonTransport(kafka, group_id, assignor)
+    if kafka.transport == "kafka-python":
+        return KafkaPythonTransport(kafka, group_id, assignor)
+    return ConfluentTransport(kafka, group_id, assignor)
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -176,7 +177,7 @@ def _kp(tps: Iterable[TP]) -> list[TopicPartition]:
 
 
 class KafkaPythonTransport(Transport):
-    """Everything through kafka-python (the default)."""
+    """Everything through kafka-python (the pure-Python fallback)."""
 
     name = "kafka-python"
 
@@ -373,6 +374,23 @@ def rdkafka_config(kafka: KafkaSettings) -> dict[str, Any]:
     return config
 
 
+def rdkafka_producer_config(kafka: KafkaSettings, linger_ms: int,
+                            delivery_timeout_ms: int) -> dict[str, Any]:
+    """A librdkafka producer's settings, for the worker's writes and ``detector produce``:
+    ``acks=all`` and idempotent (per key, in order and once), and as kafka-python and the Java
+    client: the same key to the same partition whichever client wrote it (murmur2), records up
+    to 4 MB. A write not acknowledged within ``delivery_timeout_ms`` is reported failed."""
+    return {
+        **rdkafka_config(kafka),
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": linger_ms,
+        "delivery.timeout.ms": delivery_timeout_ms,
+        "partitioner": "murmur2_random",
+        "message.max.bytes": 4_000_000,
+    }
+
+
 class _Delivery:
     """A librdkafka write's outcome, set by its delivery report."""
 
@@ -433,18 +451,9 @@ class ConfluentTransport(KafkaPythonTransport):
         self.max_records = kafka.max_poll_records
 
     def _make_producer(self):
-        return self._ck.Producer({
-            **rdkafka_config(self.kafka),
-            "acks": "all",
-            "enable.idempotence": True,
-            "linger.ms": self.kafka.linger_ms,
-            # A write not acknowledged in this long is reported failed and retried by the worker.
-            "delivery.timeout.ms": 30_000,
-            # As kafka-python: the same key goes to the same partition whichever transport
-            # wrote it (murmur2), and records up to 4 MB.
-            "partitioner": "murmur2_random",
-            "message.max.bytes": 4_000_000,
-        })
+        # A write not acknowledged in 30 s is reported failed and retried by the worker.
+        return self._ck.Producer(rdkafka_producer_config(self.kafka, self.kafka.linger_ms,
+                                                         delivery_timeout_ms=30_000))
 
     # ---------------------------------------------------------------- group
 

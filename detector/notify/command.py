@@ -49,9 +49,12 @@ def notify(bootstrap_servers, alertmanager_urls, webhook_urls, config_path, grou
             _fail(CONFLUENT_MISSING)
     configure_logging(settings.log_level, settings.log_format)
     logging.getLogger("kafka").setLevel(logging.WARNING)     # the client's chatter is not ours
+    from prometheus_client import disable_created_metrics
+
     from .metrics import NotifierMetrics
     from .notifier import Notifier
 
+    disable_created_metrics()       # as the worker's (README, "Metrics and health")
     metrics = NotifierMetrics()
     try:
         notifier = Notifier(settings, shared, metrics)

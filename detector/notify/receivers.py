@@ -83,17 +83,28 @@ def tls_context(verify: bool, ca_file: str = "") -> ssl.SSLContext:
     return context
 
 
+def split_credentials(url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """Credentials in a URL (``https://user:password@host/...``) as HTTP basic authentication:
+    the URL without them, and ``headers`` with the ``Authorization`` header they make.
+
+    >>> split_credentials("http://am:s%40cret@127.0.0.1:9093/api", {})
+    ('http://127.0.0.1:9093/api', {'Authorization': 'Basic YW06c0BjcmV0'})
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, headers
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    headers = {**headers, "Authorization": "Basic " + base64.b64encode(
+        credentials.encode()).decode()}
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), headers
+
+
 def post(url: str, body: bytes, headers: dict[str, str], timeout_s: float,
          context: ssl.SSLContext | None) -> Answer:
     """POST ``body`` to ``url``; never raises for a network or HTTP problem. Credentials in the
-    URL (``https://user:password@host/...``) are sent as HTTP basic authentication."""
-    parts = urlsplit(url)
-    if parts.username is not None:
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers = {**headers, "Authorization": "Basic " + base64.b64encode(
-            credentials.encode()).decode()}
-        netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-        url = urlunsplit(parts._replace(netloc=netloc))
+    URL are sent as HTTP basic authentication (``split_credentials``)."""
+    url, headers = split_credentials(url, headers)
     opener = urllib.request.build_opener(_NoRedirect(),
                                          urllib.request.HTTPSHandler(context=context))
     request = urllib.request.Request(url, data=body, method="POST", headers={

@@ -1,0 +1,61 @@
+"""The kafka-python internals this project reaches into, held to the shape its code assumes.
+
+``io.kafka.release_parked_fetches`` patches the fetcher's in-line slot (a kafka-python 3.0 bug:
+records of a paused partition are parked, and given back on resume only when the slot is
+``None``, which a drained slot never is), and the transport's ``_close_producer`` force-closes the
+producer's sender thread. pyproject pins kafka-python to the releases these were read from
+(``>=3.0,<3.1``); a release that moves or fixes one of them fails here, before the worker stalls
+or hangs in production. (``test_transport``'s pause/resume test shows the stall itself: it fails
+without the patch.)
+"""
+
+import inspect
+import textwrap
+
+import pytest
+from kafka.consumer.fetcher import Fetcher
+from kafka.producer.sender import Sender
+
+from detector.io.kafka import make_consumer, make_producer, release_parked_fetches
+from detector.settings import KafkaSettings
+
+
+def code_of(function) -> str:
+    """The function's source with whitespace runs collapsed, for matching statements."""
+    return " ".join(textwrap.dedent(inspect.getsource(function)).split())
+
+
+def test_the_fetcher_restores_parked_records_only_into_an_empty_slot():
+    code = code_of(Fetcher.fetched_records)
+    # Parking: a drained-or-not slot of a paused partition moves to _paused_partition_records.
+    assert ("self._paused_partition_records[tp] = self._next_partition_records "
+            "self._next_partition_records = None") in code
+    # Restoring: only when the slot is None, not when it is merely empty (the bug patched).
+    assert ("if self._next_partition_records is None: "
+            "for tp in list(self._paused_partition_records):") in code
+    # A slot is "drained" when false: what release_parked_fetches tests with ``not current``.
+    assert "def __bool__(self): return self.record_iterator is not None" in code_of(
+        Fetcher.PartitionRecords)
+
+
+def test_the_producer_sender_can_be_force_closed():
+    assert list(inspect.signature(Sender.force_close).parameters) == ["self"]
+    assert callable(getattr(Sender, "join", None))         # a thread
+
+
+@pytest.mark.kafka
+def test_a_consumer_and_a_producer_carry_the_attributes_the_code_reaches(broker):
+    kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+    consumer = make_consumer(kafka, None)
+    producer = make_producer(kafka)
+    try:
+        fetcher = consumer._fetcher
+        assert isinstance(fetcher, Fetcher)
+        assert fetcher._next_partition_records is None
+        assert fetcher._paused_partition_records == {}
+        release_parked_fetches(consumer)                    # nothing parked: a no-op
+        assert fetcher._next_partition_records is None
+        assert isinstance(producer._sender, Sender)
+    finally:
+        consumer.close()
+        producer.close(timeout=5)

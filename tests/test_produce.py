@@ -1,0 +1,142 @@
+"""``detector produce`` against a real broker: lines arrive untouched, keyed by the join key, in
+the partition kafka-python's partitioner would pick for that key, in file order per partition;
+``--speed`` spreads them over event time; a broker that goes away ends the run with exit status 3
+and the count Kafka acknowledged. Messages are read back with confluent-kafka."""
+
+import gzip
+import logging
+import os
+import subprocess
+import time
+import uuid
+
+import orjson
+import pytest
+from kafka.partitioner.default import murmur2
+
+from conftest import DETECTOR, STARTED, read_topic
+
+pytestmark = pytest.mark.kafka
+
+#: One line of each kind produce meets: DNS answers (names in any case, with the root's dot), OTP
+#: mail, mail with the null sender or no sender, and lines that are no record at all.
+LINES = [
+    b'{"ts": "2026-11-27T10:00:00Z", "qname": "Auth.Bank1.Example.", "rcode": "NOERROR"}',
+    b'{"ts": "2026-11-27T10:00:01Z", "message_id": "<a@x>", "status": "delivered", '
+    b'"sender": "codes@auth.bank1.example"}',
+    b'{"ts": "2026-11-27T10:00:02Z", "qname": "mx.shop.example", "rcode": "SERVFAIL"}',
+    b'{"ts": "2026-11-27T10:00:03Z", "message_id": "<b@x>", "status": "failed", "sender": ""}',
+    b'{"ts": "2026-11-27T10:00:04Z", "message_id": "<c@x>", "status": "failed"}',
+    b"{oops",
+    b"[1, 2, 3]",
+    b'{"ts": "2026-11-27T10:00:05Z", "message_id": "<d@x>", "status": "deferred", '
+    b'"sender": "Verify@ID.Shop.Example", "dns_lookups": [{"qname": "elsewhere.example"}]}',
+    b'  {"ts": "2026-11-27T10:00:06Z" ,  "qname": "auth.bank1.example", "rcode": "TIMEOUT"}  ',
+]
+KEYS = [b"auth.bank1.example", b"auth.bank1.example", b"mx.shop.example", None, None, None,
+        None, b"id.shop.example", b"auth.bank1.example"]
+
+
+def create_topic(bootstrap: str, partitions: int) -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"produce-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"logger": logging.getLogger("rdkafka"), "bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
+        future.result(timeout=10)
+    return topic
+
+
+def produce(bootstrap: str, topic: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([*DETECTOR, "produce", "--bootstrap-servers", bootstrap, "--topic",
+                           topic, *map(str, args)], capture_output=True, timeout=120)
+
+
+def kafka_python_partition(key: bytes, partitions: int) -> int:
+    """What kafka-python's DefaultPartitioner picks for a key (its murmur2, as Java's)."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def test_lines_arrive_untouched_keyed_by_the_join_key_in_kafka_pythons_partition(broker,
+                                                                                   tmp_path):
+    partitions = 4
+    topic = create_topic(broker.bootstrap, partitions)
+    # Many names, so every partition gets some, and each name many times, so order shows.
+    lines = LINES + [orjson.dumps({"ts": 1795773600 + i, "qname": f"n{i % 50}.example",
+                                   "rcode": "NOERROR", "n": i}) for i in range(2000)]
+    keys = KEYS + [f"n{i % 50}.example".encode() for i in range(2000)]
+    path = tmp_path / "dns.jsonl.gz"
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n\n"))     # a blank line is skipped
+    done = produce(broker.bootstrap, topic, path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.decode().strip() == f"produced {len(lines)} records to {topic}"
+    messages = read_topic(broker.bootstrap, topic, idle_s=1.5)
+    assert sorted(m.value() for m in messages) == sorted(lines)
+    by_value = {line: key for line, key in zip(lines, keys)}
+    assert {m.partition() for m in messages} == set(range(partitions))
+    for message in messages:
+        assert message.key() == by_value[message.value()]
+        if message.key() is not None:
+            assert message.partition() == kafka_python_partition(message.key(), partitions)
+    for partition in range(partitions):          # file order within each partition
+        got = [m.value() for m in messages if m.partition() == partition]
+        assert got == [line for line in lines if line in set(got)]
+
+
+def test_no_key_sends_every_line_without_one(broker, tmp_path):
+    topic = create_topic(broker.bootstrap, 2)
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(LINES) + b"\n")
+    done = produce(broker.bootstrap, topic, "--no-key", path)
+    assert done.returncode == 0, done.stderr
+    messages = read_topic(broker.bootstrap, topic, idle_s=1.5)
+    assert sorted(m.value() for m in messages) == sorted(LINES)
+    assert {m.key() for m in messages} == {None}
+
+
+def test_speed_sends_each_record_at_its_event_time_over_the_speed(broker, tmp_path):
+    topic = create_topic(broker.bootstrap, 1)
+    # 30 s of event time at 10x real time: 3 s, a record every 0.1 s.
+    lines = [orjson.dumps({"ts": 1795773600 + i, "qname": "auth.bank1.example",
+                           "rcode": "NOERROR"}) for i in range(31)]
+    path = tmp_path / "dns.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    started = time.monotonic()
+    done = produce(broker.bootstrap, topic, "--speed", 10, path)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 3.0
+    messages = read_topic(broker.bootstrap, topic, idle_s=1.5)
+    assert [m.value() for m in messages] == lines
+    stamps = [m.timestamp()[1] / 1000 for m in messages]       # CreateTime: when it was sent
+    assert stamps[-1] - stamps[0] >= 2.9
+    assert stamps[15] - stamps[0] >= 1.4
+
+
+@pytest.mark.slow
+def test_a_broker_that_goes_away_ends_the_run_with_status_3_and_the_count_acknowledged(tmp_path):
+    from detector.io.broker import LocalBroker
+
+    path = tmp_path / "dns.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps({"ts": 1795773600 + i / 10, "qname": "a.example",
+                                              "rcode": "NOERROR"}) for i in range(100_000)) + b"\n")
+    with LocalBroker(log_path=tmp_path / "broker.log") as gone:
+        topic = create_topic(gone.bootstrap, 1)
+        process = subprocess.Popen([*DETECTOR, "produce", "--bootstrap-servers", gone.bootstrap,
+                                    "--topic", topic, "--speed", "20", str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        STARTED.append(process)
+        deadline = time.monotonic() + 30
+        while len(read_topic(gone.bootstrap, topic, idle_s=0.5, timeout=5)) < 50:
+            assert time.monotonic() < deadline and process.poll() is None
+        acknowledged = len(read_topic(gone.bootstrap, topic, idle_s=0.5, timeout=5))
+    _, err = process.communicate(timeout=90)          # the broker and its data are gone
+    assert process.returncode == 3, err
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines                 # one line, none of librdkafka's own
+    line = lines[0]
+    assert line.startswith("detector: error: Kafka failed: Local: Message timed out "
+                           f"(last broker error: {gone.bootstrap}")
+    assert "Connection refused" in line
+    assert line.endswith(f"records were sent to {topic} before that (a re-run sends them again)")
+    sent = int(line.rsplit("; ", 1)[1].split(" records")[0].replace(",", ""))
+    assert acknowledged <= sent < 100_000
