@@ -7,8 +7,10 @@ and of the sender's domain for mail (of its first named lookup when it has no se
 ``_dmarc.bank.example``, ``sel._domainkey.bank.example`` and mail from ``codes@auth.bank.example``
 all get ``bank.example``: with the same partitioner and the same partition count on both topics,
 a delivery and the lookups of its sender's SPF, DKIM and DMARC records land in the same partition
-number, the task a join worker owns. With ``speed`` the file's event time is replayed at that
-multiple of real time (60: an hour of logs in a minute).
+number, the task a join worker owns. Before keyed records go into one of the configured input
+topics, ``detector produce`` checks that the other one has as many (``copartition``). With
+``speed`` the file's event time is replayed at that multiple of real time (60: an hour of logs in
+a minute).
 
 Records go out through librdkafka (confluent-kafka): a backfill of a day of a provider's logs is
 millions of lines, and kafka-python's producer spends ~80 us of Python per record where
