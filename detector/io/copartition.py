@@ -6,10 +6,11 @@ puts a delivery and its sender's lookups in the same partition *number* only whe
 the same partition count: murmur2 of a key modulo 6 and modulo 4 are different partitions. So this
 is a requirement on the topics, which we check rather than repair: a repartition stage would copy
 every record once more through Kafka, while a count that differs is a one-time operator mistake
-(``kafka-topics --alter --partitions N`` or recreating a topic fixes it). The worker calls
-``copartition_problem`` at start-up; ``detector produce`` calls ``prepare_keyed_load`` before it
-loads keyed records into one of the configured input topics, and refuses, since loading them
-would make data that cannot be joined once the join is split over workers.
+(``kafka-topics --alter --partitions N`` or recreating a topic fixes it). ``copartition_problem``
+is the check for a join worker's start-up; ``detector produce`` calls ``prepare_keyed_load``
+before it loads keyed records into one of the configured input topics, and refuses when the
+counts differ, since loading them would make data that cannot be joined once the join is split
+over workers.
 
 Metadata is read through kafka-python's admin client, installed with either transport, with
 topic auto-creation off: librdkafka's metadata request for a named topic creates it on a broker
