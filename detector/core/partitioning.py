@@ -13,14 +13,17 @@ sees a delivery and its lookups together.
 
 What cannot join this way: a lookup of *another organisation's* name that the delivery's checks
 depended on, e.g. the ``include:spf.protection.outlook.com`` of a sender's SPF record, or an MX
-host's address. Such answers land in the partition of their own registrable domain; in the
-sender's partition the lookup finds no answer and its delivery is counted ``UNMATCHED`` for it
-(the outcome that says "no resolver record seen", which never hides a failure). Logs that name
-such lookups on the mail record can be keyed by the sender regardless, since the mail record
-carries the sender; the DNS record of the include is the one that goes elsewhere.
+host's address. That answer is keyed by its own registrable domain and lands in that domain's
+partition; in the sender's partition the lookup finds no answer and is ``UNMATCHED``
+(``core.join``). The delivery takes the worst outcome of its lookups, and ``UNMATCHED`` ranks
+below every DNS error and above ``NOERROR``: a delivery whose own lookups failed still counts
+under that failure, one whose own lookups were healthy counts as ``UNMATCHED`` instead of
+``NOERROR`` (a failed one still counts in ``ALL``), and a failure of the other organisation's
+name alone is not seen as its DNS outcome. A single process that holds every partition
+(``--role all``) joins such lookups as before, since all partitions meet there.
 
-A name with no registrable domain (a bare public suffix such as ``co.uk``, ``localhost``, an
-IP address) is its own key.
+A name the list gives no registrable domain (a bare public suffix such as ``co.uk``, a single
+label such as ``localhost``) is its own key; the empty name is no key.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ _PSL = PublicSuffixList()
 _CACHE: dict[str, str] = {}
 #: Distinct names remembered; a stream repeats a few thousand, so a full cache is just emptied.
 CACHE_ENTRIES = 65_536
+#: Longer names (no DNS name is over 253 characters) are looked up but not remembered, so a
+#: hostile log cannot fill the cache with megabytes of junk.
+CACHED_NAME_CHARS = 253
 
 
 def registrable_domain(name: str) -> str:
@@ -47,14 +53,21 @@ def registrable_domain(name: str) -> str:
         return key
     normal = name.lower().rstrip(".")
     key = _PSL.privatesuffix(normal) or normal
-    if len(_CACHE) >= CACHE_ENTRIES:
-        _CACHE.clear()
-    _CACHE[name] = key
+    if len(name) <= CACHED_NAME_CHARS:
+        if len(_CACHE) >= CACHE_ENTRIES:
+            _CACHE.clear()
+        _CACHE[name] = key
     return key
 
 
 def join_key(sender_domain: str | None = None, qname: str | None = None) -> str | None:
     """The partition key of a mail record (its sender's domain) or a DNS record (its question
-    name): their registrable domain; ``None`` when there is no name (the null sender)."""
+    name): their registrable domain; ``None`` when there is no name (the null sender).
+
+    >>> join_key(sender_domain="auth.bank.example"), join_key(qname="_dmarc.bank.example.")
+    ('bank.example', 'bank.example')
+    >>> join_key(qname="."), join_key(sender_domain=None)
+    (None, None)
+    """
     name = qname if qname is not None else sender_domain
-    return registrable_domain(name) if name else None
+    return (registrable_domain(name) or None) if name else None
