@@ -37,27 +37,11 @@ import orjson
 
 from detector.core import Detector, encode_event
 from detector.core.judge import Judge
-from detector.core.partitioning import join_key
 from detector.core.task import JoinTask
 from detector.gcpolicy import tune
+from detector.io.produce import join_key
 
 CHUNK = 4096
-
-
-def key_of(line: bytes) -> str:
-    """The partition key ``detector produce`` gives a line (junk: the empty key)."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return ""
-    if not isinstance(record, dict):
-        return ""
-    if isinstance(record.get("qname"), str):
-        return join_key(qname=record["qname"]) or ""
-    sender = record.get("sender")
-    if isinstance(sender, str):
-        return join_key(sender_domain=sender.rpartition("@")[2]) or ""
-    return ""
 
 
 def chunks(mail: list[bytes], dns: list[bytes]):
@@ -74,7 +58,7 @@ def run(directory: Path, n: int, check: bool) -> dict:
     parts = {stream: [[] for _ in range(n)] for stream in ("mail", "dns")}
     for stream, lines in (("mail", mail), ("dns", dns)):
         for line in lines:
-            parts[stream][zlib.crc32(key_of(line).encode()) % n].append(line)
+            parts[stream][zlib.crc32(join_key(line)[0] or b"") % n].append(line)
     tasks = [JoinTask() for _ in range(n)]
     judge = Judge()
     cpu = [0.0] * n
