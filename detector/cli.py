@@ -361,12 +361,19 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
 @click.option("--bootstrap-servers", metavar="HOST:PORT", help="Kafka bootstrap servers.")
 @click.option("--config", "config_path", metavar="PATH", help="TOML configuration file.")
 @click.option("--speed", type=float, help="Replay event time at this multiple of real time.")
-@click.option("--no-key", is_flag=True, help="Send without keys (default: the join key).")
+@click.option("--no-key", is_flag=True,
+              help="Send without keys (default: the join key, and a check that the configured "
+                   "mail and DNS topics have as many partitions).")
 @click.option("--format", "format_name", default="json", show_default=True,
               type=click.Choice([*MAIL_FORMATS, *DNS_FORMATS[1:]]),
               help="Convert lines of this log format to contract records before sending.")
 def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_name) -> None:
-    """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
+    """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line.
+
+    Keyed records go into one of the configured input topics (topics.mail, topics.dns) only when
+    the other has as many partitions, or does not exist yet (this one is then created with the
+    other's count); otherwise exit 2 and nothing is sent.
+    """
     from .formats import ADAPTERS, make_adapter
     from .io.files import InputError, LineSource, check_readable
     from .io.clients import topic_problem, unreachable
@@ -391,6 +398,22 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
     if down is not None:
         _fail(f"cannot reach the broker at {settings.kafka.bootstrap_servers} ({down}); "
               "nothing was sent")
+    inputs = settings.topics.mail, settings.topics.dns
+    if not no_key and topic in inputs and inputs[0] != inputs[1]:
+        # Keyed records in topics of different partition counts could never be joined by
+        # partition: refuse before sending (README, "Co-partitioning for scale-out").
+        from .io.copartition import TopicMetadataError, prepare_keyed_load
+
+        try:
+            problem, created = prepare_keyed_load(settings.kafka, *inputs, loading=topic)
+        except TopicMetadataError as err:
+            _fail(f"{err}; nothing was sent")
+        if problem is not None:
+            _fail(f"{problem}; nothing was sent")
+        if created is not None:
+            partner = inputs[1] if topic == inputs[0] else inputs[0]
+            click.echo(f"created {topic} with {created} partitions, as many as {partner}",
+                       err=True)
     adapter = (make_adapter(format_name, ADAPTERS[format_name].stream)
                if format_name != "json" else None)
     tally = _Rejections(", ".join(files))

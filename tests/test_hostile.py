@@ -484,13 +484,14 @@ def assert_events_valid(events: list) -> None:
 
 def assert_within_caps(detector: Detector) -> None:
     stats = detector.stats()
-    assert stats["dns_buffered"] == detector.join.size <= detector.join.max_buffered
-    assert len(detector.join.snapshot()) == detector.join.size
-    assert stats["dedup_entries"] <= detector.dedup.max_entries
-    steps = [step.evidence for step in detector.open_steps.values()]
-    for evidence in steps + detector.windows.ring_evidence:
+    task, judge = detector.task, detector.judge
+    assert stats["dns_buffered"] == task.join.size <= task.join.max_buffered
+    assert len(task.join.snapshot()) == task.join.size
+    assert stats["dedup_entries"] <= task.dedup.max_entries
+    steps = [step.evidence for step in task.open_steps.values()]
+    for evidence in steps + judge.windows.ring_evidence:
         assert all(len(kept) <= EVIDENCE_CAP for kept in evidence.values())
-    for alert in detector.books.open.values():
+    for alert in judge.books.open.values():
         assert all(len(values) <= ALERT_EVIDENCE_VALUES for values in alert.evidence.values())
 
 
@@ -791,5 +792,6 @@ def test_close_judges_the_last_seconds_of_the_input():
               for k in range(5)]
     detector.feed("mail", lines, source="mail")
     events = detector.finish_source("mail") + detector.close()
-    assert detector.open_steps == {} and detector.close() == []
+    assert detector.task.open_steps == detector.judge.open_steps == {}
+    assert detector.close() == []
     assert ("open", "TIMEOUT") in [(e.state, e.key["outcome"]) for e in events]

@@ -1,7 +1,9 @@
-"""``detector produce`` against a real broker: lines arrive untouched, keyed by the join key, in
-the partition kafka-python's partitioner would pick for that key, in file order per partition;
-``--speed`` spreads them over event time; a broker that goes away ends the run with exit status 3
-and the count Kafka acknowledged. Messages are read back with confluent-kafka."""
+"""``detector produce`` against a real broker: lines arrive untouched, keyed by the join key (the
+registrable domain of the sender's domain or of the question name), in the partition kafka-python's
+partitioner would pick for that key, in file order per partition, so a delivery and its sender's
+lookups share a partition number of the two topics; ``--speed`` spreads them over event time; a
+broker that goes away ends the run with exit status 3 and the count Kafka acknowledged. Messages
+are read back with confluent-kafka."""
 
 import gzip
 import logging
@@ -9,12 +11,15 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
 from kafka.partitioner.default import murmur2
 
 from conftest import DETECTOR, STARTED, read_topic
+from detector.core.partitioning import registrable_domain
+from detector.core.records import domain_of, normalize_name
 
 pytestmark = pytest.mark.kafka
 
@@ -32,9 +37,14 @@ LINES = [
     b'{"ts": "2026-11-27T10:00:05Z", "message_id": "<d@x>", "status": "deferred", '
     b'"sender": "Verify@ID.Shop.Example", "dns_lookups": [{"qname": "elsewhere.example"}]}',
     b'  {"ts": "2026-11-27T10:00:06Z" ,  "qname": "auth.bank1.example", "rcode": "TIMEOUT"}  ',
+    b'{"ts": "2026-11-27T10:00:07Z", "qname": "sel1._domainkey.Bank1.example", "rcode": "NOERROR"}',
+    b'{"ts": "2026-11-27T10:00:08Z", "message_id": "<e@x>", "status": "failed", "sender": "<>", '
+    b'"dns_lookups": [{"qname": "_dmarc.mail.shop.co.uk.", "qtype": "TXT"}]}',
 ]
-KEYS = [b"auth.bank1.example", b"auth.bank1.example", b"mx.shop.example", None, None, None,
-        None, b"id.shop.example", b"auth.bank1.example"]
+#: The registrable domain (eTLD+1) of the question name, or of the sender's domain (of the first
+#: named lookup for the null sender); no key for mail with neither, nor for what is no record.
+KEYS = [b"bank1.example", b"bank1.example", b"shop.example", None, None, None,
+        None, b"shop.example", b"bank1.example", b"bank1.example", b"shop.co.uk"]
 
 
 def create_topic(bootstrap: str, partitions: int) -> str:
@@ -81,6 +91,109 @@ def test_lines_arrive_untouched_keyed_by_the_join_key_in_kafka_pythons_partition
     for partition in range(partitions):          # file order within each partition
         got = [m.value() for m in messages if m.partition() == partition]
         assert got == [line for line in lines if line in set(got)]
+
+
+def create_topics(bootstrap: str, partitions: int) -> tuple[str, str]:
+    """A mail and a DNS topic with ``partitions`` each, as the worker's configuration names them."""
+    return create_topic(bootstrap, partitions), create_topic(bootstrap, partitions)
+
+
+def lookups_of(mail: dict) -> list[str]:
+    """The names a delivery's checks looked up, as the contract says: its ``dns_lookups``, or
+    else its sender's domain."""
+    if mail.get("dns_lookups") is not None:
+        return [normalize_name(lookup["qname"]) for lookup in mail["dns_lookups"]]
+    domain = domain_of(mail.get("sender"))
+    return [domain] if domain else []
+
+
+def test_a_deliverys_spf_dkim_and_dmarc_lookups_land_in_its_partition_number(broker, tmp_path):
+    partitions = 6
+    mail_topic, dns_topic = create_topics(broker.bootstrap, partitions)
+    data = tmp_path / "data"
+    done = subprocess.run([*DETECTOR, "generate", "seed-incident", str(data), "--seed", "3",
+                           "--hours", "1"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # Written out as a user's own logs would have them: a DKIM key of a subdomain sender, its
+    # DMARC policy at the organisational domain, a name under a two-label public suffix.
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "mail.jsonl").write_bytes(
+        b'{"ts": 1795773600, "message_id": "<k1@x>", "status": "deferred", '
+        b'"sender": "codes@auth.bank.example", "dns_lookups": [{"qname": "auth.bank.example"}, '
+        b'{"qname": "sel._domainkey.auth.bank.example"}, {"qname": "_dmarc.bank.example"}]}\n'
+        b'{"ts": 1795773601, "message_id": "<k2@x>", "status": "delivered", '
+        b'"sender": "otp@login.bank.co.uk"}\n')
+    (own / "dns.jsonl").write_bytes(
+        b'{"ts": 1795773590, "qname": "auth.bank.example.", "rcode": "NOERROR"}\n'
+        b'{"ts": 1795773590, "qname": "Sel._DomainKey.auth.bank.example", "rcode": "SERVFAIL"}\n'
+        b'{"ts": 1795773590, "qname": "_dmarc.bank.example", "rcode": "NOERROR"}\n'
+        b'{"ts": 1795773591, "qname": "login.bank.co.uk", "rcode": "NOERROR"}\n')
+    config = tmp_path / "topics.toml"       # the pair the worker joins: produce checks it
+    config.write_text(f'[topics]\nmail = "{mail_topic}"\ndns = "{dns_topic}"\n')
+    for topic, name in ((mail_topic, "mail.jsonl"), (dns_topic, "dns.jsonl")):
+        done = produce(broker.bootstrap, topic, "--config", config, data / f"{name}.gz",
+                       own / name)
+        assert done.returncode == 0, done.stderr
+    mail = read_topic(broker.bootstrap, mail_topic, idle_s=2)
+    dns = read_topic(broker.bootstrap, dns_topic, idle_s=2)
+    lines = {topic: gzip.decompress((data / f"{name}.jsonl.gz").read_bytes()).splitlines()
+             + (own / f"{name}.jsonl").read_bytes().splitlines()
+             for topic, name in ((mail_topic, "mail"), (dns_topic, "dns"))}
+    assert len(mail) == len(lines[mail_topic]) and len(dns) == len(lines[dns_topic])
+
+    for messages in (mail, dns):                 # every key where kafka-python would put it
+        assert {m.partition() for m in messages} == set(range(partitions))
+        for message in messages:
+            if message.key() is not None:
+                assert message.partition() == kafka_python_partition(message.key(), partitions)
+    answered_in: dict[str, set[int]] = {}        # a looked-up name -> partitions of its answers
+    for message in dns:
+        qname = orjson.loads(message.value()).get("qname")
+        if isinstance(qname, str):
+            answered_in.setdefault(normalize_name(qname), set()).add(message.partition())
+    joined, looked_up = 0, set()
+    for message in mail:
+        record = orjson.loads(message.value())
+        if not isinstance(record, dict):
+            continue
+        for name in lookups_of(record):
+            if name in answered_in:
+                assert answered_in[name] == {message.partition()}, (record, name)
+                assert message.key() == registrable_domain(name).encode()
+                joined += 1
+                looked_up.add(name)
+    # SPF at the sender's own (sub)domain, DMARC and DKIM under it, all with their mail.
+    assert {"auth.bank.example", "sel._domainkey.auth.bank.example", "_dmarc.bank.example",
+            "login.bank.co.uk"} <= looked_up
+    assert any(name.startswith("_dmarc.") for name in looked_up - {"_dmarc.bank.example"})
+    assert joined > len(mail) / 3
+    for topic, messages in ((mail_topic, mail), (dns_topic, dns)):    # file order per partition
+        for partition in range(partitions):
+            got = [m.value() for m in messages if m.partition() == partition]
+            sent_there = set(got)
+            assert got == [line for line in lines[topic] if line in sent_there]
+
+
+def test_records_an_adapter_converts_are_keyed_alike(broker, tmp_path):
+    formats = Path(__file__).parent / "fixtures" / "formats"
+    partitions = 6
+    mail_topic, dns_topic = create_topics(broker.bootstrap, partitions)
+    for topic, name, file in ((mail_topic, "zeek-smtp", "zeek_smtp.json"),
+                              (dns_topic, "unbound", "unbound.log")):
+        done = produce(broker.bootstrap, topic, "--format", name, formats / file)
+        assert done.returncode == 0, done.stderr
+    partition_of: dict[bytes, set[int]] = {}
+    for topic in (mail_topic, dns_topic):
+        messages = read_topic(broker.bootstrap, topic, idle_s=1.5)
+        assert messages
+        for message in messages:
+            record = orjson.loads(message.value())
+            name = record.get("qname") or domain_of(record["sender"])
+            assert message.key() == registrable_domain(name).encode()
+            partition_of.setdefault(message.key(), set()).add(message.partition())
+    # otp@bank.example's mail with bank.example's SPF, A, DKIM (sel1._domainkey) answers.
+    assert len(partition_of[b"bank.example"]) == 1
 
 
 def test_no_key_sends_every_line_without_one(broker, tmp_path):

@@ -168,6 +168,6 @@ def test_series_is_off_by_default_and_changes_no_event(seed_incident):
     assert sum(row["attempts"] for row in rows) == traced.counters["otp_attempts"]
     assert sum(row["failures"].get("ALL", 0) for row in rows) == traced.counters["otp_failures"]
     ends = [row["end"] for row in rows]
-    assert ends == sorted(ends) and all(end % traced.step_s == 0 for end in ends)
+    assert ends == sorted(ends) and all(end % traced.config.model.step_s == 0 for end in ends)
     assert all(len(row["expected"]) == len(KEYS) and 0 not in row["failures"].values()
                for row in rows)

@@ -5,8 +5,13 @@ replay and a live run cut the same steps). When the watermark has passed a step,
 *closed*: its counts move into a ring of the last ``long_window_s / step_s`` steps, and the sums of
 the short window (``bucket_s``) and of the long window slide by one step. Sums are kept
 incrementally, so closing a step costs a few vector operations whatever the traffic. Failures keep
-a small tuple each (sender domain, resolver, tenant, status code, message id) for evidence,
+a small tuple each (sender domain, resolver, tenant, status code, message id, time) for evidence,
 capped per step and key so an incident's evidence costs bounded memory.
+
+A step's evidence is defined without regard to arrival order or to how the traffic was split:
+the ``EVIDENCE_CAP`` earliest failures by ``(time, message id)``, in that order. So counts of one
+step made by several join tasks and merged (``StepCounts.merge``, ``canonical``) give the same
+evidence as one task counting everything.
 """
 
 from __future__ import annotations
@@ -21,8 +26,15 @@ from .events import ValueCount
 #: At most this many failure tuples are kept per step and key for evidence.
 EVIDENCE_CAP = 500
 
-# A failure's evidence: (sender_domain, resolver, tenant, status_code, message_id).
-Failure = tuple[str | None, str | None, str | None, str | None, str]
+# A failure's evidence: (sender_domain, resolver, tenant, status_code, message_id, ts).
+Failure = tuple[str | None, str | None, str | None, str | None, str, float]
+#: The evidence fields of a failure people read (the time only orders them).
+FAILURE_FIELDS = 5
+
+
+def _order(failure: Failure) -> tuple[float, str]:
+    """Evidence order: time, then message id."""
+    return failure[5], failure[4]
 
 
 class StepCounts:
@@ -46,12 +58,44 @@ class StepCounts:
         self.pairs: dict[tuple[str, str], int] = {}
 
     def add_failure(self, key: int, failure: Failure) -> None:
+        """Count a failure of ``key``; keep it as evidence while it is among the earliest
+        ``EVIDENCE_CAP`` by ``(time, message id)``. A task adds failures in time order, so once
+        the cap is reached only one at the newest kept time can displace another (a scan, rare).
+        """
         self.failures[key] += 1
         kept = self.evidence.get(key)
         if kept is None:
             self.evidence[key] = [failure]
         elif len(kept) < EVIDENCE_CAP:
             kept.append(failure)
+        elif failure[5] <= kept[-1][5]:
+            worst = max(range(len(kept)), key=lambda i: _order(kept[i]))
+            if _order(failure) < _order(kept[worst]):
+                kept[worst] = failure
+
+    def merge(self, other: "StepCounts") -> None:
+        """Add the counts of the same step made by another task (evidence: ``canonical`` after
+        the last merge)."""
+        self.attempts += other.attempts
+        self.failures = [a + b for a, b in zip(self.failures, other.failures)]
+        for key, found in other.evidence.items():
+            self.evidence.setdefault(key, []).extend(found)
+        for mine, theirs in zip(self.slice_attempts, other.slice_attempts):
+            for value, n in theirs.items():
+                mine[value] = mine.get(value, 0) + n
+        for mine_f, theirs_f in zip(self.slice_failures, other.slice_failures):
+            for slot, n in theirs_f.items():
+                mine_f[slot] = mine_f.get(slot, 0) + n
+        pairs = self.pairs
+        for pair, n in other.pairs.items():
+            pairs[pair] = pairs.get(pair, 0) + n
+
+    def canonical(self) -> None:
+        """Put each key's evidence in ``(time, message id)`` order, the earliest
+        ``EVIDENCE_CAP`` kept: the same whatever the tasks and their order."""
+        for key, found in self.evidence.items():
+            found.sort(key=_order)
+            del found[EVIDENCE_CAP:]
 
     def to_plain(self) -> list:
         return [self.attempts, list(self.failures),

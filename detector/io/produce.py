@@ -1,10 +1,16 @@
 """Load log files into a Kafka topic: ``detector produce`` (demos, tests, backfills).
 
 Lines are sent as they are, bytes untouched (a malformed line stays malformed, so the worker's
-dead-letter handling sees what production would). The message key is the join key when it can be
-read (the sender's domain for mail, the queried name for DNS), so a topic partitioned by key keeps
-a delivery and its lookups together. With ``speed`` the file's event time is replayed at that
-multiple of real time (60: an hour of logs in a minute).
+dead-letter handling sees what production would). The message key is the join key
+(``core.partitioning``) when it can be read: the registrable domain of the queried name for DNS
+and of the sender's domain for mail (of its first named lookup when it has no sender), so
+``_dmarc.bank.example``, ``sel._domainkey.bank.example`` and mail from ``codes@auth.bank.example``
+all get ``bank.example``: with the same partitioner and the same partition count on both topics,
+a delivery and the lookups of its sender's SPF, DKIM and DMARC records land in the same partition
+number, the task a join worker owns. Before keyed records go into one of the configured input
+topics, ``detector produce`` checks that the other one has as many (``copartition``). With
+``speed`` the file's event time is replayed at that multiple of real time (60: an hour of logs in
+a minute).
 
 Records go out through librdkafka (confluent-kafka): a backfill of a day of a provider's logs is
 millions of lines, and kafka-python's producer spends ~80 us of Python per record where
@@ -25,7 +31,8 @@ from typing import Any
 
 import orjson
 
-from ..core.records import Rejected, domain_of, normalize_name, parse_ts
+from ..core.partitioning import CACHE_ENTRIES, CACHED_NAME_CHARS, registrable_domain
+from ..core.records import Rejected, domain_of, parse_ts
 from ..formats.base import convert_chunks
 from ..settings import KafkaSettings
 from .files import LineSource, TruncatedInput
@@ -53,13 +60,36 @@ def _record(line: bytes) -> dict | None:
 
 
 def _key(obj: dict) -> bytes | None:
-    qname, sender = obj.get("qname"), obj.get("sender")
-    key = None
-    if isinstance(qname, str) and qname:
-        key = normalize_name(qname)
-    elif isinstance(sender, str):
-        key = domain_of(sender)
-    return key.encode() if key else None
+    """The join key of a decoded record (see ``join_key``)."""
+    qname = obj.get("qname")
+    if not (isinstance(qname, str) and qname):
+        sender = obj.get("sender")
+        qname = domain_of(sender) if isinstance(sender, str) else None
+        if qname is None:
+            # No sender: the delivery joins only through the lookups it names.
+            lookups = obj.get("dns_lookups")
+            first = lookups[0] if isinstance(lookups, list) and lookups else None
+            qname = first.get("qname") if isinstance(first, dict) else None
+            if not isinstance(qname, str):
+                return None
+    key = _KEYS.get(qname)
+    return (key if key is not None else _new_key(qname)) or None
+
+
+#: The key bytes of each name seen: one dict hit a record, as cheap as the old key (the name in
+#: lower case), where a call into ``registrable_domain`` and an ``encode`` cost 90 ns more. A name
+#: not seen before costs the Public Suffix List lookup, 2 to 3 us (README, "Co-partitioning for
+#: scale-out", has the measurements).
+_KEYS: dict[str, bytes] = {}
+
+
+def _new_key(name: str) -> bytes:
+    key = registrable_domain(name).encode()
+    if len(name) <= CACHED_NAME_CHARS:         # as registrable_domain's own cache
+        if len(_KEYS) >= CACHE_ENTRIES:
+            _KEYS.clear()
+        _KEYS[name] = key
+    return key
 
 
 def _ts(obj: dict) -> float | None:
@@ -70,12 +100,17 @@ def _ts(obj: dict) -> float | None:
 
 
 def join_key(line: bytes) -> tuple[bytes | None, float | None]:
-    """The record's join key and event time, when the line is readable enough to say.
+    """The record's join key and event time, when the line is readable enough to say: the
+    registrable domain of a DNS record's question name, of a mail record's sender's domain, or,
+    for mail without a sender (or the null sender ``<>``), of the first lookup it names; no key
+    for mail with neither.
 
-    >>> join_key(b'{"ts": "2026-11-27T10:15:02Z", "qname": "Auth.Bank1.Example.", "rcode": "x"}')
-    (b'auth.bank1.example', 1795774502.0)
+    >>> join_key(b'{"ts": "2026-11-27T10:15:02Z", "qname": "_DMARC.Bank1.Example.", "rcode": "x"}')
+    (b'bank1.example', 1795774502.0)
     >>> join_key(b'{"ts": 1795774502, "sender": "codes@auth.bank1.example", "status": "x"}')
-    (b'auth.bank1.example', 1795774502.0)
+    (b'bank1.example', 1795774502.0)
+    >>> join_key(b'{"ts": 1795774502, "sender": "<>", "status": "failed"}')[0] is None
+    True
     >>> join_key(b'{oops')
     (None, None)
     """
