@@ -117,16 +117,19 @@ class Worker:
             log.info("stopped before the broker could be reached")
             return 0
         if settings.worker.create_topics:
-            self._with_retry("create topics", lambda: ensure_topics(settings.kafka, {
-                settings.topics.anomalies: {}, settings.topics.dead_letter: {},
-                settings.topics.state: {"cleanup.policy": "compact"}}))
+            self._with_retry("create topics", lambda: ensure_topics(
+                settings.kafka, self._topics_to_create()))
+        problem = self._check_start()
+        if problem is not None:
+            log.error("cannot start", extra={"error": problem})
+            return 2
         transport = self._with_retry("connect", lambda: make_transport(
-            settings.kafka, settings.worker.group_id, self.assignor))
+            settings.kafka, self._group_id(), self.assignor))
         if transport is None:                      # stopped before Kafka could be reached
             return 0
         self.transport = transport
         log.info("transport", extra={"transport": self.transport.name})
-        self.transport.join([settings.topics.mail, settings.topics.dns],
+        self.transport.join(self._topics(),
                             on_assigned=self._on_assigned, on_revoked=self._on_revoked)
         idle_exit = settings.worker.exit_when_idle_s
         try:
@@ -149,6 +152,23 @@ class Worker:
             self.transport.close()
         log.info("stopped", extra=self.counts)
         return 0
+
+    # What a role changes (``stages``): the topics read, the group, topics to create, a check.
+
+    def _topics(self) -> list[str]:
+        return [self.settings.topics.mail, self.settings.topics.dns]
+
+    def _group_id(self) -> str:
+        return self.settings.worker.group_id
+
+    def _topics_to_create(self) -> dict[str, dict[str, str]]:
+        topics = self.settings.topics
+        return {topics.anomalies: {}, topics.dead_letter: {},
+                topics.state: {"cleanup.policy": "compact"}}
+
+    def _check_start(self) -> str | None:
+        """A reason not to start (one line), or None."""
+        return None
 
     def _flush_input(self) -> None:
         """End of a batch run: records adapters still hold, then the core's last windows."""
