@@ -51,7 +51,7 @@ from .io.task_assignor import TaskAssignor
 from .io.transport import TP, Batch, MembershipLost, TransportError
 from .settings import Settings
 from .shell import Source, saved_adapters
-from .worker import WRITE_TIMEOUT_S, PartitionProgress, Worker
+from .worker import WRITE_TIMEOUT_S, PartitionProgress, Worker, parse_start_time
 
 log = logging.getLogger("detector.stages")
 
@@ -340,10 +340,14 @@ class JoinWorker(Worker):
 
     def _restore(self, assigned: set[TP]) -> None:
         """Take over new tasks: each from its own checkpoint (or fresh), at its offsets."""
-        start = self.settings.worker.start_from
+        start = self.settings.worker.start_from if self.first_assignment else "committed"
         partitions = sorted({tp.partition for tp in assigned} - set(self.group.tasks))
         restored: dict[int, tuple[dict, dict[str, int]] | None] = {}
+        times: dict[TP, int | None] = {}
         try:
+            if start not in ("committed", "earliest", "latest"):   # --from TIME
+                millis = int(parse_start_time(start) * 1000)
+                times = {tp: self.transport.offset_for_time(tp, millis) for tp in assigned}
             for partition in partitions:
                 restored[partition] = StateStore(
                     self.settings.kafka, self.settings.topics.state,
@@ -371,12 +375,16 @@ class JoinWorker(Worker):
                                           make_adapter(self.formats[tp.topic], stream),
                                           saved.get(source))
                 self.progress[tp] = PartitionProgress()
-                if source in offsets:
-                    self.transport.seek(tp, offsets[source])
-                    self.progress[tp].next_offset = offsets[source]
+                offset = offsets.get(source, times.get(tp))
+                if offset is not None:
+                    self.transport.seek(tp, offset)
+                    self.progress[tp].next_offset = offset
+                elif tp in times:                  # nothing at or after that time: the end
+                    self.transport.seek_to(tp, "latest")
                 else:
                     self.transport.seek_to(tp, start if start in ("earliest", "latest")
                                            else "committed")
+        self.first_assignment = False
         self.detector = self.group          # type: ignore[assignment]
         if self.metrics is not None:
             self.metrics.follow(self.group)
