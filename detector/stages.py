@@ -320,14 +320,17 @@ class JoinWorker(Worker):
         self.pending_assignment = set()
 
     def _drop_tasks(self, partitions: set[int]) -> None:
-        for tp in [tp for tp in self.progress if tp.partition in partitions]:
+        """Forget tasks (revoked or lost): their core, progress and sources. (kafka-python calls
+        the revoke callback after the partitions left the assignment: the worker's own
+        bookkeeping says which they were.)"""
+        gone = {tp for tp in self.progress if tp.partition in partitions}
+        for tp in gone:
             self.progress.pop(tp, None)
             self.sources.pop(tp, None)
         for partition in partitions:
             self.group.drop_task(partition)
-        if self.metrics is not None:
-            self.metrics.revoked({tp for tp in self.transport.assignment()
-                                  if tp.partition in partitions} if partitions else set())
+        if self.metrics is not None and gone:
+            self.metrics.revoked(gone)
         if not self.group.tasks:
             self.detector = None
 

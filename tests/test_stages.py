@@ -8,13 +8,16 @@ them. The anomaly events must equal a single-process replay of the same files, i
 from __future__ import annotations
 
 import gzip
+import signal
 import time
 
 import orjson
 import pytest
+from kafka.partitioner.default import murmur2
 
 from conftest import Deployment, replay_events
 from detector.core.records import Rejected, parse_ts
+from detector.io.produce import join_key
 from detector.synth import generate
 
 pytestmark = pytest.mark.kafka
@@ -60,8 +63,8 @@ def _without_late_lines(lines: list[bytes]) -> list[bytes]:
                 continue
         if isinstance(ts, (int, float)) and ts < newest - 30:
             continue
-        if isinstance(ts, (int, float)):
-            newest = max(newest, ts)
+        if isinstance(ts, (int, float)) and (newest == float("-inf") or ts < newest + 3600):
+            newest = max(newest, ts)           # (a time far ahead is the generator's junk)
         kept.append(line)
     return kept
 
@@ -99,3 +102,52 @@ def test_three_join_workers_and_a_judge_on_six_partitions_equal_a_replay(deploym
     for i in range(3):
         assert '"tasks assigned"' in deployment.log(f"join{i}.log")
 
+
+
+def _partition(line: bytes) -> int | None:
+    """The partition ``detector produce`` writes a line to (kafka-python's murmur2 of its key)."""
+    key, _ = join_key(line)
+    return None if key is None else (murmur2(key) & 0x7FFFFFFF) % PARTITIONS
+
+
+def _ts(line: bytes) -> float | None:
+    try:
+        value = orjson.loads(line).get("ts")
+        return parse_ts(value) if isinstance(value, str) else float(value)
+    except (orjson.JSONDecodeError, AttributeError, Rejected, TypeError, ValueError):
+        return None
+
+
+def test_a_task_whose_producer_stopped_does_not_stall_the_judge(deployment, scenario, tmp_path):
+    """The input of one task stops at 08:30 while the others go on past the incident (10:00):
+    once that task's partitions are idle the judge goes on without it, and pages the incident
+    while every worker is still running; the page is the one a replay of the same files gives."""
+    files, _ = scenario
+    quiet = (_partition(b'{"qname": "bank1.example"}') + 1) % PARTITIONS  # not the incident's
+    stop_quiet, stop_all = parse_ts("2026-11-27T08:30:00Z"), parse_ts("2026-11-27T10:10:00Z")
+    cut = {}
+    for stream, path in files.items():
+        kept = []
+        for line in path.read_bytes().splitlines():
+            ts = _ts(line)
+            if ts is not None and (ts > stop_all or (ts > stop_quiet and _partition(line) == quiet)):
+                continue
+            kept.append(line)
+        cut[stream] = tmp_path / f"{stream}.jsonl"
+        cut[stream].write_bytes(b"\n".join(kept) + b"\n")
+    expected = [e for e in replay_events(cut["mail"], cut["dns"], tmp_path)
+                if e["state"] == "open"]
+    assert expected
+    deployment.produce_files("dns", cut["dns"])
+    deployment.produce_files("mail", cut["mail"])
+    workers = [deployment.start_worker("--role", "judge", log_name="judge.log"),
+               *(deployment.start_worker("--role", "join", log_name=f"join{i}.log")
+                 for i in range(2))]
+    deadline, opened = time.monotonic() + 120, []
+    while time.monotonic() < deadline and not opened:
+        opened = [e for e in deployment.anomalies() if e["state"] == "open"]
+    assert all(w.poll() is None for w in workers), "every worker is still running"
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    assert _wait_all(workers, timeout=60) == [0, 0, 0]
+    assert opened[:1] == expected[:1], deployment.log("judge.log")[-3000:]
