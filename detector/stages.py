@@ -46,7 +46,7 @@ from .core.task import Closed, JoinTask
 from .formats import make_adapter
 from .io.clients import ensure_topics
 from .io.copartition import copartition_problem, partition_counts
-from .io.state_store import StateStore
+from .io.state_store import StateStore, read_many
 from .io.task_assignor import TaskAssignor
 from .io.transport import TP, Batch, MembershipLost, TransportError
 from .settings import Settings
@@ -351,10 +351,11 @@ class JoinWorker(Worker):
             if start not in ("committed", "earliest", "latest"):   # --from TIME
                 millis = int(parse_start_time(start) * 1000)
                 times = {tp: self.transport.offset_for_time(tp, millis) for tp in assigned}
-            for partition in partitions:
-                restored[partition] = StateStore(
-                    self.settings.kafka, self.settings.topics.state,
-                    self._state_key(partition)).read() if start == "committed" else None
+            if start == "committed":
+                checkpoints = read_many([StateStore(self.settings.kafka,
+                                                    self.settings.topics.state,
+                                                    self._state_key(p)) for p in partitions])
+                restored = dict(zip(partitions, checkpoints))
         except (KafkaError, TransportError) as err:
             log.warning("reading a task checkpoint failed; retrying", extra={"error": repr(err)})
             time.sleep(self._backoff())

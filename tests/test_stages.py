@@ -8,6 +8,7 @@ them. The anomaly events must equal a single-process replay of the same files, i
 from __future__ import annotations
 
 import gzip
+import re
 import signal
 import time
 
@@ -151,3 +152,53 @@ def test_a_task_whose_producer_stopped_does_not_stall_the_judge(deployment, scen
         worker.send_signal(signal.SIGTERM)
     assert _wait_all(workers, timeout=60) == [0, 0, 0]
     assert opened[:1] == expected[:1], deployment.log("judge.log")[-3000:]
+
+
+@pytest.mark.faults
+def test_kill_9_a_join_worker_a_fourth_joins_kill_9_the_judge_and_the_events_stand(
+        broker, tmp_path_factory, tmp_path):
+    """Mid-stream, one of three join workers is killed (-9): its tasks move to the others and
+    are restored there from their own checkpoints; a fourth worker joins and takes tasks over;
+    then the active judge is killed and its standby takes over from its checkpoint. The events
+    published (an event may be published twice, never changed) are the replay's."""
+    directory = tmp_path_factory.mktemp("long")
+    generate("seed-incident", directory, seed=6)          # six hours: long enough to kill in
+    files = {}
+    for stream in ("mail", "dns"):
+        files[stream] = directory / f"{stream}.jsonl"
+        files[stream].write_bytes(b"\n".join(_without_late_lines(gzip.decompress(
+            (directory / f"{stream}.jsonl.gz").read_bytes()).splitlines())) + b"\n")
+    expected = replay_events(files["mail"], files["dns"], directory)
+    assert any(e["state"] == "resolved" for e in expected)
+    deployment = Deployment(broker, tmp_path, partitions=PARTITIONS,
+                            worker={"checkpoint_interval_s": 0.5})
+    deployment.produce_files("dns", files["dns"])
+    deployment.produce_files("mail", files["mail"])
+    idle = ("--exit-when-idle", "10")
+    judge = deployment.start_worker("--role", "judge", *idle, log_name="judge.log")
+    deployment.wait_for_log('"judging"', "judge.log")
+    standby = deployment.start_worker("--role", "judge", *idle, log_name="standby.log")
+    joins = [deployment.start_worker("--role", "join", *idle, log_name=f"join{i}.log")
+             for i in range(3)]
+    deployment.wait_for_log('"tasks assigned"', "join0.log")
+    time.sleep(2)
+    joins[0].kill()
+    joins[0].wait()
+    time.sleep(4)
+    joins.append(deployment.start_worker("--role", "join", *idle, log_name="join3.log"))
+    deployment.wait_for_log('"tasks assigned"', "join3.log", timeout=90)
+    judge.kill()
+    judge.wait()
+    codes = _wait_all([*joins[1:], standby], timeout=400)
+    logs = "\n".join(deployment.log(n)[-2000:] for n in
+                     ("join1.log", "join2.log", "join3.log", "standby.log"))
+    assert codes == [0, 0, 0, 0], logs
+    assert '"judging"' in deployment.log("standby.log")        # the standby took over
+    found = deployment.anomalies()
+    distinct = {orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in found}
+    assert distinct == {orjson.dumps(e, option=orjson.OPT_SORT_KEYS) for e in expected}, logs
+    # The killed worker's tasks were restored elsewhere from their checkpoints (not re-read
+    # from the start), and the standby judge from the judge's.
+    assert re.search(r'"tasks assigned".*"restored":\[\d', "".join(
+        deployment.log(f"join{i}.log") for i in (1, 2, 3)))
+    assert '"judging","tasks":6,"restored":true' in deployment.log("standby.log")

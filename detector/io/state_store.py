@@ -76,38 +76,15 @@ class StateStore:
     def _part_key(self, slot: int, n: int) -> bytes:
         return f"{self.group_id}#{slot}#{n}".encode()
 
-    def read(self, idle_s: float = 1.0, timeout_s: float = 60.0) -> tuple[dict, dict[str, int]] | None:
+    def read(self, idle_s: float = 1.0, timeout_s: float = 60.0,
+             latest: dict | None = None) -> tuple[dict, dict[str, int]] | None:
         """The newest complete checkpoint of this group: ``(state, offsets)``, or ``None``.
 
-        Reads the whole topic (compaction keeps it small on a real cluster) and keeps the last
-        value per key. It stops at the end offsets *and* after ``idle_s`` without records, because
-        some brokers report end offsets short of the true end.
+        Reads the whole topic (``scan``; compaction keeps it small on a real cluster), or takes
+        ``latest``, a scan already made (``read_many``: several keys, one scan).
         """
-        consumer = make_consumer(self.kafka, None, consumer_timeout_ms=int(idle_s * 1000))
-        latest: dict[bytes, tuple[bytes, dict[str, bytes]]] = {}
-        try:
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            if not tps:
-                return None
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            deadline = time.monotonic() + timeout_s
-            quiet_since = time.monotonic()
-            while time.monotonic() < deadline:
-                batch = consumer.poll(timeout_ms=200)
-                if batch:
-                    quiet_since = time.monotonic()
-                    for records in batch.values():
-                        for record in records:
-                            if record.key is not None:
-                                latest[record.key] = (record.value, dict(record.headers or []))
-                elif time.monotonic() - quiet_since >= idle_s:
-                    ends = consumer.end_offsets(tps)
-                    if all(consumer.position(tp) >= ends[tp] for tp in tps):
-                        break
-        finally:
-            consumer.close()
+        if latest is None:
+            latest = scan(self.kafka, self.topic, idle_s, timeout_s)
         found = latest.get(self.group_id.encode())
         if found is None or not found[0]:
             return None
@@ -126,6 +103,56 @@ class StateStore:
             log.warning("checkpoint %s fails its checksum; starting fresh", manifest["checkpoint"])
             return None
         return orjson.loads(gzip.decompress(blob)), manifest["offsets"]
+
+
+def read_many(stores: list[StateStore], idle_s: float = 1.0,
+              timeout_s: float = 60.0) -> list[tuple[dict, dict[str, int]] | None]:
+    """The newest checkpoint of each store (all on one topic), from one scan of the topic."""
+    if not stores:
+        return []
+    latest = scan(stores[0].kafka, stores[0].topic, idle_s, timeout_s)
+    return [store.read(latest=latest) for store in stores]
+
+
+def scan(kafka: KafkaSettings, topic: str, idle_s: float = 1.0,
+         timeout_s: float = 60.0) -> dict[bytes, tuple[bytes, dict[str, bytes]]]:
+    """The last value (and headers) of every key in the topic, as of the start of the scan.
+
+    It reads to the end offsets taken when it starts, then for ``idle_s`` more at most (or until
+    ``idle_s`` without records): some brokers report an end offset short of the true end, by the
+    records of the last batch, which that time brings in. It does not wait for the topic to go
+    quiet: other writers (other tasks, other groups, the judge) checkpoint to the same topic all
+    the time, and what a restore needs was written before it started.
+    """
+    consumer = make_consumer(kafka, None, consumer_timeout_ms=int(idle_s * 1000))
+    latest: dict[bytes, tuple[bytes, dict[str, bytes]]] = {}
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return latest
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        quiet_since = time.monotonic()
+        reached: float | None = None
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            now = time.monotonic()
+            if batch:
+                quiet_since = now
+                for records in batch.values():
+                    for record in records:
+                        if record.key is not None:
+                            latest[record.key] = (record.value, dict(record.headers or []))
+            if reached is None and all(consumer.position(tp) >= ends[tp] for tp in tps):
+                reached = now
+            if reached is not None and (now - quiet_since >= idle_s or now - reached >= idle_s):
+                break
+    finally:
+        consumer.close()
+    return latest
 
 
 def _await(transport, handles: list, timeout_s: float) -> None:
