@@ -153,7 +153,7 @@ class Worker:
             self.detector = None          # checkpointed: closing revokes nothing left to save
         finally:
             self.transport.close()
-        log.info("stopped", extra=self.counts)
+        log.info("stopped", extra={**self.counts, "cpu_s": round(time.process_time(), 3)})
         return 0
 
     # What a role changes (``stages``): the topics read, the group, topics to create, a check.
