@@ -202,3 +202,22 @@ def test_kill_9_a_join_worker_a_fourth_joins_kill_9_the_judge_and_the_events_sta
     assert re.search(r'"tasks assigned".*"restored":\[\d', "".join(
         deployment.log(f"join{i}.log") for i in (1, 2, 3)))
     assert '"judging","tasks":6,"restored":true' in deployment.log("standby.log")
+
+
+def test_a_join_worker_refuses_input_topics_of_different_partition_counts(broker, tmp_path):
+    """Tasks need partition p of both topics to hold the same keys: a join worker started on
+    topics of 6 and 4 partitions says so in one line and exits 2, reading nothing."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    other = f"dns4-{tmp_path.name[-8:]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for future in admin.create_topics([NewTopic(other, 4, 1)]).values():
+        future.result(timeout=10)
+    deployment = Deployment(broker, tmp_path, partitions=PARTITIONS, formats={"dns": other})
+    code = deployment.start_worker("--role", "join", log_name="join.log").wait(timeout=60)
+    assert code == 2
+    errors = [orjson.loads(line) for line in deployment.log("join.log").splitlines()
+              if '"level":"ERROR"' in line]
+    assert len(errors) == 1 and "6 partitions" in errors[0]["error"] \
+        and "4 partitions" in errors[0]["error"]
+    assert not deployment.read("steps", idle_s=1.0)
