@@ -305,9 +305,10 @@ class JoinWorker(Worker):
         if partitions:
             log.info("tasks revoked: checkpointing them", extra={"tasks": sorted(partitions)})
             self._publish()
-            if self.outgoing:
-                self._flush_outgoing()
-            self._save(in_callback=True, only=partitions)
+            # Only with every step message acknowledged: otherwise the new owner restores the
+            # checkpoint before and publishes those steps itself.
+            if not self.outgoing or self._flush_outgoing():
+                self._save(in_callback=True, only=partitions)
         self._drop_tasks(partitions)
         self.pending_assignment = {tp for tp in self.pending_assignment or set()
                                    if tp not in revoked}

@@ -221,3 +221,21 @@ def test_a_join_worker_refuses_input_topics_of_different_partition_counts(broker
     assert len(errors) == 1 and "6 partitions" in errors[0]["error"] \
         and "4 partitions" in errors[0]["error"]
     assert not deployment.read("steps", idle_s=1.0)
+
+
+def test_the_judge_dead_letters_what_is_not_a_steps_message_and_goes_on(deployment):
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": deployment.broker.bootstrap})
+    for junk in (b"{oops", b'{"task": 3}', b"[1, 2]"):
+        producer.produce(deployment.topics["steps"], junk)
+    producer.flush(10)
+    judge = deployment.start_worker("--role", "judge", log_name="judge.log")
+    deadline, dead = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(dead) < 3:
+        dead = deployment.read("dead_letter", idle_s=1.0)
+    assert judge.poll() is None
+    judge.send_signal(signal.SIGTERM)
+    assert judge.wait(timeout=60) == 0
+    assert sorted(m.value() for m in dead) == sorted([b"{oops", b'{"task": 3}', b"[1, 2]"])
+    assert {dict(m.headers())["reason"] for m in dead} == {b"bad_steps_message"}
