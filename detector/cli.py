@@ -369,7 +369,7 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
     """Load log FILES (.jsonl, .jsonl.gz, -) into a Kafka topic, line by line."""
     from .formats import ADAPTERS, make_adapter
     from .io.files import InputError, LineSource, check_readable
-    from .io.kafka import topic_problem, unreachable
+    from .io.clients import topic_problem, unreachable
     from .io.produce import ProduceStopped, produce_files
 
     settings = _settings(config_path, {("kafka", "bootstrap_servers"): bootstrap_servers})

@@ -64,7 +64,7 @@ def _comma_list(value: Any) -> Any:
 
 
 def _topic_name(name: str) -> str:
-    from .io.kafka import topic_problem
+    from .io.clients import topic_problem
 
     problem = topic_problem(name)
     if problem is not None:
@@ -104,7 +104,7 @@ def _log_level(text: str) -> str:
 
 
 def _bootstrap(text: str) -> str:
-    from .io.kafka import bootstrap_addresses
+    from .io.clients import bootstrap_addresses
 
     bootstrap_addresses(text)          # ValueError naming the bad entry
     return text

@@ -37,7 +37,9 @@ from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
 from .formats import CONTRACT, Adapter, make_adapter
-from .io import kafka as kio
+from .io.assignor import SingleActiveAssignor
+from .io.clients import ensure_topics, unreachable
+from .io.state_store import StateStore
 from .io.transport import TP, Batch, Transport, TransportError, make_transport
 from .settings import Settings
 
@@ -84,8 +86,8 @@ class Worker:
         self.writes_failing = False
         self.send_blocked: Exception | None = None
         self.stopping = threading.Event()
-        self.assignor = kio.SingleActiveAssignor()
-        self.state_store = kio.StateStore(settings.kafka, topics.state, settings.worker.group_id)
+        self.assignor = SingleActiveAssignor()
+        self.state_store = StateStore(settings.kafka, topics.state, settings.worker.group_id)
         self.first_assignment = True
         self.pending_assignment: set[TP] | None = None
         self.last_checkpoint = time.monotonic()
@@ -113,7 +115,7 @@ class Worker:
             log.info("stopped before the broker could be reached")
             return 0
         if settings.worker.create_topics:
-            self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
+            self._with_retry("create topics", lambda: ensure_topics(settings.kafka, {
                 settings.topics.anomalies: {}, settings.topics.dead_letter: {},
                 settings.topics.state: {"cleanup.policy": "compact"}}))
         transport = self._with_retry("connect", lambda: make_transport(
@@ -338,7 +340,7 @@ class Worker:
         delay = self.settings.worker.retry_backoff_min_s
         waited = False
         while not self.stopping.is_set():
-            problem = kio.unreachable(servers, timeout_s=1.0)
+            problem = unreachable(servers, timeout_s=1.0)
             if problem is None:
                 if waited:
                     log.info("broker reachable", extra={"bootstrap_servers": servers})

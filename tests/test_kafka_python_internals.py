@@ -1,6 +1,6 @@
 """The kafka-python internals this project reaches into, held to the shape its code assumes.
 
-``io.kafka.release_parked_fetches`` patches the fetcher's in-line slot (a kafka-python 3.0 bug:
+``io.transport.kafka_python.release_parked_fetches`` patches the fetcher's in-line slot (a kafka-python 3.0 bug:
 records of a paused partition are parked, and given back on resume only when the slot is
 ``None``, which a drained slot never is), and the transport's ``_close_producer`` force-closes the
 producer's sender thread. pyproject pins kafka-python to the releases these were read from
@@ -16,7 +16,8 @@ import pytest
 from kafka.consumer.fetcher import Fetcher
 from kafka.producer.sender import Sender
 
-from detector.io.kafka import make_consumer, make_producer, release_parked_fetches
+from detector.io.clients import make_consumer, make_producer
+from detector.io.transport.kafka_python import release_parked_fetches
 from detector.settings import KafkaSettings
 
 
