@@ -36,12 +36,13 @@ from kafka.errors import KafkaError
 from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
-from .formats import CONTRACT, Adapter, make_adapter
+from .formats import CONTRACT, make_adapter
 from .io.assignor import SingleActiveAssignor
 from .io.clients import ensure_topics, unreachable
 from .io.state_store import StateStore
 from .io.transport import TP, Batch, Transport, TransportError, make_transport
 from .settings import Settings
+from .shell import Rejection, Source, envelope, restore, saved_adapters
 
 log = logging.getLogger("detector.worker")
 
@@ -78,7 +79,8 @@ class Worker:
         topics = settings.topics
         self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
         self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
-        self.adapters: dict[str, Adapter] = {}
+        #: Each assigned partition's step into the core (``shell.Source``), in partition order.
+        self.sources: dict[TP, Source] = {}
         self.detector: Detector | None = None
         self.progress: dict[TP, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
@@ -152,17 +154,10 @@ class Worker:
         """End of a batch run: records adapters still hold, then the core's last windows."""
         if self.detector is None:
             return
-        for source, adapter in self.adapters.items():
-            topic, _, partition = source.rpartition("/")
-            tp = TP(topic, int(partition))
-            converted = adapter.flush()
-            for index, reason in converted.rejected:
-                self._dead_letter(tp, b"", reason, "flush")
-            if converted.records:
-                result = self.detector.feed(self.stream_of[topic], converted.records, source=source)
-                for index, reason in result.rejected:
-                    self._dead_letter(tp, converted.records[index], reason, "flush")
-                self._emit(result.events)
+        for tp, source in self.sources.items():
+            fed = source.flush()
+            self._dead_letters(tp, fed.rejected, [])
+            self._emit(fed.events)
         self._emit(self.detector.close())
 
     # -------------------------------------------------------------------- loop
@@ -200,28 +195,11 @@ class Worker:
             self._checkpoint()
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
-        detector = self.detector
-        assert detector is not None              # (the step feeds only while it has one)
-        offsets: list[int] | None
-        tp, values, offsets = batch.tp, batch.values, batch.offsets
-        count, next_offset = len(values), offsets[-1] + 1
-        stream = self.stream_of[tp.topic]
-        source = f"{tp.topic}/{tp.partition}"
-        adapter = self.adapters.get(source)
-        converted_from = ""                      # the offsets records converted from
-        if adapter is not None:
-            # A log format of its own: lines the adapter rejects are dead-lettered as they came;
-            # the records it makes carry the offset range of the batch they came from.
-            converted = adapter.feed(values)
-            for index, reason in converted.rejected:
-                self._dead_letter(tp, values[index], reason, str(offsets[index]))
-            converted_from = f"{offsets[0]}-{offsets[-1]}"
-            values, offsets = converted.records, None
-        result = detector.feed(stream, values, source=source, now=now_wall)
-        for index, reason in result.rejected:
-            self._dead_letter(tp, values[index], reason,
-                              str(offsets[index]) if offsets is not None else converted_from)
-        self._emit(result.events)
+        tp, offsets = batch.tp, batch.offsets
+        count, next_offset = len(batch.values), offsets[-1] + 1
+        fed = self.sources[tp].feed(batch.values, now=now_wall)
+        self._dead_letters(tp, fed.rejected, offsets)
+        self._emit(fed.events)
         progress = self.progress.setdefault(tp, PartitionProgress())
         progress.next_offset = next_offset
         progress.last_data = now
@@ -248,6 +226,18 @@ class Worker:
                 break
         was_behind, self.behind = self.behind, behind
         return was_behind and not behind
+
+    def _dead_letters(self, tp: TP, rejected: list[Rejection], offsets: list[int]) -> None:
+        """What a step rejected, each as it came: a value with its offset; a record the
+        adapter made with the offset range of the batch it came from (``"flush"`` at the end)."""
+        for rejection in rejected:
+            if rejection.position is not None:
+                offset = str(offsets[rejection.position])
+            elif offsets:
+                offset = f"{offsets[0]}-{offsets[-1]}"
+            else:
+                offset = "flush"
+            self._dead_letter(tp, rejection.raw, rejection.reason, offset)
 
     def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
@@ -483,8 +473,7 @@ class Worker:
         offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
                    for tp, p in self.progress.items() if p.next_offset is not None}
         try:
-            state = {"detector": self.detector.snapshot(),
-                     "adapters": {source: a.snapshot() for source, a in self.adapters.items()}}
+            state = envelope(self.detector, {s.name: s for s in self.sources.values()})
             size = self.state_store.write(self.transport, state, offsets,
                                           timeout_s=WRITE_TIMEOUT_S)
             commit = {tp: p.next_offset for tp, p in self.progress.items()
@@ -561,7 +550,7 @@ class Worker:
         if restored is not None:
             state, offsets = restored
             try:
-                self.detector = Detector(self.settings.detector, state=state["detector"])
+                self.detector = restore(state, self.settings.detector)
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("checkpoint unusable; starting fresh", extra={"error": repr(err)})
                 self.detector, offsets = Detector(self.settings.detector), {}
@@ -573,7 +562,7 @@ class Worker:
             self._seek_and_resume(assigned, start, restored, offsets, times)
         except TransportError:
             # Not active after all: the next step starts the restore again from the checkpoint.
-            self.detector, self.progress, self.adapters = None, {}, {}
+            self.detector, self.progress, self.sources = None, {}, {}
             self.pending_assignment = set(assigned)
             raise
         self.first_assignment = False
@@ -583,16 +572,14 @@ class Worker:
         detector = self.detector
         assert detector is not None              # (made by _restore before)
         self.progress = {tp: PartitionProgress() for tp in assigned}
-        saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
-        self.adapters = {}
+        saved = saved_adapters(restored[0]) if restored is not None else {}
+        self.sources = {}
         for tp in sorted(assigned):
             source = f"{tp.topic}/{tp.partition}"
-            detector.add_source(source)
-            adapter = make_adapter(self.formats[tp.topic], self.stream_of[tp.topic])
-            if adapter is not None:
-                if source in saved_adapters:
-                    adapter.restore(saved_adapters[source])
-                self.adapters[source] = adapter
+            stream = self.stream_of[tp.topic]
+            self.sources[tp] = Source(detector, stream, source,
+                                      make_adapter(self.formats[tp.topic], stream),
+                                      saved.get(source))
             if source in offsets:
                 self.transport.seek(tp, offsets[source])
                 self.progress[tp].next_offset = offsets[source]
