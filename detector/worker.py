@@ -12,7 +12,9 @@ revoked, and at shutdown) the worker waits until every produced record is acknow
 and only then commits those offsets. A crash therefore resumes from a state and offsets that agree:
 records after the checkpoint are read again and re-derive the same events with the same ids. A
 write that fails is retried with back-off while consumption is paused; nothing is committed past
-it. A producer that keeps failing is closed and rebuilt.
+it. A producer that keeps failing is closed and rebuilt. Only the member that owns the partitions
+writes a checkpoint: one the group has moved on from (evicted after a stall) writes none, drops
+its state and rejoins (``_save``).
 
 **Event time.** Each partition is a source of the core's watermark, so the watermark follows the
 slowest partition of both topics. A partition with no records for ``idle_timeout_s`` stops holding
@@ -40,7 +42,7 @@ from .formats import CONTRACT, make_adapter
 from .io.assignor import SingleActiveAssignor
 from .io.clients import ensure_topics, unreachable
 from .io.state_store import StateStore
-from .io.transport import TP, Batch, Transport, TransportError, make_transport
+from .io.transport import TP, Batch, MembershipLost, Transport, TransportError, make_transport
 from .settings import Settings
 from .shell import Rejection, Source, envelope, restore, saved_adapters
 
@@ -127,7 +129,8 @@ class Worker:
         self.transport = transport
         log.info("transport", extra={"transport": self.transport.name})
         self.transport.join([settings.topics.mail, settings.topics.dns],
-                            on_assigned=self._on_assigned, on_revoked=self._on_revoked)
+                            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
+                            on_lost=self._on_lost)
         idle_exit = settings.worker.exit_when_idle_s
         try:
             while not self.stopping.is_set():
@@ -467,19 +470,60 @@ class Worker:
         return False
 
     def _save(self, in_callback: bool) -> bool:
-        """The state with its offsets to the state topic, then the offsets to the group."""
+        """The state with its offsets to the state topic, then the offsets to the group. True
+        when saved, or when the state is not this member's to save (below); False when a write
+        failed (``_checkpoint`` retries it).
+
+        **Only the owner writes.** A member that stalls past its session timeout (a long pause,
+        a frozen VM) is evicted, and the group gives its partitions to another member, which
+        restores the last checkpoint and writes newer ones. When the stalled member runs again
+        its client does not know yet. Kafka refuses its commits (its generation is gone) but not
+        its writes to the state topic, where a stale checkpoint would replace the new owner's
+        (an older state, or parts written over the slot the owner's manifest names). So the
+        state is written only while the client holds a confirmed membership
+        (``Transport.membership()``: joined, the group stable, a heartbeat answered within the
+        session timeout); otherwise this checkpoint is skipped and the loop polls, which rejoins
+        the group, and a member the group has moved on from drops its state unsaved
+        (``_on_lost``). The commit that follows the write is the broker's own check: refused
+        (``MembershipLost``), the member drops its state as a revocation would, nothing is
+        retried, and it keeps polling to rejoin; the partitions' owner keeps its checkpoints.
+
+        Why this order, state then offsets, and a check before rather than a rule in the
+        restore: committing first would leave committed offsets past any saved state if the
+        write then failed, and a restore without a checkpoint starts at the committed offsets,
+        losing what that state held. A restore that took the newest group generation's
+        checkpoint (the manifest records it) would be wrong after a group is deleted and made
+        again, when generations start at 1. What the check leaves open is a stall that begins
+        after it and outlasts the rest of the session before the write lands (the write takes
+        milliseconds, the session seconds): then a stale checkpoint can land after the owner's,
+        its commit is refused, and the member's rejoining makes the group rebalance, in which
+        the owner checkpoints at its revocation before anyone restores, so the newest state is
+        the owner's again.
+        """
         if self.detector is None:
+            return True
+        membership = self.transport.membership()
+        if membership is None:
+            log.warning("group membership not confirmed (a stall, or a rebalance): no checkpoint "
+                        "until the group has settled")
             return True
         offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
                    for tp, p in self.progress.items() if p.next_offset is not None}
         try:
             state = envelope(self.detector, {s.name: s for s in self.sources.values()})
             size = self.state_store.write(self.transport, state, offsets,
-                                          timeout_s=WRITE_TIMEOUT_S)
+                                          timeout_s=WRITE_TIMEOUT_S,
+                                          generation=membership.generation)
             commit = {tp: p.next_offset for tp, p in self.progress.items()
                       if p.next_offset is not None}
             if commit:
                 self.transport.commit(commit, asynchronous=in_callback)
+        except MembershipLost as err:
+            log.warning("commit refused: the group has moved on without this member; dropping "
+                        "its state (the partitions' owner restores the last checkpoint) and "
+                        "rejoining", extra={"error": repr(err)})
+            self._leave_ownership(set(self.progress))
+            return True
         except Exception as err:                   # noqa: BLE001 - retried with back-off
             log.warning("checkpoint failed", extra={"error": repr(err)})
             return False
@@ -506,11 +550,31 @@ class Worker:
         if self.detector is not None and revoked:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
+        self._drop_state(revoked)
+
+    def _on_lost(self, lost: set[TP]) -> None:
+        """The group moved on without this member (evicted after a stall): the partitions may
+        be another member's already, restored from the last checkpoint. Nothing is saved or
+        committed for them (see ``_save``); the state is dropped and the member rejoins."""
+        if self.detector is not None:
+            log.warning("partitions lost: the group moved on without this member; dropping its "
+                        "state unsaved", extra={"partitions": len(lost)})
+        self._leave_ownership(lost)
+
+    def _leave_ownership(self, partitions: set[TP]) -> None:
+        """Drop the state, and join again as a standby: the member that took the partitions
+        over says it is active, and keeps them (sticky assignment)."""
+        self.assignor.active = False
+        self._drop_state(partitions)
+
+    def _drop_state(self, partitions: set[TP]) -> None:
+        """Forget the core, the partitions' progress and their sources (revoked or lost)."""
         if self.metrics is not None:
             # What the core counted last; a partition this member no longer owns has no lag here.
-            self.metrics.revoked(revoked)
+            self.metrics.revoked(partitions)
         self.detector = None
         self.progress = {}
+        self.sources = {}
         self.pending_assignment = None
 
     def _on_assigned(self, assigned: set[TP]) -> None:

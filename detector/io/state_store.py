@@ -6,6 +6,12 @@ slots (``SLOTS``) and the manifest, written last, names the slot, so a worker ki
 a checkpoint leaves the previous one whole; the parts carry the checkpoint id, so a part of
 another checkpoint is never mixed in. Compaction keeps the topic at three checkpoints per group.
 
+Only the member that owns the partitions may write here: Kafka fences a stale member's commits,
+not its writes to this topic, so the worker checks its membership before each write (see
+``Worker._save`` for why that, and not a rule in ``read``). The manifest names the group
+generation the writer belonged to, for whoever reads the topic; ``read`` does not order by it,
+because generations start again at 1 when a group is deleted and re-created.
+
 Risky here: a restore trusts what ``read`` returns (state and offsets together). A checkpoint
 whose parts and manifest disagree must read as missing, never as another checkpoint's state.
 """
@@ -46,9 +52,10 @@ class StateStore:
         self.attempted: int | None = None   # a failed write's slot: its manifest may land late
 
     def write(self, transport, state: dict, offsets: dict[str, int],
-              timeout_s: float = 30.0) -> int:
+              timeout_s: float = 30.0, generation: int | None = None) -> int:
         """Write one checkpoint through ``transport`` (an ``io.transport.Transport``) and wait
-        for every part's acknowledgement; returns its size. Raises when a write fails."""
+        for every part's acknowledgement; returns its size. Raises when a write fails.
+        ``generation`` is the writer's group generation, recorded in the manifest."""
         blob = gzip.compress(orjson.dumps(state), compresslevel=1)
         checkpoint_id = f"{time.time_ns():x}-{hashlib.sha1(blob).hexdigest()[:12]}"
         parts = [blob[i:i + STATE_PART_BYTES] for i in range(0, len(blob), STATE_PART_BYTES)] or [b""]
@@ -60,7 +67,7 @@ class StateStore:
         _await(transport, handles, timeout_s)
         manifest = {"format": STATE_FORMAT, "group": self.group_id, "checkpoint": checkpoint_id,
                     "slot": slot, "parts": len(parts), "sha1": hashlib.sha1(blob).hexdigest(),
-                    "offsets": offsets, "written_at": time.time()}
+                    "offsets": offsets, "written_at": time.time(), "generation": generation}
         _await(transport, [transport.send(self.topic, self.group_id.encode(),
                                           orjson.dumps(manifest), [])], timeout_s)
         self.slot, self.attempted = slot, None

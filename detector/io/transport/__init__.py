@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ...settings import KafkaSettings
 from ..clients import rdkafka_producer_config  # noqa: F401 - io.produce imports it from here
-from .base import TP, Batch, Callback, Transport, TransportError
+from .base import TP, Batch, Callback, Membership, MembershipLost, Transport, TransportError
 from .confluent import CONFLUENT_MISSING, ConfluentTransport
 from .kafka_python import KafkaPythonTransport
 
@@ -37,4 +37,5 @@ def make_transport(kafka: KafkaSettings, group_id: str, assignor) -> Transport:
 
 
 __all__ = ["CONFLUENT_MISSING", "TP", "Batch", "Callback", "ConfluentTransport",
-           "KafkaPythonTransport", "Transport", "TransportError", "make_transport"]
+           "KafkaPythonTransport", "Membership", "MembershipLost", "Transport", "TransportError",
+           "make_transport"]

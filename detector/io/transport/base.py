@@ -1,5 +1,6 @@
 """The interface the worker and the notifier use to read and write Kafka records (``Transport``),
-and the small types it speaks in: a topic partition, a batch, a retryable error.
+and the small types it speaks in: a topic partition, a batch, a group membership, a retryable
+error and a refused commit.
 
 Offsets are always "next to read". See the package docstring for the two implementations.
 """
@@ -13,6 +14,21 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 class TransportError(Exception):
     """A Kafka operation failed in a way a retry may cure."""
+
+
+class MembershipLost(TransportError):
+    """The group refused a commit because it has moved on without this member: the member was
+    evicted (its session expired while it stalled) or a rebalance is under way, and the
+    partitions may be another member's now. Retrying the commit cannot cure it; polling does,
+    by rejoining the group (so a caller that treats it as any ``TransportError`` and polls on,
+    as the notifier does, recovers; the worker also drops its state)."""
+
+
+class Membership(NamedTuple):
+    """This member's place in the group: the group generation it joined and its member id."""
+
+    generation: int
+    member_id: str
 
 
 class TP(NamedTuple):
@@ -40,8 +56,20 @@ class Transport(ABC):
     name = ""
 
     @abstractmethod
-    def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback) -> None:
-        """Subscribe as a member of the worker's group; the callbacks get the partitions."""
+    def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback,
+             on_lost: Callback | None = None) -> None:
+        """Subscribe as a member of the worker's group; the callbacks get the partitions.
+
+        ``on_lost`` gets the partitions taken from a member the group had already moved on from
+        (evicted): they are not this member's to save or commit any more. Without it they go to
+        ``on_revoked``."""
+
+    @abstractmethod
+    def membership(self) -> Membership | None:
+        """This member's membership while it may act for the group: joined, the group not
+        rebalancing, and the group's coordinator heard from within the session timeout. ``None``
+        otherwise: evicted, rejoining, or silent long enough (a stall) that the group may have
+        given its partitions to another member without its knowing yet."""
 
     @abstractmethod
     def poll(self, timeout_s: float) -> list[Batch]:
@@ -90,7 +118,8 @@ class Transport(ABC):
 
     @abstractmethod
     def commit(self, offsets: dict[TP, int], asynchronous: bool = False) -> None:
-        """Commit these next offsets for the group (without waiting, in a callback)."""
+        """Commit these next offsets for the group (without waiting, in a callback). Raises
+        ``MembershipLost`` when the group refuses them because it has moved on."""
 
     @abstractmethod
     def send(self, topic: str, key: bytes | None, value: bytes,

@@ -27,7 +27,7 @@ from kafka.errors import KafkaError
 
 from ...settings import KafkaSettings
 from ..clients import make_consumer, rdkafka_config, rdkafka_producer_config
-from .base import TP, Batch, Transport, TransportError
+from .base import TP, Batch, Membership, Transport, TransportError
 from .group import GroupMember
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class ConfluentTransport(Transport):
 
     # ---------------------------------------------------------------- group
 
-    def join(self, topics, on_assigned, on_revoked) -> None:
+    def join(self, topics, on_assigned, on_revoked, on_lost=None) -> None:
         def assigned(tps: set[TP]) -> None:
             # Never fetch through kafka-python: pause before anything else can run.
             self.group.pause(tps)
@@ -116,12 +116,18 @@ class ConfluentTransport(Transport):
                 self._revoked -= tps
             on_assigned(tps)
 
-        def revoked(tps: set[TP]) -> None:
-            on_revoked(tps)
-            with self._lock:
-                self._revoked |= tps
+        def taken(callback):
+            """Revoked or lost: the worker first, then librdkafka stops fetching them."""
+            def away(tps: set[TP]) -> None:
+                callback(tps)
+                with self._lock:
+                    self._revoked |= tps
+            return away
 
-        self.group.join(topics, assigned, revoked)
+        self.group.join(topics, assigned, taken(on_revoked), taken(on_lost or on_revoked))
+
+    def membership(self) -> Membership | None:
+        return self.group.membership()
 
     def assignment(self) -> set[TP]:
         return self.group.assignment()

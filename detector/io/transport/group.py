@@ -9,8 +9,23 @@ it fetches nothing (every partition it is given is paused) and only keeps the me
 
 Rebalance callbacks run on kafka-python's IO thread, while the main thread is inside ``poll()``.
 
+**A member the group has moved on from.** A member that stalls past its session timeout (a long
+pause, a frozen VM) is evicted and its partitions given to another member, but learns it only
+from its next exchange with the coordinator. Until then it must not act for the group:
+``membership()`` says whether it may (its client joined, the group stable, a heartbeat answered
+within the session timeout, as the broker counts it); a commit the group refuses for a moved-on
+generation raises ``MembershipLost`` (kafka-python reports it as ``CommitFailedError``, or
+``RebalanceInProgressError`` when it knows it is rejoining); and partitions taken away once
+membership was lost go to ``on_lost``, not ``on_revoked`` (kafka-python's
+``on_partitions_lost``), so nothing is saved for them. librdkafka's equivalents
+(``_UNKNOWN_MEMBER_ID``, ``_ILLEGAL_GENERATION``, ``REBALANCE_IN_PROGRESS``,
+``assignment_lost()``) never arise here: the librdkafka consumer of the confluent transport never
+joins the group and never commits.
+
 Risky here: commits and the rebalance callbacks, the code that decides whether this process may
-still act for the group.
+still act for the group. ``membership()`` reads two kafka-python internals (the coordinator's
+``generation_if_stable()`` and its heartbeat's ``session_timeout_expired()``), held to their
+shape by ``tests/test_kafka_python_internals.py``.
 """
 
 from __future__ import annotations
@@ -19,12 +34,21 @@ import logging
 from typing import Iterable
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (CommitFailedError, FencedInstanceIdError, IllegalGenerationError,
+                          KafkaError, RebalanceInProgressError, UnknownMemberIdError)
 from kafka.structs import OffsetAndMetadata
 
-from .base import TP, Callback, TransportError
+from .base import TP, Callback, Membership, MembershipLost, TransportError
 
 log = logging.getLogger(__name__)
+
+#: What kafka-python raises for a commit the group refuses because it has moved on: the broker's
+#: UNKNOWN_MEMBER_ID and ILLEGAL_GENERATION (and REBALANCE_IN_PROGRESS during a rebalance) come
+#: as ``CommitFailedError``, as does a commit made while the client knows it is out of the
+#: group; ``RebalanceInProgressError`` while it knows it is rejoining. The others are listed in
+#: case a release raises them as they are.
+REFUSED = (CommitFailedError, RebalanceInProgressError, UnknownMemberIdError,
+           IllegalGenerationError, FencedInstanceIdError)
 
 
 def topic_partitions(tps: Iterable[TP]) -> list[TopicPartition]:
@@ -33,12 +57,16 @@ def topic_partitions(tps: Iterable[TP]) -> list[TopicPartition]:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_assigned: Callback, on_revoked: Callback) -> None:
+    def __init__(self, on_assigned: Callback, on_revoked: Callback, on_lost: Callback) -> None:
         self.on_assigned = on_assigned
         self.on_revoked = on_revoked
+        self.on_lost = on_lost
 
     def on_partitions_revoked(self, revoked):
         self.on_revoked({TP(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_lost(self, lost):
+        self.on_lost({TP(tp.topic, tp.partition) for tp in lost})
 
     def on_partitions_assigned(self, assigned):
         self.on_assigned({TP(tp.topic, tp.partition) for tp in assigned})
@@ -51,8 +79,19 @@ class GroupMember:
     def __init__(self, consumer: KafkaConsumer) -> None:
         self.consumer = consumer
 
-    def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback) -> None:
-        self.consumer.subscribe(topics, listener=_Listener(on_assigned, on_revoked))
+    def join(self, topics: list[str], on_assigned: Callback, on_revoked: Callback,
+             on_lost: Callback | None = None) -> None:
+        listener = _Listener(on_assigned, on_revoked, on_lost or on_revoked)
+        self.consumer.subscribe(topics, listener=listener)
+
+    def membership(self) -> Membership | None:
+        """The generation and member id while this member may act for the group (see the
+        module docstring), else ``None``."""
+        coordinator = self.consumer._coordinator
+        generation = coordinator.generation_if_stable()
+        if generation is None or coordinator.heartbeat.session_timeout_expired():
+            return None
+        return Membership(generation.generation_id, generation.member_id)
 
     def assignment(self) -> set[TP]:
         return {TP(tp.topic, tp.partition) for tp in self.consumer.assignment()}
@@ -78,6 +117,8 @@ class GroupMember:
                 self.consumer.commit_async(commit)
             else:
                 self.consumer.commit(commit)
+        except REFUSED as err:
+            raise MembershipLost(f"commit refused: {err!r}") from err
         except KafkaError as err:
             raise TransportError(f"commit failed: {err!r}") from err
 

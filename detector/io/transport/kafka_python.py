@@ -21,7 +21,7 @@ from kafka.errors import KafkaError
 
 from ...settings import KafkaSettings
 from ..clients import make_consumer, make_producer
-from .base import TP, Batch, Transport, TransportError
+from .base import TP, Batch, Membership, Transport, TransportError
 from .group import GroupMember, topic_partitions
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,11 @@ class KafkaPythonTransport(Transport):
 
     # ---------------------------------------------------------------- group
 
-    def join(self, topics, on_assigned, on_revoked) -> None:
-        self.group.join(topics, on_assigned, on_revoked)
+    def join(self, topics, on_assigned, on_revoked, on_lost=None) -> None:
+        self.group.join(topics, on_assigned, on_revoked, on_lost)
+
+    def membership(self) -> Membership | None:
+        return self.group.membership()
 
     def assignment(self) -> set[TP]:
         return self.group.assignment()
