@@ -27,8 +27,8 @@ from kafka.errors import KafkaError
 
 from ...settings import KafkaSettings
 from ..clients import make_consumer, rdkafka_config, rdkafka_producer_config
-from .base import TP, Batch, Membership, Transport, TransportError
-from .group import GroupMember
+from .base import TP, Batch, Transport, TransportError
+from .group import GroupDelegate, GroupMember
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class _Delivery:
             self.error = TransportError(f"write failed: {err}")
 
 
-class ConfluentTransport(Transport):
+class ConfluentTransport(GroupDelegate, Transport):
     """Records in and out through librdkafka; the group through kafka-python (see the module
     docstring)."""
 
@@ -107,6 +107,7 @@ class ConfluentTransport(Transport):
                                                          delivery_timeout_ms=30_000))
 
     # ---------------------------------------------------------------- group
+    # (membership, assignment and commit: GroupDelegate's)
 
     def join(self, topics, on_assigned, on_revoked, on_lost=None) -> None:
         def assigned(tps: set[TP]) -> None:
@@ -125,15 +126,6 @@ class ConfluentTransport(Transport):
             return away
 
         self.group.join(topics, assigned, taken(on_revoked), taken(on_lost or on_revoked))
-
-    def membership(self) -> Membership | None:
-        return self.group.membership()
-
-    def assignment(self) -> set[TP]:
-        return self.group.assignment()
-
-    def commit(self, offsets, asynchronous=False) -> None:
-        self.group.commit(offsets, asynchronous)
 
     # -------------------------------------------------------------- reading
 

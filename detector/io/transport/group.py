@@ -136,3 +136,19 @@ class GroupMember:
             self.consumer.close(autocommit=False)
         except Exception:                  # noqa: BLE001
             log.exception("consumer close failed")
+
+
+class GroupDelegate:
+    """The ``Transport`` methods that are the group member's, for a transport that holds one
+    in ``group``: both transports are members of the group through kafka-python alike."""
+
+    group: GroupMember
+
+    def membership(self) -> Membership | None:
+        return self.group.membership()
+
+    def assignment(self) -> set[TP]:
+        return self.group.assignment()
+
+    def commit(self, offsets: dict[TP, int], asynchronous: bool = False) -> None:
+        self.group.commit(offsets, asynchronous)

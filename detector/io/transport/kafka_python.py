@@ -21,8 +21,8 @@ from kafka.errors import KafkaError
 
 from ...settings import KafkaSettings
 from ..clients import make_consumer, make_producer
-from .base import TP, Batch, Membership, Transport, TransportError
-from .group import GroupMember, topic_partitions
+from .base import TP, Batch, Transport, TransportError
+from .group import GroupDelegate, GroupMember, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def release_parked_fetches(consumer: KafkaConsumer) -> None:
 
 
 
-class KafkaPythonTransport(Transport):
+class KafkaPythonTransport(GroupDelegate, Transport):
     """Everything through kafka-python (the pure-Python fallback)."""
 
     name = "kafka-python"
@@ -59,18 +59,10 @@ class KafkaPythonTransport(Transport):
         self.group = GroupMember(self.consumer)      # the same consumer: member and fetcher
 
     # ---------------------------------------------------------------- group
+    # (membership, assignment and commit: GroupDelegate's)
 
     def join(self, topics, on_assigned, on_revoked, on_lost=None) -> None:
         self.group.join(topics, on_assigned, on_revoked, on_lost)
-
-    def membership(self) -> Membership | None:
-        return self.group.membership()
-
-    def assignment(self) -> set[TP]:
-        return self.group.assignment()
-
-    def commit(self, offsets, asynchronous=False) -> None:
-        self.group.commit(offsets, asynchronous)
 
     # -------------------------------------------------------------- reading
 
