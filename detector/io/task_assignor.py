@@ -143,7 +143,7 @@ class TaskAssignor(AbstractPartitionAssignor):
     """Whole tasks (partition *p* of every subscribed topic), balanced, sticky, cooperative.
 
     Pass one instance per consumer: ``KafkaConsumer(..., partition_assignment_strategy=
-    [TaskAssignor()])`` (or ``io.kafka.make_consumer(kafka, group, TaskAssignor())``).
+    [TaskAssignor()])`` (or ``io.clients.make_consumer(kafka, group, TaskAssignor())``).
     """
 
     name = "otp-tasks"
