@@ -312,16 +312,20 @@ def _settings(config_path, overrides):
 @click.option("--exit-when-idle", type=float, metavar="SECONDS",
               help="Flush and exit once the input has been idle this long (batch runs).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="Log line format.")
+@click.option("--role", type=click.Choice(["all", "join", "judge"]),
+              help="all (default): join and judge in one process; join: a join worker (scale "
+                   "out); judge: the judge of the join workers' steps.")
 def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit_when_idle,
-        log_format) -> None:
+        log_format, role) -> None:
     """Run the stream worker: consume mail-flow and DNS topics, publish anomaly events."""
     from .logs import configure_logging
-    from .worker import Worker
+    from .stages import make_worker
 
     settings = _settings(config_path, {
         ("kafka", "bootstrap_servers"): bootstrap_servers, ("worker", "start_from"): start_from,
         ("worker", "group_id"): group_id, ("worker", "metrics_port"): metrics_port,
-        ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format})
+        ("worker", "exit_when_idle_s"): exit_when_idle, ("worker", "log_format"): log_format,
+        ("worker", "role"): role})
     if settings.kafka.transport == "confluent":
         try:
             import confluent_kafka  # noqa: F401
@@ -338,7 +342,7 @@ def run(bootstrap_servers, start_from, config_path, group_id, metrics_port, exit
     from .worker_metrics import serve_worker_metrics
 
     disable_created_metrics()       # no `_created` series per counter (README, "Metrics and health")
-    worker = Worker(settings)
+    worker = make_worker(settings)
     try:
         server = serve_worker_metrics(worker, settings.worker.metrics_host,
                                       settings.worker.metrics_port)
@@ -376,7 +380,7 @@ def produce(topic, files, bootstrap_servers, config_path, speed, no_key, format_
     """
     from .formats import ADAPTERS, make_adapter
     from .io.files import InputError, LineSource, check_readable
-    from .io.kafka import topic_problem, unreachable
+    from .io.clients import topic_problem, unreachable
     from .io.produce import ProduceStopped, produce_files
 
     settings = _settings(config_path, {("kafka", "bootstrap_servers"): bootstrap_servers})

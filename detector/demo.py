@@ -53,10 +53,9 @@ import orjson
 from .core.config import ConfigError
 from .core.records import Rejected, parse_ts
 from .evaluate import evaluate, format_table
-from .io import kafka as kio
 from .io.broker import LocalBroker, free_port, stop_process
+from .io.clients import ensure_topics, make_consumer
 from .io.files import JsonLinesSink, LineSource
-from .io.kafka import make_consumer
 from .io.produce import produce_files
 from .logs import configure_logging
 from .notify.receivers import split_credentials, tls_context
@@ -313,7 +312,7 @@ class Showing:
         cut = parse_ts(truth["incidents"][0]["start"]) + FIRING_FOR_S
         first, second = split_files(files, cut, self.out / "parts")
         # The notifier and the follower subscribe before the worker would create the topic.
-        kio.ensure_topics(settings.kafka, {settings.topics.anomalies: {}})
+        ensure_topics(settings.kafka, {settings.topics.anomalies: {}})
         self.follower = EventFollower(settings.kafka, settings.topics.anomalies)
         self.metrics = NotifierMetrics()
         self.notifier = Notifier(self.notify, settings, self.metrics)

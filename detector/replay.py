@@ -22,9 +22,10 @@ import orjson
 
 from .core.config import DetectorConfig
 from .core.events import AnomalyEvent
-from .core.pipeline import DNS, MAIL, STATE_VERSION, Detector
+from .core.pipeline import DNS, MAIL, STATE_VERSION
 from .formats import CONTRACT, SNIFF_LINES, Adapter, contract_score, detect, make_adapter
 from .io.files import JsonLinesSink, LineSource, TruncatedInput, file_identity
+from .shell import Fed, Source, envelope, restore, saved_adapters
 
 #: Contract fields that say which stream a record belongs to, for the swapped-inputs warning.
 _STREAM_FIELDS = {MAIL: "message_id, status", DNS: "qname, rcode"}
@@ -149,6 +150,8 @@ class _Input:
     adapter: Adapter | None
     count: InputCount
     high: float = -math.inf
+    #: Its step into the core, set by ``replay()`` once the core exists.
+    step: Source = field(init=False)
 
 
 def open_inputs(mail_paths: list[str], dns_paths: list[str], mail_format: str = CONTRACT,
@@ -240,7 +243,7 @@ def load_state(path: str | Path, config: DetectorConfig | None = None) -> dict |
     if not isinstance(state.get("adapters", {}), dict):
         raise StateError(f"--state {path}: damaged detector state ('adapters' is not an object)")
     try:
-        Detector(config, state=state["detector"])
+        restore(state, config)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise StateError(f"--state {path}: damaged detector state ({type(err).__name__}: "
                          f"{err})") from None
@@ -276,7 +279,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
     (``Detector.series``); without it the core keeps none.
     """
     started = time.perf_counter()
-    detector = Detector(config, state=state and state["detector"], series=series is not None)
+    detector = restore(state, config, series=series is not None)
 
     def drain_series() -> None:
         if series is not None and detector.series:
@@ -287,45 +290,46 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
     inputs = open_inputs(mail_paths, dns_paths, mail_format, dns_format, announce, warn)
     adapter_counts: Counter[str] = Counter()
     core_rejected: dict[str, Counter] = {MAIL: Counter(), DNS: Counter()}
+    saved = saved_adapters(state)
     for index, current in enumerate(inputs):
-        detector.add_source(current.name)
-        saved = (state or {}).get("adapters", {}).get(str(index))
-        if current.adapter is not None and saved is not None:
-            current.adapter.restore(saved)
+        current.step = Source(detector, current.lines.stream, current.name, current.adapter,
+                              saved.get(str(index)))
     total_size = sum(i.lines.size for i in inputs)
 
-    def forward(current: _Input, lines: list[bytes], numbers: Sequence[int | None]) -> None:
+    def forward(current: _Input, fed: Fed, numbers: Sequence[int]) -> None:
+        """Count what one step gave, write its events, dead-letter its rejections (a line the
+        adapter refused as it was; a converted record the core refused with ``"converted":
+        true`` and no line number)."""
         stream, path = current.lines.stream, current.lines.path
         count = current.count
         if current.adapter is not None:
-            converted = current.adapter.feed(lines) if numbers else current.adapter.flush()
-            adapter_counts["skipped"] += converted.skipped
-            count.skipped += converted.skipped
-            for index, reason in converted.rejected:
-                adapter_counts[f"rejected:{reason}"] += 1
-                count.rejected[reason] += 1
-                if dead_letter is not None:
-                    dead_letter.write({"reason": reason, "stream": stream, "source": path,
-                                       "format": current.adapter.name, "line": numbers[index],
-                                       "raw": lines[index].decode("utf-8", "backslashreplace")})
-            lines, numbers = converted.records, [None] * len(converted.records)
-        count.records += len(lines)
-        result = detector.feed(stream, lines, source=current.name, now=now)
+            adapter_counts["skipped"] += fed.skipped
+            count.skipped += fed.skipped
+        count.records += fed.records
         current.high = detector.clock.high.get(current.name, current.high)
-        out.write_many(result.events)
+        out.write_many(fed.events)
         drain_series()
-        count.core_rejected += len(result.rejected)
-        for index, reason in result.rejected:
+        for rejection in fed.rejected:
+            reason = rejection.reason
             count.rejected[reason] += 1
-            core_rejected[stream][reason] += 1
-        if dead_letter is not None:
-            for index, reason in result.rejected:
-                letter = {"reason": reason, "stream": stream, "source": path,
-                          "line": numbers[index],
-                          "raw": lines[index].decode("utf-8", "backslashreplace")}
-                if current.adapter is not None:
-                    letter["converted"] = True
-                dead_letter.write(letter)
+            if rejection.adapter is not None:
+                adapter_counts[f"rejected:{reason}"] += 1
+            else:
+                count.core_rejected += 1
+                core_rejected[stream][reason] += 1
+            if dead_letter is None:
+                continue
+            line = None if rejection.position is None else numbers[rejection.position]
+            raw = rejection.raw.decode("utf-8", "backslashreplace")
+            if rejection.adapter is not None:
+                dead_letter.write({"reason": reason, "stream": stream, "source": path,
+                                   "format": rejection.adapter, "line": line, "raw": raw})
+                continue
+            letter = {"reason": reason, "stream": stream, "source": path, "line": line,
+                      "raw": raw}
+            if rejection.converted:
+                letter["converted"] = True
+            dead_letter.write(letter)
 
     active = list(inputs)
     error = None
@@ -338,10 +342,10 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
                 error = broken
                 break
             if lines:
-                forward(current, lines, numbers)
+                forward(current, current.step.feed(lines, now), numbers)
             else:
                 if current.adapter is not None:
-                    forward(current, [], [])
+                    forward(current, current.step.flush(now), [])
                 active.remove(current)
                 out.write_many(detector.finish_source(current.name))
                 drain_series()
@@ -349,9 +353,8 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
                 progress(sum(i.lines.position() for i in inputs), total_size)
         if error is None:
             if save_state is not None:
-                adapters = {str(n): i.adapter.snapshot() for n, i in enumerate(inputs)
-                            if i.adapter}
-                save_state(orjson.dumps({"detector": detector.snapshot(), "adapters": adapters}))
+                steps = {str(n): i.step for n, i in enumerate(inputs)}
+                save_state(orjson.dumps(envelope(detector, steps)))
             else:
                 out.write_many(detector.close())
                 drain_series()

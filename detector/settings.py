@@ -48,6 +48,7 @@ SECRET_KEYS = ("sasl_password", "ssl_password")
 SHORT_ENV = {
     "DETECTOR_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
     "DETECTOR_GROUP_ID": ("worker", "group_id"),
+    "DETECTOR_ROLE": ("worker", "role"),
     "DETECTOR_FROM": ("worker", "start_from"),
     "DETECTOR_METRICS_PORT": ("worker", "metrics_port"),
 }
@@ -64,7 +65,7 @@ def _comma_list(value: Any) -> Any:
 
 
 def _topic_name(name: str) -> str:
-    from .io.kafka import topic_problem
+    from .io.clients import topic_problem
 
     problem = topic_problem(name)
     if problem is not None:
@@ -104,7 +105,7 @@ def _log_level(text: str) -> str:
 
 
 def _bootstrap(text: str) -> str:
-    from .io.kafka import bootstrap_addresses
+    from .io.clients import bootstrap_addresses
 
     bootstrap_addresses(text)          # ValueError naming the bad entry
     return text
@@ -163,6 +164,9 @@ class TopicSettings(BaseModel):
     anomalies: Topic = "otp-anomalies"
     dead_letter: Topic = "detector-dead-letter"
     state: Topic = "detector-state"
+    #: Scaled out (``worker.role`` join/judge): the join workers' closed steps for the judge.
+    #: One partition, so one judge reads every task's steps in order.
+    steps: Topic = "detector-steps"
     #: The log format of each input topic: "json" (the contract's records) or an adapter's name
     #: (postfix, m365, zeek-smtp; zeek-dns, unbound, bind, coredns).
     mail_format: Annotated[str, AfterValidator(_format_of("mail"))] = "json"
@@ -175,6 +179,10 @@ class WorkerSettings(BaseModel):
     model_config = TABLE
 
     group_id: Annotated[str, Field(min_length=1)] = "otp-detector"
+    #: "all": one process joins and judges (one active member, standbys); "join": a join
+    #: worker, one of any number sharing the input partitions as tasks; "judge": the judge of
+    #: their steps (one active, standbys in the group "<group_id>-judge"). README, "Scaling".
+    role: Literal["all", "join", "judge"] = "all"
     #: Where to start: "committed" resumes from the last checkpoint (or the earliest offset for a
     #: new group, so history warms the baseline up); "earliest", "latest" or an RFC 3339 time
     #: reprocess from there with a fresh state.

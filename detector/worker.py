@@ -12,7 +12,9 @@ revoked, and at shutdown) the worker waits until every produced record is acknow
 and only then commits those offsets. A crash therefore resumes from a state and offsets that agree:
 records after the checkpoint are read again and re-derive the same events with the same ids. A
 write that fails is retried with back-off while consumption is paused; nothing is committed past
-it. A producer that keeps failing is closed and rebuilt.
+it. A producer that keeps failing is closed and rebuilt. Only the member that owns the partitions
+writes a checkpoint: one the group has moved on from (evicted after a stall) writes none, drops
+its state and rejoins (``_save``).
 
 **Event time.** Each partition is a source of the core's watermark, so the watermark follows the
 slowest partition of both topics. A partition with no records for ``idle_timeout_s`` stops holding
@@ -36,10 +38,13 @@ from kafka.errors import KafkaError
 from .core.events import AnomalyEvent, encode_event
 from .core.pipeline import DNS, MAIL, Detector
 from .core.records import Rejected, parse_ts
-from .formats import CONTRACT, Adapter, make_adapter
-from .io import kafka as kio
-from .io.transport import TP, Batch, Transport, TransportError, make_transport
+from .formats import CONTRACT, make_adapter
+from .io.assignor import SingleActiveAssignor
+from .io.clients import ensure_topics, unreachable
+from .io.state_store import StateStore
+from .io.transport import TP, Batch, MembershipLost, Transport, TransportError, make_transport
 from .settings import Settings
+from .shell import Rejection, Source, envelope, restore, saved_adapters
 
 log = logging.getLogger("detector.worker")
 
@@ -76,7 +81,8 @@ class Worker:
         topics = settings.topics
         self.stream_of = {topics.mail: MAIL, topics.dns: DNS}
         self.formats = {topics.mail: topics.mail_format, topics.dns: topics.dns_format}
-        self.adapters: dict[str, Adapter] = {}
+        #: Each assigned partition's step into the core (``shell.Source``), in partition order.
+        self.sources: dict[TP, Source] = {}
         self.detector: Detector | None = None
         self.progress: dict[TP, PartitionProgress] = {}
         self.outgoing: list[Outgoing] = []
@@ -84,8 +90,8 @@ class Worker:
         self.writes_failing = False
         self.send_blocked: Exception | None = None
         self.stopping = threading.Event()
-        self.assignor = kio.SingleActiveAssignor()
-        self.state_store = kio.StateStore(settings.kafka, topics.state, settings.worker.group_id)
+        self.assignor = SingleActiveAssignor()
+        self.state_store = StateStore(settings.kafka, topics.state, settings.worker.group_id)
         self.first_assignment = True
         self.pending_assignment: set[TP] | None = None
         self.last_checkpoint = time.monotonic()
@@ -113,17 +119,21 @@ class Worker:
             log.info("stopped before the broker could be reached")
             return 0
         if settings.worker.create_topics:
-            self._with_retry("create topics", lambda: kio.ensure_topics(settings.kafka, {
-                settings.topics.anomalies: {}, settings.topics.dead_letter: {},
-                settings.topics.state: {"cleanup.policy": "compact"}}))
+            self._with_retry("create topics", lambda: ensure_topics(
+                settings.kafka, self._topics_to_create()))
+        problem = self._check_start()
+        if problem is not None:
+            log.error("cannot start", extra={"error": problem})
+            return 2
         transport = self._with_retry("connect", lambda: make_transport(
-            settings.kafka, settings.worker.group_id, self.assignor))
+            settings.kafka, self._group_id(), self.assignor))
         if transport is None:                      # stopped before Kafka could be reached
             return 0
         self.transport = transport
         log.info("transport", extra={"transport": self.transport.name})
-        self.transport.join([settings.topics.mail, settings.topics.dns],
-                            on_assigned=self._on_assigned, on_revoked=self._on_revoked)
+        self.transport.join(self._topics(),
+                            on_assigned=self._on_assigned, on_revoked=self._on_revoked,
+                            on_lost=self._on_lost)
         idle_exit = settings.worker.exit_when_idle_s
         try:
             while not self.stopping.is_set():
@@ -143,24 +153,34 @@ class Worker:
             self.detector = None          # checkpointed: closing revokes nothing left to save
         finally:
             self.transport.close()
-        log.info("stopped", extra=self.counts)
+        log.info("stopped", extra={**self.counts, "cpu_s": round(time.process_time(), 3)})
         return 0
+
+    # What a role changes (``stages``): the topics read, the group, topics to create, a check.
+
+    def _topics(self) -> list[str]:
+        return [self.settings.topics.mail, self.settings.topics.dns]
+
+    def _group_id(self) -> str:
+        return self.settings.worker.group_id
+
+    def _topics_to_create(self) -> dict[str, dict[str, str]]:
+        topics = self.settings.topics
+        return {topics.anomalies: {}, topics.dead_letter: {},
+                topics.state: {"cleanup.policy": "compact"}}
+
+    def _check_start(self) -> str | None:
+        """A reason not to start (one line), or None."""
+        return None
 
     def _flush_input(self) -> None:
         """End of a batch run: records adapters still hold, then the core's last windows."""
         if self.detector is None:
             return
-        for source, adapter in self.adapters.items():
-            topic, _, partition = source.rpartition("/")
-            tp = TP(topic, int(partition))
-            converted = adapter.flush()
-            for index, reason in converted.rejected:
-                self._dead_letter(tp, b"", reason, "flush")
-            if converted.records:
-                result = self.detector.feed(self.stream_of[topic], converted.records, source=source)
-                for index, reason in result.rejected:
-                    self._dead_letter(tp, converted.records[index], reason, "flush")
-                self._emit(result.events)
+        for tp, source in self.sources.items():
+            fed = source.flush()
+            self._dead_letters(tp, fed.rejected, [])
+            self._emit(fed.events)
         self._emit(self.detector.close())
 
     # -------------------------------------------------------------------- loop
@@ -198,28 +218,11 @@ class Worker:
             self._checkpoint()
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
-        detector = self.detector
-        assert detector is not None              # (the step feeds only while it has one)
-        offsets: list[int] | None
-        tp, values, offsets = batch.tp, batch.values, batch.offsets
-        count, next_offset = len(values), offsets[-1] + 1
-        stream = self.stream_of[tp.topic]
-        source = f"{tp.topic}/{tp.partition}"
-        adapter = self.adapters.get(source)
-        converted_from = ""                      # the offsets records converted from
-        if adapter is not None:
-            # A log format of its own: lines the adapter rejects are dead-lettered as they came;
-            # the records it makes carry the offset range of the batch they came from.
-            converted = adapter.feed(values)
-            for index, reason in converted.rejected:
-                self._dead_letter(tp, values[index], reason, str(offsets[index]))
-            converted_from = f"{offsets[0]}-{offsets[-1]}"
-            values, offsets = converted.records, None
-        result = detector.feed(stream, values, source=source, now=now_wall)
-        for index, reason in result.rejected:
-            self._dead_letter(tp, values[index], reason,
-                              str(offsets[index]) if offsets is not None else converted_from)
-        self._emit(result.events)
+        tp, offsets = batch.tp, batch.offsets
+        count, next_offset = len(batch.values), offsets[-1] + 1
+        fed = self.sources[tp].feed(batch.values, now=now_wall)
+        self._dead_letters(tp, fed.rejected, offsets)
+        self._emit(fed.events)
         progress = self.progress.setdefault(tp, PartitionProgress())
         progress.next_offset = next_offset
         progress.last_data = now
@@ -247,12 +250,25 @@ class Worker:
         was_behind, self.behind = self.behind, behind
         return was_behind and not behind
 
+    def _dead_letters(self, tp: TP, rejected: list[Rejection], offsets: list[int]) -> None:
+        """What a step rejected, each as it came: a value with its offset; a record the
+        adapter made with the offset range of the batch it came from (``"flush"`` at the end)."""
+        for rejection in rejected:
+            if rejection.position is not None:
+                offset = str(offsets[rejection.position])
+            elif offsets:
+                offset = f"{offsets[0]}-{offsets[-1]}"
+            else:
+                offset = "flush"
+            self._dead_letter(tp, rejection.raw, rejection.reason, offset)
+
     def _dead_letter(self, tp: TP, value: bytes, reason: str, offset: str) -> None:
         headers = [("reason", reason.encode()), ("source_topic", tp.topic.encode()),
                    ("source_partition", str(tp.partition).encode()),
                    ("source_offset", offset.encode())]
-        if self.formats[tp.topic] != CONTRACT:
-            headers.append(("format", self.formats[tp.topic].encode()))
+        form = self.formats.get(tp.topic, CONTRACT)      # (the judge's steps: internal)
+        if form != CONTRACT:
+            headers.append(("format", form.encode()))
         self._send(self.settings.topics.dead_letter, None, value, headers)
 
     def _emit(self, events: list[AnomalyEvent]) -> None:
@@ -338,7 +354,7 @@ class Worker:
         delay = self.settings.worker.retry_backoff_min_s
         waited = False
         while not self.stopping.is_set():
-            problem = kio.unreachable(servers, timeout_s=1.0)
+            problem = unreachable(servers, timeout_s=1.0)
             if problem is None:
                 if waited:
                     log.info("broker reachable", extra={"bootstrap_servers": servers})
@@ -475,20 +491,60 @@ class Worker:
         return False
 
     def _save(self, in_callback: bool) -> bool:
-        """The state with its offsets to the state topic, then the offsets to the group."""
+        """The state with its offsets to the state topic, then the offsets to the group. True
+        when saved, or when the state is not this member's to save (below); False when a write
+        failed (``_checkpoint`` retries it).
+
+        **Only the owner writes.** A member that stalls past its session timeout (a long pause,
+        a frozen VM) is evicted, and the group gives its partitions to another member, which
+        restores the last checkpoint and writes newer ones. When the stalled member runs again
+        its client does not know yet. Kafka refuses its commits (its generation is gone) but not
+        its writes to the state topic, where a stale checkpoint would replace the new owner's
+        (an older state, or parts written over the slot the owner's manifest names). So the
+        state is written only while the client holds a confirmed membership
+        (``Transport.membership()``: joined, the group stable, a heartbeat answered within the
+        session timeout); otherwise this checkpoint is skipped and the loop polls, which rejoins
+        the group, and a member the group has moved on from drops its state unsaved
+        (``_on_lost``). The commit that follows the write is the broker's own check: refused
+        (``MembershipLost``), the member drops its state as a revocation would, nothing is
+        retried, and it keeps polling to rejoin; the partitions' owner keeps its checkpoints.
+
+        Why this order, state then offsets, and a check before rather than a rule in the
+        restore: committing first would leave committed offsets past any saved state if the
+        write then failed, and a restore without a checkpoint starts at the committed offsets,
+        losing what that state held. A restore that took the newest group generation's
+        checkpoint (the manifest records it) would be wrong after a group is deleted and made
+        again, when generations start at 1. What the check leaves open is a stall that begins
+        after it and outlasts the rest of the session before the write lands (the write takes
+        milliseconds, the session seconds): then a stale checkpoint can land after the owner's,
+        its commit is refused, and the member's rejoining makes the group rebalance, in which
+        the owner checkpoints at its revocation before anyone restores, so the newest state is
+        the owner's again.
+        """
         if self.detector is None:
+            return True
+        membership = self.transport.membership()
+        if membership is None:
+            log.warning("group membership not confirmed (a stall, or a rebalance): no checkpoint "
+                        "until the group has settled")
             return True
         offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
                    for tp, p in self.progress.items() if p.next_offset is not None}
         try:
-            state = {"detector": self.detector.snapshot(),
-                     "adapters": {source: a.snapshot() for source, a in self.adapters.items()}}
+            state = envelope(self.detector, {s.name: s for s in self.sources.values()})
             size = self.state_store.write(self.transport, state, offsets,
-                                          timeout_s=WRITE_TIMEOUT_S)
+                                          timeout_s=WRITE_TIMEOUT_S,
+                                          generation=membership.generation)
             commit = {tp: p.next_offset for tp, p in self.progress.items()
                       if p.next_offset is not None}
             if commit:
                 self.transport.commit(commit, asynchronous=in_callback)
+        except MembershipLost as err:
+            log.warning("commit refused: the group has moved on without this member; dropping "
+                        "its state (the partitions' owner restores the last checkpoint) and "
+                        "rejoining", extra={"error": repr(err)})
+            self._leave_ownership(set(self.progress))
+            return True
         except Exception as err:                   # noqa: BLE001 - retried with back-off
             log.warning("checkpoint failed", extra={"error": repr(err)})
             return False
@@ -515,11 +571,31 @@ class Worker:
         if self.detector is not None and revoked:
             log.info("partitions revoked: checkpointing", extra={"partitions": len(revoked)})
             self._checkpoint(in_callback=True)
+        self._drop_state(revoked)
+
+    def _on_lost(self, lost: set[TP]) -> None:
+        """The group moved on without this member (evicted after a stall): the partitions may
+        be another member's already, restored from the last checkpoint. Nothing is saved or
+        committed for them (see ``_save``); the state is dropped and the member rejoins."""
+        if self.detector is not None:
+            log.warning("partitions lost: the group moved on without this member; dropping its "
+                        "state unsaved", extra={"partitions": len(lost)})
+        self._leave_ownership(lost)
+
+    def _leave_ownership(self, partitions: set[TP]) -> None:
+        """Drop the state, and join again as a standby: the member that took the partitions
+        over says it is active, and keeps them (sticky assignment)."""
+        self.assignor.active = False
+        self._drop_state(partitions)
+
+    def _drop_state(self, partitions: set[TP]) -> None:
+        """Forget the core, the partitions' progress and their sources (revoked or lost)."""
         if self.metrics is not None:
             # What the core counted last; a partition this member no longer owns has no lag here.
-            self.metrics.revoked(revoked)
+            self.metrics.revoked(partitions)
         self.detector = None
         self.progress = {}
+        self.sources = {}
         self.pending_assignment = None
 
     def _on_assigned(self, assigned: set[TP]) -> None:
@@ -559,7 +635,7 @@ class Worker:
         if restored is not None:
             state, offsets = restored
             try:
-                self.detector = Detector(self.settings.detector, state=state["detector"])
+                self.detector = restore(state, self.settings.detector)
             except (ValueError, KeyError, TypeError) as err:
                 log.warning("checkpoint unusable; starting fresh", extra={"error": repr(err)})
                 self.detector, offsets = Detector(self.settings.detector), {}
@@ -571,7 +647,7 @@ class Worker:
             self._seek_and_resume(assigned, start, restored, offsets, times)
         except TransportError:
             # Not active after all: the next step starts the restore again from the checkpoint.
-            self.detector, self.progress, self.adapters = None, {}, {}
+            self.detector, self.progress, self.sources = None, {}, {}
             self.pending_assignment = set(assigned)
             raise
         self.first_assignment = False
@@ -581,16 +657,14 @@ class Worker:
         detector = self.detector
         assert detector is not None              # (made by _restore before)
         self.progress = {tp: PartitionProgress() for tp in assigned}
-        saved_adapters = restored[0].get("adapters", {}) if restored is not None else {}
-        self.adapters = {}
+        saved = saved_adapters(restored[0]) if restored is not None else {}
+        self.sources = {}
         for tp in sorted(assigned):
             source = f"{tp.topic}/{tp.partition}"
-            detector.add_source(source)
-            adapter = make_adapter(self.formats[tp.topic], self.stream_of[tp.topic])
-            if adapter is not None:
-                if source in saved_adapters:
-                    adapter.restore(saved_adapters[source])
-                self.adapters[source] = adapter
+            stream = self.stream_of[tp.topic]
+            self.sources[tp] = Source(detector, stream, source,
+                                      make_adapter(self.formats[tp.topic], stream),
+                                      saved.get(source))
             if source in offsets:
                 self.transport.seek(tp, offsets[source])
                 self.progress[tp].next_offset = offsets[source]

@@ -54,7 +54,8 @@ class Deployment:
         self.workdir = workdir
         tag = uuid.uuid4().hex[:8]
         self.topics = {"mail": f"mail-{tag}", "dns": f"dns-{tag}", "anomalies": f"anom-{tag}",
-                       "dead_letter": f"dlq-{tag}", "state": f"state-{tag}"}
+                       "dead_letter": f"dlq-{tag}", "state": f"state-{tag}",
+                       "steps": f"steps-{tag}"}
         self.group = f"group-{tag}"
         self.config = workdir / "worker.toml"
         self.config.write_text(

@@ -1,5 +1,6 @@
 """Faults production brings, each against a real broker process: crashes at random points, a
-member joining and leaving, the broker going away, the output topic refusing writes. In every
+member joining and leaving, a member frozen past its session, the broker going away, the output
+topic refusing writes. In every
 case the anomalies that reach the output topic are exactly those of an uninterrupted replay (ids
 included; an event may be re-sent, never invented or lost).
 
@@ -11,13 +12,17 @@ import logging
 import random
 import signal
 import time
+import urllib.request
 
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Deployment, read_topic, replay_events, write_logs
 from detector.io.broker import LocalBroker, free_port
 from faultproxy import FaultProxy
-from traffic import hourly_servfail_spikes
+from integrations import wait_for
+from traffic import T0, hourly_servfail_spikes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -61,6 +66,17 @@ def assert_same_anomalies(events, expected_ids):
     since = {}
     for event in events:   # a re-sent open carries the same onset, never another id
         assert since.setdefault(event["id"], event["since"]) == event["since"]
+
+
+def stop_once_every_anomaly_is_out(deployment, worker, expected_ids):
+    """Wait (up to 2 minutes) for the expected anomalies, stop the worker (SIGTERM: exit 0),
+    then compare."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and {e["id"] for e in deployment.anomalies()} != expected_ids:
+        time.sleep(1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert_same_anomalies(deployment.anomalies(), expected_ids)
 
 
 def test_ten_kill_9s_at_random_points_lose_and_invent_nothing(setup, transport):
@@ -120,12 +136,7 @@ def test_the_broker_goes_away_for_10_s_and_the_worker_waits_reconnects_and_loses
     time.sleep(10)
     assert worker.poll() is None, "the worker died while the broker was away"
     proxy.set_mode("pass")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and {e["id"] for e in deployment.anomalies()} != expected_ids:
-        time.sleep(1)
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
-    assert_same_anomalies(deployment.anomalies(), expected_ids)
+    stop_once_every_anomaly_is_out(deployment, worker, expected_ids)
 
 
 def test_while_the_output_refuses_writes_nothing_is_committed_then_the_worker_catches_up(
@@ -158,3 +169,77 @@ def test_while_the_output_refuses_writes_nothing_is_committed_then_the_worker_ca
     assert worker.wait(timeout=180) == 0
     assert committed() == len(traffic.mail)
     assert_same_anomalies(deployment.anomalies(), expected_ids)
+
+
+def scrape(port: int) -> dict[tuple, float]:
+    """A worker's metrics: (name, sorted label pairs) -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_a_member_frozen_past_its_session_rejoins_and_overwrites_no_newer_checkpoint(
+        setup, transport, tmp_path):
+    """The active member freezes (SIGSTOP: a long pause, a frozen VM) past its session timeout;
+    the standby takes the partitions over from its last checkpoint and checkpoints on. When the
+    frozen member runs again, its own checkpoint is due at once; but the group has moved on, so
+    it writes no state and commits nothing, drops its state and rejoins as a standby, while the
+    new owner reads the rest of the stream. The state topic's checkpoints never go back to an
+    older group generation, and the anomalies are a replay's."""
+    broker, _, _ = setup
+    traffic = hourly_servfail_spikes(12)
+    mail, dns, expected_ids = reference(traffic, tmp_path)
+    # The first six hours and twenty minutes (quiet then), read by the member that freezes; the
+    # rest after it has rejoined, read by the one that took over.
+    cut = T0 + (6 * 60 + 20) * 60
+    parts = {}
+    for stream, lines in (("mail", traffic.mail), ("dns", traffic.dns)):
+        for n, part in enumerate(([x for x in lines if orjson.loads(x)["ts"] < cut],
+                                  [x for x in lines if orjson.loads(x)["ts"] >= cut])):
+            path = tmp_path / f"{stream}-{n}.jsonl"
+            path.write_bytes(b"\n".join(part) + b"\n")
+            parts[stream, n] = path
+    deployment = Deployment(broker, tmp_path, kafka=FAST_GROUP, transport=transport,
+                            worker={"checkpoint_interval_s": 3})
+    for stream in ("dns", "mail"):
+        deployment.produce_files(stream, parts[stream, 0])
+    port = free_port()
+    first = deployment.start_worker("--metrics-port", str(port), log_name="first.log")
+    deployment.wait_for_log("partitions assigned", "first.log")
+    second = deployment.start_worker(log_name="second.log")
+    deployment.wait_for_log("standby", "second.log")
+
+    def first_log() -> str:
+        return deployment.log("first.log")
+
+    def caught_up() -> bool:
+        lag = [v for (name, _), v in scrape(port).items()
+               if name == "otp_detector_consumer_lag_records"]
+        return len(lag) == 2 and not any(lag)
+
+    def checkpoints() -> float:
+        return scrape(port)[("otp_detector_checkpoints_total", ())]
+
+    wait_for("the first member read the first part", caught_up, timeout=60, log=first_log)
+    # Frozen right after a checkpoint of its own, so that none of its writes is in flight (the
+    # next is 3 s away): what it does when it runs again is what this test is about.
+    before = checkpoints()
+    wait_for("the first member's next checkpoint", lambda: checkpoints() > before, timeout=30,
+             interval=0.02, log=first_log)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        deployment.wait_for_log('"restored":true', "second.log")
+        time.sleep(4)       # the owner checkpoints; the frozen member's checkpoint falls due
+    finally:
+        first.send_signal(signal.SIGCONT)
+    deployment.wait_for_log("standby", "first.log", timeout=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 0
+    for stream in ("dns", "mail"):
+        deployment.produce_files(stream, parts[stream, 1])
+    stop_once_every_anomaly_is_out(deployment, second, expected_ids)
+    manifests = [orjson.loads(m.value()) for m in deployment.read("state")
+                 if m.key() == deployment.group.encode()]
+    generations = [m.get("generation") for m in manifests]
+    assert None not in generations and len(set(generations)) >= 2     # the takeover is in them
+    assert generations == sorted(generations), generations

@@ -313,11 +313,7 @@ def test_a_member_that_loses_its_partitions_stops_reporting_them(broker, tmp_pat
     from detector.io.broker import free_port
     from integrations import wait_for
 
-    # No periodic checkpoint falls due while the first member is stopped: when one does, right
-    # after such a stall, its commit is refused (the member left the group) and the worker
-    # retries it as a failed write instead of rejoining; that is the worker's commit path, not
-    # what this test is about.
-    deployment = Deployment(broker, tmp_path, partitions=2, worker={"checkpoint_interval_s": 600})
+    deployment = Deployment(broker, tmp_path, partitions=2)
     traffic = (Traffic().minutes(0, 20, 30, fail_every=20, sender_domain="a.example")
                .minutes(0, 20, 30, fail_every=20, sender_domain="b.example")
                .minutes(0, 20, 30, fail_every=20, sender_domain="c.example").sorted())

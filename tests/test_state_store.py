@@ -4,7 +4,7 @@ the slot its manifest names, nor the last good checkpoint's."""
 import orjson
 import pytest
 
-from detector.io.kafka import SLOTS, StateStore
+from detector.io.state_store import SLOTS, StateStore
 from detector.io.transport import TransportError
 from detector.settings import KafkaSettings
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from conftest import read_topic
-from detector.io.kafka import SingleActiveAssignor
+from detector.io.assignor import SingleActiveAssignor
 from detector.io.transport import TP, TransportError, make_transport
 from detector.settings import KafkaSettings
 

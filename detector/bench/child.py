@@ -183,7 +183,7 @@ def worker_run(settings_overrides: dict, ends: dict[str, int]) -> dict:
     commit of its group reaches ``ends`` (the commit is synchronous: the broker has it)."""
     import logging
 
-    from ..io import transport
+    from ..io.transport.group import GroupMember
     from ..logs import configure_logging
     from ..settings import load_settings
     from ..worker import Worker
@@ -193,7 +193,7 @@ def worker_run(settings_overrides: dict, ends: dict[str, int]) -> dict:
     overrides = {tuple(key.split(".", 1)): value for key, value in settings_overrides.items()}
     settings = load_settings(environ={}, overrides=overrides)
     committed: dict[str, float] = {}
-    commit = transport.KafkaPythonTransport.commit      # both transports commit through it
+    commit = GroupMember.commit              # both transports commit through it
 
     def timed_commit(self, offsets, asynchronous=False):
         commit(self, offsets, asynchronous)
@@ -202,7 +202,7 @@ def worker_run(settings_overrides: dict, ends: dict[str, int]) -> dict:
                 and all(reached.get(source, -1) >= end for source, end in ends.items())):
             committed["at"] = time.perf_counter()
 
-    transport.KafkaPythonTransport.commit = timed_commit  # type: ignore[method-assign]
+    GroupMember.commit = timed_commit  # type: ignore[method-assign]
     started = time.perf_counter()
     worker = Worker(settings)
     worker.run()

@@ -61,7 +61,7 @@ import orjson
 from ..demo import read_events
 from ..evaluate import evaluate, parse_time
 from ..io.broker import LocalBroker, free_port
-from ..io.kafka import ensure_topics, make_producer
+from ..io.clients import ensure_topics, make_producer
 from ..io.produce import join_key
 from ..settings import TRANSPORTS, KafkaSettings
 from ..synth import SCENARIOS
@@ -266,7 +266,7 @@ def create_topics(kafka: KafkaSettings, topics: list[str], timeout_s: float = 10
 def delete_topics(kafka: KafkaSettings, topics: list[str]) -> None:
     from kafka import KafkaAdminClient
 
-    from ..io.kafka import client_config
+    from ..io.clients import client_config
 
     admin = KafkaAdminClient(**client_config(kafka))
     try:

@@ -765,6 +765,11 @@ class Judge:
 
     # ----------------------------------------------------------------- state
 
+    @property
+    def watermark(self) -> float:
+        """The end of the last step judged (epoch seconds; -inf before the first)."""
+        return -math.inf if self.next_step is None else self.next_step * self.step_s
+
     def open_anomalies(self) -> int:
         return len(self.books.open)
 

@@ -24,7 +24,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from ..settings import KafkaSettings
-from .kafka import client_config
+from .clients import client_config
 
 #: The metadata error code of a topic that does not exist (UNKNOWN_TOPIC_OR_PARTITION).
 _NO_SUCH_TOPIC = 3

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any
 
-from ..io import kafka as kio
+from ..io.clients import ensure_topics
 from ..io.transport import TP, Batch, Transport, TransportError, make_transport
 from ..settings import Settings
 from .alerts import EventError, OpenAnomalies, read_event
@@ -108,7 +108,7 @@ class Notifier:
         if not notify.tls_verify:
             log.warning("TLS certificates of receivers are NOT verified (notify.tls_verify = false)")
         if self.shared.worker.create_topics:
-            self._with_retry("create topics", lambda: kio.ensure_topics(
+            self._with_retry("create topics", lambda: ensure_topics(
                 kafka, {notify.dead_letter_topic: {}}))
         transport = self._with_retry("connect", lambda: make_transport(
             kafka, notify.group_id, None))
