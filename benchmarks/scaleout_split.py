@@ -22,6 +22,11 @@ here: the spread, not Kafka's murmur2 itself, is what matters for the shares.
 
     .venv/bin/python -m detector.cli generate mixed /tmp/mixed --seed 1
     .venv/bin/python benchmarks/scaleout_split.py /tmp/mixed --tasks 3
+    .venv/bin/python benchmarks/scaleout_split.py /tmp/mixed --tasks 3 --compress 100
+
+``--compress K`` makes the same records K times as dense in event time (72 hours in 43 minutes
+at K = 100: about 1,300 records a second instead of 13), which is what a provider's rate looks
+like to the judge; the model's results on such input mean nothing, only the costs are read.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import orjson
 
 from detector.core import Detector, encode_event
 from detector.core.judge import Judge
+from detector.core.records import Rejected, parse_ts
 from detector.core.task import JoinTask
 from detector.gcpolicy import tune
 from detector.io.produce import join_key
@@ -51,9 +57,28 @@ def chunks(mail: list[bytes], dns: list[bytes]):
         yield "mail", mail[start:start + CHUNK]
 
 
-def run(directory: Path, n: int, check: bool) -> dict:
+def compress_time(lines: list[bytes], factor: float, origin: float) -> list[bytes]:
+    """The same records ``factor`` times as dense in event time (``origin`` + offset / factor):
+    a higher input rate, for the judge's share, which follows the steps of event time, where a
+    task's follows the records. Lines without a readable time are left as they are."""
+    out = []
+    for line in lines:
+        try:
+            record = orjson.loads(line)
+            record["ts"] = origin + (parse_ts(record["ts"]) - origin) / factor
+        except (orjson.JSONDecodeError, TypeError, KeyError, Rejected):
+            out.append(line)
+            continue
+        out.append(orjson.dumps(record))
+    return out
+
+
+def run(directory: Path, n: int, check: bool, factor: float = 1.0) -> dict:
     mail, dns = (gzip.decompress((directory / f"{s}.jsonl.gz").read_bytes()).splitlines()
                  for s in ("mail", "dns"))
+    if factor != 1.0:
+        origin = parse_ts(orjson.loads(mail[0])["ts"])
+        mail, dns = compress_time(mail, factor, origin), compress_time(dns, factor, origin)
     # Partitioning is the producer's work, not a join worker's: done before the clocks start.
     parts = {stream: [[] for _ in range(n)] for stream in ("mail", "dns")}
     for stream, lines in (("mail", mail), ("dns", dns)):
@@ -147,10 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=3)
     parser.add_argument("--check", action="store_true",
                         help="also run one Detector and compare the events")
+    parser.add_argument("--compress", type=float, default=1.0, metavar="K",
+                        help="make the input K times as dense in event time (a K times higher "
+                             "rate of records per second)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     tune()
-    result = run(args.directory, args.tasks, args.check)
+    result = run(args.directory, args.tasks, args.check, args.compress)
     if args.json:
         print(orjson.dumps(result).decode())
         return 0
