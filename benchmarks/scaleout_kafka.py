@@ -14,9 +14,10 @@ workers cannot show, so this measures what would scale, with the processes users
 - the judge's CPU seconds, gross and net of what a judge costs doing nothing (a second judge, on
   an empty steps topic of its own, runs over the same wall time alongside: start-up, group
   membership, idle polling), and its CPU per million input records as a fraction of the join
-  workers' (the issue's target: < 2 %). The judge's work follows the steps of event time (and the
-  number of tasks), a join worker's the records, so the fraction depends on the input's rate; the
-  generated scenarios run at a few dozen records a second, a provider's logs at thousands. So
+  workers' (the issue's target: < 2 %). The judge's work follows the steps of event time (and what
+  a step holds: the tasks' partial counts, the distinct senders and resolvers of its slices), a
+  join worker's the records, so the fraction depends on the input's rate; the generated
+  scenarios run at a dozen records a second, a provider's logs at thousands. So
   also: the judge's CPU per 1000 steps and the input rate above which it is < 2 %, as
   ``benchmarks/scaleout_split.py`` (the same split in one process, without Kafka) reports them;
 - the steps topic read back after the run with confluent-kafka: messages and value bytes, in
@@ -28,7 +29,11 @@ workers cannot show, so this measures what would scale, with the processes users
   rejected depends on how far the other inputs of its watermark have been read when it comes, in a
   replay every file, in a task its other partition;
 - for reference, the same input through one ``--role all`` worker (the single-process worker,
-  fresh group): its wall time and CPU, and whether its events equal the replay's too.
+  fresh group): its wall time and CPU, and whether its events equal the replay's too;
+- a sizing table from those figures: for input rates (``--rates``), the join workers (one core
+  each, the busiest at ``--utilisation`` of it) and partitions needed, with keys that spread
+  evenly and with this input's keys placed as the producer and ``io.task_assignor`` place them
+  (a key is never split, so the biggest key caps the rate one worker can take).
 
 Wall times are reported from start to exit and "active" (to the log line where the worker saw
 its input idle, minus ``--exit-when-idle``: about when it read its last record); on 2 cores the
@@ -41,11 +46,12 @@ generator, cached under ``--out-dir``/data as ``detector bench`` caches it), the
 filtered out into plain JSON-lines files (cached too). Steps: ``detector replay`` of the files;
 a local broker; the input topics with ``--partitions`` partitions and the steps topic with one;
 ``detector produce`` of both files (keyed by the join key); a worker TOML file (unique topics
-and group); one judge, the idle judge and ``--workers`` join workers, all with
-``--exit-when-idle 8``, each with its own log; then the steps and anomalies topics read back;
+and group); one judge and ``--workers`` join workers with ``--exit-when-idle 8``, and the idle
+judge (stopped with SIGTERM once they are done), each with its own log; then the steps and
+anomalies topics read back;
 then the ``--role all`` worker. Logs and the results go to ``--out-dir``/scaleout-kafka-<tag>/.
 
-    .venv/bin/python benchmarks/scaleout_kafka.py                        # mixed, 72 h: ~6 min
+    .venv/bin/python benchmarks/scaleout_kafka.py          # mixed, 72 h: ~3 min, 2 once cached
     .venv/bin/python benchmarks/scaleout_kafka.py --hours 12 --workers 2 --partitions 4
     .venv/bin/python benchmarks/scaleout_kafka.py --scenario seed-incident --json
 """
@@ -74,6 +80,7 @@ from detector.bench.data import Spec, ensure
 from detector.core.config import DetectorConfig
 from detector.io.broker import LocalBroker
 from detector.io.produce import join_key
+from detector.io.task_assignor import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -126,6 +133,62 @@ def prepare_input(root: Path, scenario: str, seed: int, hours: float | None) -> 
 def partition_of(key: str, partitions: int) -> int:
     """The partition ``detector produce`` writes a key to (librdkafka's murmur2_random)."""
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+# ---------------------------------------------------------------------------------- sizing
+
+#: Partition counts to choose from: each divides evenly among many worker counts, and the count
+#: cannot grow later without moving keys (and tasks' state) between partitions.
+PARTITION_CHOICES = (6, 12, 24, 48, 96, 192, 384, 768)
+
+
+def busiest_share(hashes: list[tuple[int, int]], partitions: int, workers: int) -> float:
+    """The busiest worker's share of the keyed records when ``workers`` share ``partitions``
+    tasks as ``io.task_assignor.plan`` places them (by count, not by load), the keys
+    (``(murmur2 hash, records)``) placed as the producer places them."""
+    per_partition = [0] * partitions
+    for hashed, records in hashes:
+        per_partition[hashed % partitions] += records
+    assignment = plan(partitions, {f"member-{i:05d}": set() for i in range(workers)})
+    return max(sum(per_partition[t] for t in tasks) for tasks in assignment.values()) / max(
+        sum(per_partition), 1)
+
+
+def sizing(keys: dict[str, int], us_per_record: float, judge_s_per_step: float, step_s: int,
+           rates: list[float], utilisation: float) -> dict:
+    """Join workers (one core each) and partitions an input rate needs, from the measured CPU
+    per record of a join worker, for the busiest worker at ``utilisation`` of its core: with
+    keys that spread evenly, and with this input's keys (one key is never split: the worker
+    holding the biggest one sets the limit). Partitions: the first of ``PARTITION_CHOICES`` at
+    least twice the workers, so each worker holds several and hot partitions average out."""
+    hashes = [(murmur2(key.encode()) & 0x7FFFFFFF, n) for key, n in keys.items()]
+    total = sum(keys.values())
+    top_share = max(keys.values()) / total if total else 0.0
+    per_core = utilisation / (us_per_record * 1e-6)        # records/s one worker may take
+    rows = []
+    for rate in rates:
+        even = max(1, math.ceil(rate / per_core))
+        row: dict[str, Any] = {
+            "rate": rate, "workers_even": even,
+            "partitions_even": next((p for p in PARTITION_CHOICES if p >= 2 * even), None),
+            "workers": None, "partitions": None, "busiest_share": None,
+        }
+        if rate * top_share <= per_core:
+            for workers in range(even, 4 * even + 8):
+                partitions = next((p for p in PARTITION_CHOICES if p >= 2 * workers), None)
+                if partitions is None:
+                    break
+                share = busiest_share(hashes, partitions, workers)
+                if rate * share <= per_core:
+                    row.update(workers=workers, partitions=partitions,
+                               busiest_share=round(share, 4))
+                    break
+        rows.append(row)
+    return {"utilisation": utilisation, "us_per_record": round(us_per_record, 2),
+            "records_per_s_per_worker": round(per_core),
+            "biggest_key_share": round(top_share, 4),
+            "max_rate_biggest_key": round(per_core / top_share) if top_share else None,
+            "judge_core_share": float(f"{judge_s_per_step / step_s:.3g}"), "rows": rows}
 
 
 # ------------------------------------------------------------------------------- processes
@@ -475,6 +538,8 @@ def run(args: argparse.Namespace) -> dict:
         "single_worker": {**single.summary(), "broker_cpu_s": round(broker_cpu_all, 2),
                           "events_equal_replay": found_all == expected},
     })
+    result["sizing"] = sizing(info["keys"], us_per_record, judge_per_step_s, step_s,
+                              args.rates, args.utilisation)
     single_summary = result["single_worker"]
     single_summary["us_per_record"] = round(
         single_summary["cpu_s"] / max(single_summary["consumed"], 1) * 1e6, 2)
@@ -553,6 +618,23 @@ def table(r: dict) -> str:
     ]
     if r["first_difference"]:
         lines.append(f"first difference: {r['first_difference']}")
+    z = r["sizing"]
+    lines += [
+        "",
+        f"sizing: a join worker per core at {z['utilisation']:.0%} of it, "
+        f"{z['us_per_record']:.2f} us/record (measured above, the whole process): "
+        f"{z['records_per_s_per_worker']:,} records/s each; the judge "
+        f"{z['judge_core_share']:.2g} of a core at the measured cost per step; this input's "
+        f"biggest key is {z['biggest_key_share']:.1%} of it, so one worker limits it to "
+        f"{z['max_rate_biggest_key']:,} records/s",
+        f"{'records/s':>10} {'even keys: workers':>19} {'partitions':>10} "
+        f"{'these keys: workers':>20} {'partitions':>10} {'busiest':>8}",
+    ]
+    for row in z["rows"]:
+        these = (f"{row['workers']:>20} {row['partitions']:>10} {row['busiest_share']:>8.1%}"
+                 if row["workers"] else f"{'not reachable':>20} {'':>10} {'':>8}")
+        lines.append(f"{row['rate']:>10,.0f} {row['workers_even']:>19} "
+                     f"{row['partitions_even'] or '-':>10} {these}")
     lines.append(f"logs and result.json: {r['work_dir']}")
     return "\n".join(lines)
 
@@ -573,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-judge", type=Path, metavar="PATH",
                         help="run the judge under cProfile, its stats to PATH (where its time "
                         "goes; the profiler inflates its CPU: not for the figures)")
+    parser.add_argument("--rates", type=float, nargs="+",
+                        default=[10_000, 50_000, 200_000, 1_000_000],
+                        help="input rates (records/s) of the sizing table")
+    parser.add_argument("--utilisation", type=float, default=0.7,
+                        help="the busiest join worker's share of its core, in the sizing table")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)
