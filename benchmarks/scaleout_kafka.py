@@ -25,7 +25,7 @@ workers cannot show, so this measures what would scale, with the processes users
 - whether the events published equal those of ``detector replay`` of the same files, ids
   included (and the first difference if not). The generator's deliberately late lines (30-120 s
   late) are filtered out of the input first, as ``tests/test_stages.py`` does (its
-  ``_without_late_lines``, imported from there so both use one filter): whether such a line is
+  ``detector.synth.without_late_lines``, which both use): whether such a line is
   rejected depends on how far the other inputs of its watermark have been read when it comes, in a
   replay every file, in a task its other partition;
 - for reference, the same input through one ``--role all`` worker (the single-process worker,
@@ -81,10 +81,7 @@ from detector.core.config import DetectorConfig
 from detector.io.broker import LocalBroker
 from detector.io.produce import join_key
 from detector.io.task_assignor import plan
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from test_stages import _without_late_lines  # type: ignore[import-not-found]  # noqa: E402
+from detector.synth import without_late_lines
 
 DETECTOR = [sys.executable, "-m", "detector.cli"]
 EXIT_WHEN_IDLE = 8
@@ -113,7 +110,7 @@ def prepare_input(root: Path, scenario: str, seed: int, hours: float | None) -> 
     for stream in ("mail", "dns"):
         lines = gzip.decompress(
             (dataset.directory / f"{stream}.jsonl.gz").read_bytes()).splitlines()
-        kept = [line for line in _without_late_lines(lines) if line.strip()]
+        kept = [line for line in without_late_lines(lines) if line.strip()]
         info["late_lines_removed"][stream] = len(lines) - len(kept)
         info["lines"][stream] = len(kept)
         for line in kept:

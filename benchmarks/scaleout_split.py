@@ -80,7 +80,8 @@ def run(directory: Path, n: int, check: bool, factor: float = 1.0) -> dict:
         origin = parse_ts(orjson.loads(mail[0])["ts"])
         mail, dns = compress_time(mail, factor, origin), compress_time(dns, factor, origin)
     # Partitioning is the producer's work, not a join worker's: done before the clocks start.
-    parts = {stream: [[] for _ in range(n)] for stream in ("mail", "dns")}
+    parts: dict[str, list[list[bytes]]] = {stream: [[] for _ in range(n)]
+                                           for stream in ("mail", "dns")}
     for stream, lines in (("mail", mail), ("dns", dns)):
         for line in lines:
             parts[stream][zlib.crc32(join_key(line)[0] or b"") % n].append(line)
@@ -130,7 +131,7 @@ def run(directory: Path, n: int, check: bool, factor: float = 1.0) -> dict:
     steps_judged = (judge.next_step or 0) - min(
         (int(t.first_ts // judge.step_s) for t in tasks if t.first_ts is not None), default=0)
     total = sum(records)
-    result = {
+    result: dict[str, object] = {
         "tasks": n, "records": total, "events": len(events),
         "share_records": [round(r / total, 4) for r in records],
         "share_cpu": [round(c / sum(cpu), 4) for c in cpu],
@@ -143,7 +144,7 @@ def run(directory: Path, n: int, check: bool, factor: float = 1.0) -> dict:
         "bytes_per_message": round(sum(published) / max(sum(messages), 1), 1),
     }
     result["judge_share_of_a_task"] = round(
-        result["judge_cpu_s_per_million"] / result["task_cpu_s_per_million"], 4)
+        (judge_cpu / total) / (sum(cpu) / n / (total / n)), 4)
     # The judge's work follows the steps (and the tasks), a task's the records: at a higher rate
     # of records the judge's share falls. The rate (records/s, all tasks) at which it is 2 %:
     per_step = judge_cpu / max(steps_judged, 1)

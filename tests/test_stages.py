@@ -19,7 +19,7 @@ from kafka.partitioner.default import murmur2
 from conftest import Deployment, replay_events
 from detector.core.records import Rejected, parse_ts
 from detector.io.produce import join_key
-from detector.synth import generate
+from detector.synth import generate, without_late_lines
 
 pytestmark = pytest.mark.kafka
 
@@ -36,38 +36,11 @@ def scenario(tmp_path_factory):
     for stream in ("mail", "dns"):
         path = directory / f"{stream}.jsonl"
         lines = gzip.decompress((directory / f"{stream}.jsonl.gz").read_bytes()).splitlines()
-        path.write_bytes(b"\n".join(_without_late_lines(lines)) + b"\n")
+        path.write_bytes(b"\n".join(without_late_lines(lines)) + b"\n")
         files[stream] = path
     expected = replay_events(files["mail"], files["dns"], directory)
     assert [e["state"] for e in expected][:1] == ["open"], "the scenario must page"
     return files, expected
-
-
-def _without_late_lines(lines: list[bytes]) -> list[bytes]:
-    """The lines of a log without those the generator sends late on purpose (30 s or more after
-    their time). Whether such a record is rejected depends on how far the *other* inputs of its
-    watermark have been read when it comes: in a replay every file's, in a join task its other
-    partition's, which may lead by up to ``max_lead_s`` (README, "Scaling"). Every other record's
-    fate is the same however the input is split."""
-    kept, newest = [], float("-inf")
-    for line in lines:
-        try:
-            ts = orjson.loads(line).get("ts")
-        except (orjson.JSONDecodeError, AttributeError):
-            kept.append(line)                  # junk stays: it is rejected wherever it goes
-            continue
-        if isinstance(ts, str):
-            try:
-                ts = parse_ts(ts)
-            except Rejected:                   # a bad time is junk: kept
-                kept.append(line)
-                continue
-        if isinstance(ts, (int, float)) and ts < newest - 30:
-            continue
-        if isinstance(ts, (int, float)) and (newest == float("-inf") or ts < newest + 3600):
-            newest = max(newest, ts)           # (a time far ahead is the generator's junk)
-        kept.append(line)
-    return kept
 
 
 @pytest.fixture
@@ -166,7 +139,7 @@ def test_kill_9_a_join_worker_a_fourth_joins_kill_9_the_judge_and_the_events_sta
     files = {}
     for stream in ("mail", "dns"):
         files[stream] = directory / f"{stream}.jsonl"
-        files[stream].write_bytes(b"\n".join(_without_late_lines(gzip.decompress(
+        files[stream].write_bytes(b"\n".join(without_late_lines(gzip.decompress(
             (directory / f"{stream}.jsonl.gz").read_bytes()).splitlines())) + b"\n")
     expected = replay_events(files["mail"], files["dns"], directory)
     assert any(e["state"] == "resolved" for e in expected)

@@ -629,3 +629,31 @@ class _Traffic:
 
 _OTP_SUBJECTS = tuple((template, 4 if "login code" in template else 6) for template in world.OTP_SUBJECTS)
 _BULK_SUBJECTS = tuple(world.BULK_SUBJECTS.items())
+
+
+def without_late_lines(lines: list[bytes], late_s: float = 30.0) -> list[bytes]:
+    """The lines of a generated log without those sent late on purpose (``LATE_RATE``: 30-120 s
+    after their time), for comparisons whose two sides read the input differently. Whether a
+    record later than the allowed lateness is rejected depends on how far the *other* inputs of
+    its watermark have been read when it comes (in a replay every file's, in a join task its
+    other partition's, which may lead by up to ``max_lead_s``); every other record's fate is the
+    same however the input is split. Lines without a readable time are kept (they are rejected
+    wherever they go), and a time far ahead of the rest (the generator's junk) moves nothing.
+    """
+    from ..core.records import Rejected, parse_ts
+
+    kept: list[bytes] = []
+    newest = -math.inf
+    for line in lines:
+        try:
+            value = orjson.loads(line).get("ts")
+            ts = parse_ts(value) if isinstance(value, str) else float(value)
+        except (orjson.JSONDecodeError, AttributeError, Rejected, TypeError, ValueError):
+            kept.append(line)
+            continue
+        if ts < newest - late_s:
+            continue
+        if newest == -math.inf or ts < newest + 3600:
+            newest = max(newest, ts)
+        kept.append(line)
+    return kept
