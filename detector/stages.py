@@ -41,16 +41,14 @@ from kafka.errors import KafkaError
 from .core.config import DetectorConfig
 from .core.events import AnomalyEvent
 from .core.judge import Judge
-from .core.pipeline import DNS, MAIL, FeedResult
+from .core.pipeline import FeedResult
 from .core.task import Closed, JoinTask
-from .formats import make_adapter
-from .io.clients import ensure_topics
 from .io.copartition import copartition_problem, partition_counts
 from .io.state_store import StateStore, read_many
 from .io.task_assignor import TaskAssignor
-from .io.transport import TP, Batch, MembershipLost, TransportError
+from .io.transport import TP, Batch, TransportError
 from .settings import Settings
-from .shell import Source, saved_adapters
+from .shell import saved_adapters
 from .worker import WRITE_TIMEOUT_S, PartitionProgress, Worker, parse_start_time
 
 log = logging.getLogger("detector.stages")
@@ -174,6 +172,8 @@ class JoinWorker(Worker):
         self.assignor = TaskAssignor()
         self.group = TaskGroup(settings.detector)
         self.pending_assignment = set()
+        #: Each owned task's checkpoints; a store remembers its slots between writes.
+        self.stores: dict[int, StateStore] = {}
 
     # The worker's single core is the group of tasks; it exists while any task is owned.
     def _topics(self) -> list[str]:
@@ -187,8 +187,14 @@ class JoinWorker(Worker):
         topics = self.settings.topics
         return copartition_problem(self.settings.kafka, topics.mail, topics.dns)
 
-    def _state_key(self, partition: int) -> str:
-        return f"{self.settings.worker.group_id}/task/{partition}"
+    def _store(self, partition: int) -> StateStore:
+        """Task ``partition``'s checkpoints (key ``<group>/task/<p>`` in the state topic)."""
+        store = self.stores.get(partition)
+        if store is None:
+            store = self.stores[partition] = StateStore(
+                self.settings.kafka, self.settings.topics.state,
+                f"{self.settings.worker.group_id}/task/{partition}")
+        return store
 
     # ------------------------------------------------------------------ loop
 
@@ -223,12 +229,10 @@ class JoinWorker(Worker):
             if floor == -math.inf:
                 # The task's watermark waits for its other partition: this one holds (a replay
                 # reads every input before going on with any).
-                other = [p for t, p in self.progress.items()
-                         if t.partition == tp.partition and t != tp]
                 silent = any(not p.idle and self.group.high(f"{t.topic}/{t.partition}")
                              == -math.inf for t, p in self.progress.items()
                              if t.partition == tp.partition and t != tp)
-                if other and silent and not progress.paused and high > -math.inf:
+                if silent and not progress.paused and high > -math.inf:
                     progress.paused = True
                     to_pause.append(tp)
                 elif progress.paused and not silent:
@@ -249,52 +253,28 @@ class JoinWorker(Worker):
 
     # ------------------------------------------------------------ checkpoint
 
-    def _save(self, in_callback: bool, only: set[int] | None = None) -> bool:
-        """Each task's state and offsets to the state topic, then the offsets to the group (only
-        the tasks in ``only``, when given: those being revoked). Only a member of the group writes
-        (``Worker._save`` says why)."""
-        if self.detector is None:
-            return True
-        membership = self.transport.membership()
-        if membership is None:
-            log.warning("group membership not confirmed (a stall, or a rebalance): no checkpoint "
-                        "until the group has settled")
-            return True
+    def _write_state(self, generation: int,
+                     only: set[TP] | None) -> tuple[int, dict[TP, int]]:
+        """Each task's checkpoint (its state, its adapters, the offsets of its partitions), only
+        those of the partitions in ``only`` when given (the tasks being revoked); the offsets to
+        commit. ``Worker._save`` decides whether this member may write at all."""
+        tasks = None if only is None else {tp.partition for tp in only}
         commit: dict[TP, int] = {}
         size = 0
-        try:
-            for partition, task in sorted(self.group.tasks.items()):
-                if only is not None and partition not in only:
-                    continue
-                mine = {tp: p for tp, p in self.progress.items() if tp.partition == partition}
-                offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
-                           for tp, p in mine.items() if p.next_offset is not None}
-                state = {"task": task.snapshot(),
-                         "adapters": {s.name: s.adapter.snapshot()
-                                      for tp, s in self.sources.items()
-                                      if tp.partition == partition and s.adapter is not None}}
-                store = StateStore(self.settings.kafka, self.settings.topics.state,
-                                   self._state_key(partition))
-                size += store.write(self.transport, state, offsets, timeout_s=WRITE_TIMEOUT_S,
-                                    generation=membership.generation)
-                commit.update({tp: p.next_offset for tp, p in mine.items()
-                               if p.next_offset is not None})
-            if commit:
-                self.transport.commit(commit, asynchronous=in_callback)
-        except MembershipLost as err:
-            log.warning("commit refused: the group has moved on without this member; dropping "
-                        "its tasks unsaved and rejoining", extra={"error": repr(err)})
-            self._drop_tasks({tp.partition for tp in self.progress})
-            return True
-        except Exception as err:                   # noqa: BLE001 - retried with back-off
-            log.warning("checkpoint failed", extra={"error": repr(err)})
-            return False
-        self.counts["checkpoints"] += 1
-        if self.metrics is not None:
-            self.metrics.checkpoints.inc()
-            self.metrics.checkpoint_bytes.set(size)
-            self.metrics.last_checkpoint.set(time.time())
-        return True
+        for partition, task in sorted(self.group.tasks.items()):
+            if tasks is not None and partition not in tasks:
+                continue
+            mine = {tp: p.next_offset for tp, p in self.progress.items()
+                    if tp.partition == partition and p.next_offset is not None}
+            state = {"task": task.snapshot(),
+                     "adapters": {s.name: s.adapter.snapshot()
+                                  for tp, s in self.sources.items()
+                                  if tp.partition == partition and s.adapter is not None}}
+            size += self._store(partition).write(
+                self.transport, state, {f"{tp.topic}/{tp.partition}": n for tp, n in mine.items()},
+                timeout_s=WRITE_TIMEOUT_S, generation=generation)
+            commit.update(mine)
+        return size, commit
 
     # ------------------------------------------------------------- rebalance
 
@@ -308,17 +288,21 @@ class JoinWorker(Worker):
             # Only with every step message acknowledged: otherwise the new owner restores the
             # checkpoint before and publishes those steps itself.
             if not self.outgoing or self._flush_outgoing():
-                self._save(in_callback=True, only=partitions)
+                self._save(in_callback=True, only={tp for tp in self.progress
+                                                   if tp.partition in partitions})
         self._drop_tasks(partitions)
         self.pending_assignment = {tp for tp in self.pending_assignment or set()
                                    if tp not in revoked}
 
     def _on_lost(self, lost: set[TP]) -> None:
-        if self.group.tasks:
-            log.warning("tasks lost: the group moved on without this member; dropping them "
-                        "unsaved", extra={"tasks": sorted({tp.partition for tp in lost})})
-        self._drop_tasks({tp.partition for tp in lost})
+        super()._on_lost(lost)
         self.pending_assignment = set()
+
+    def _leave_ownership(self, partitions: set[TP]) -> None:
+        """The group moved on without this member: its tasks there are dropped unsaved (their
+        new owners restore them); the assignor's claims carry their generation, so no standby
+        flag to clear."""
+        self._drop_tasks({tp.partition for tp in partitions})
 
     def _drop_tasks(self, partitions: set[int]) -> None:
         """Forget tasks (revoked or lost): their core, progress and sources. (kafka-python calls
@@ -330,6 +314,7 @@ class JoinWorker(Worker):
             self.sources.pop(tp, None)
         for partition in partitions:
             self.group.drop_task(partition)
+            self.stores.pop(partition, None)
         if self.metrics is not None and gone:
             self.metrics.revoked(gone)
         if not self.group.tasks:
@@ -353,9 +338,7 @@ class JoinWorker(Worker):
                 millis = int(parse_start_time(start) * 1000)
                 times = {tp: self.transport.offset_for_time(tp, millis) for tp in assigned}
             if start == "committed":
-                checkpoints = read_many([StateStore(self.settings.kafka,
-                                                    self.settings.topics.state,
-                                                    self._state_key(p)) for p in partitions])
+                checkpoints = read_many([self._store(p) for p in partitions])
                 restored = dict(zip(partitions, checkpoints))
         except (KafkaError, TransportError) as err:
             log.warning("reading a task checkpoint failed; retrying", extra={"error": repr(err)})
@@ -374,21 +357,9 @@ class JoinWorker(Worker):
                 state, offsets = None, {}
             saved = saved_adapters(state)
             for tp in sorted(t for t in assigned if t.partition == partition):
-                source = f"{tp.topic}/{tp.partition}"
-                stream = self.stream_of[tp.topic]
-                self.sources[tp] = Source(self.group, stream, source,
-                                          make_adapter(self.formats[tp.topic], stream),
-                                          saved.get(source))
+                self.sources[tp] = self._source(tp, self.group, saved)
                 self.progress[tp] = PartitionProgress()
-                offset = offsets.get(source, times.get(tp))
-                if offset is not None:
-                    self.transport.seek(tp, offset)
-                    self.progress[tp].next_offset = offset
-                elif tp in times:                  # nothing at or after that time: the end
-                    self.transport.seek_to(tp, "latest")
-                else:
-                    self.transport.seek_to(tp, start if start in ("earliest", "latest")
-                                           else "committed")
+                self._seek_start(tp, start, offsets, times)
         self.first_assignment = False
         self.detector = self.group          # type: ignore[assignment]
         if self.metrics is not None:
@@ -492,12 +463,7 @@ class JudgeWorker(Worker):
         self.progress = {tp: PartitionProgress() for tp in assigned}
         self.sources = {}
         for tp in assigned:
-            source = f"{tp.topic}/{tp.partition}"
-            if source in offsets:
-                self.transport.seek(tp, offsets[source])
-                self.progress[tp].next_offset = offsets[source]
-            else:
-                self.transport.seek_to(tp, "committed")
+            self._seek_start(tp, "committed", offsets, {})
         self.transport.resume(assigned)
         log.info("judging", extra={"tasks": len(judge.tasks),
                                    "restored": restored is not None})

@@ -44,7 +44,7 @@ from .io.clients import ensure_topics, unreachable
 from .io.state_store import StateStore
 from .io.transport import TP, Batch, MembershipLost, Transport, TransportError, make_transport
 from .settings import Settings
-from .shell import Rejection, Source, envelope, restore, saved_adapters
+from .shell import Rejection, Source, Task, envelope, restore, saved_adapters
 
 log = logging.getLogger("detector.worker")
 
@@ -490,7 +490,7 @@ class Worker:
             self._drain_on_exit()
         return False
 
-    def _save(self, in_callback: bool) -> bool:
+    def _save(self, in_callback: bool, only: set[TP] | None = None) -> bool:
         """The state with its offsets to the state topic, then the offsets to the group. True
         when saved, or when the state is not this member's to save (below); False when a write
         failed (``_checkpoint`` retries it).
@@ -528,15 +528,8 @@ class Worker:
             log.warning("group membership not confirmed (a stall, or a rebalance): no checkpoint "
                         "until the group has settled")
             return True
-        offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
-                   for tp, p in self.progress.items() if p.next_offset is not None}
         try:
-            state = envelope(self.detector, {s.name: s for s in self.sources.values()})
-            size = self.state_store.write(self.transport, state, offsets,
-                                          timeout_s=WRITE_TIMEOUT_S,
-                                          generation=membership.generation)
-            commit = {tp: p.next_offset for tp, p in self.progress.items()
-                      if p.next_offset is not None}
+            size, commit = self._write_state(membership.generation, only)
             if commit:
                 self.transport.commit(commit, asynchronous=in_callback)
         except MembershipLost as err:
@@ -554,6 +547,20 @@ class Worker:
             self.metrics.checkpoint_bytes.set(size)
             self.metrics.last_checkpoint.set(time.time())
         return True
+
+    def _write_state(self, generation: int,
+                     only: set[TP] | None) -> tuple[int, dict[TP, int]]:
+        """Write the checkpoint (the state with its offsets) to the state topic; its size and
+        the offsets to commit. ``only`` (a role that saves per partition: the partitions whose
+        state to save) does not apply here: one core holds every partition, saved whole."""
+        assert self.detector is not None          # (``_save`` writes only while it has one)
+        offsets = {f"{tp.topic}/{tp.partition}": p.next_offset
+                   for tp, p in self.progress.items() if p.next_offset is not None}
+        state = envelope(self.detector, {s.name: s for s in self.sources.values()})
+        size = self.state_store.write(self.transport, state, offsets,
+                                      timeout_s=WRITE_TIMEOUT_S, generation=generation)
+        return size, {tp: p.next_offset for tp, p in self.progress.items()
+                      if p.next_offset is not None}
 
     def _drain_on_exit(self) -> None:
         """At shutdown, keep retrying failed writes for a while before giving up uncommitted."""
@@ -660,27 +667,40 @@ class Worker:
         saved = saved_adapters(restored[0]) if restored is not None else {}
         self.sources = {}
         for tp in sorted(assigned):
-            source = f"{tp.topic}/{tp.partition}"
-            stream = self.stream_of[tp.topic]
-            self.sources[tp] = Source(detector, stream, source,
-                                      make_adapter(self.formats[tp.topic], stream),
-                                      saved.get(source))
-            if source in offsets:
-                self.transport.seek(tp, offsets[source])
-                self.progress[tp].next_offset = offsets[source]
-            elif start in ("earliest", "latest", "committed"):
-                # "committed" with no checkpoint offset for it (a new member, a partition the
-                # checkpoint does not know): the group's offset, never wherever the client was.
-                self.transport.seek_to(tp, start)
-            elif tp in times:
-                if times[tp] is None:              # nothing at or after that time: the end
-                    self.transport.seek_to(tp, "latest")
-                else:
-                    self.transport.seek(tp, times[tp])
-                    self.progress[tp].next_offset = times[tp]
+            self.sources[tp] = self._source(tp, detector, saved)
+            self._seek_start(tp, start, offsets, times)
         self.transport.resume(assigned)
         log.info("partitions assigned", extra={
             "partitions": len(assigned), "restored": restored is not None, "start": start})
+
+    def _source(self, tp: TP, task: Task, saved: dict[str, dict]) -> Source:
+        """A partition's step into ``task`` (``topic/partition``, its format's adapter restored
+        from ``saved``, the adapters' states by source)."""
+        name = f"{tp.topic}/{tp.partition}"
+        stream = self.stream_of[tp.topic]
+        return Source(task, stream, name, make_adapter(self.formats[tp.topic], stream),
+                      saved.get(name))
+
+    def _seek_start(self, tp: TP, start: str, offsets: dict[str, int],
+                    times: dict[TP, int | None]) -> None:
+        """Where a newly assigned partition starts: its checkpoint's offset; else ``start``
+        (earliest, latest, committed); else the offset of ``--from TIME`` (``times``)."""
+        source = f"{tp.topic}/{tp.partition}"
+        progress = self.progress[tp]
+        if source in offsets:
+            self.transport.seek(tp, offsets[source])
+            progress.next_offset = offsets[source]
+        elif start in ("earliest", "latest", "committed"):
+            # "committed" with no checkpoint offset for it (a new member, a partition the
+            # checkpoint does not know): the group's offset, never wherever the client was.
+            self.transport.seek_to(tp, start)
+        elif tp in times:
+            offset = times[tp]
+            if offset is None:                     # nothing at or after that time: the end
+                self.transport.seek_to(tp, "latest")
+            else:
+                self.transport.seek(tp, offset)
+                progress.next_offset = offset
 
     # ----------------------------------------------------------------- metrics
 

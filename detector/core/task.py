@@ -187,12 +187,7 @@ class JoinTask:
         steps it closed."""
         watermark = self.clock.advance()
         if watermark != -math.inf:
-            after = self.config.join.window_after_s
-            limit = watermark - after
-            self._join_until(limit)
-            self._hand_over(math.floor(limit / self.step_s) - 1)
-            self.join.expire(limit - self.config.join.window_before_s)
-            self.dedup.expire(watermark)
+            self._advance_to(watermark)
         return Closed(self._take_closed(), self.through, self.first_ts)
 
     def close(self) -> Closed:
@@ -201,13 +196,20 @@ class JoinTask:
         if self.pending or self.open_steps:
             newest = max([p.ts for p in self.pending] + [i * self.step_s for i in self.open_steps])
             end = (math.floor(newest / self.step_s) + 1) * self.step_s
-            after = self.config.join.window_after_s
-            self._join_until(end)
-            self._hand_over(math.floor(end / self.step_s) - 1)
-            self.join.expire(end - self.config.join.window_before_s)
-            self.dedup.expire(end + after)
-            self.clock.watermark = max(self.clock.watermark, end + after)
+            watermark = end + self.config.join.window_after_s
+            self._advance_to(watermark)
+            self.clock.watermark = max(self.clock.watermark, watermark)
         return Closed(self._take_closed(), self.through, self.first_ts)
+
+    def _advance_to(self, watermark: float) -> None:
+        """Join what ``watermark`` made due (deliveries up to it less the join's wait), close
+        the steps that ended by then, and expire the DNS answers and message ids no later record
+        can need."""
+        limit = watermark - self.config.join.window_after_s
+        self._join_until(limit)
+        self._hand_over(math.floor(limit / self.step_s) - 1)
+        self.join.expire(limit - self.config.join.window_before_s)
+        self.dedup.expire(watermark)
 
     def _hand_over(self, last: int) -> None:
         """Every step up to ``last`` is closed here."""

@@ -145,7 +145,7 @@ class _Loader:
     def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         from confluent_kafka import KafkaException, Producer
 
-        from .transport import rdkafka_producer_config
+        from .clients import rdkafka_producer_config
 
         self.topic = topic
         self.handed = 0

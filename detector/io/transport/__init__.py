@@ -24,7 +24,6 @@ client raised them.
 from __future__ import annotations
 
 from ...settings import KafkaSettings
-from ..clients import rdkafka_producer_config  # noqa: F401 - io.produce imports it from here
 from .base import TP, Batch, Callback, Membership, MembershipLost, Transport, TransportError
 from .confluent import CONFLUENT_MISSING, ConfluentTransport
 from .kafka_python import KafkaPythonTransport

@@ -14,7 +14,6 @@ close that times out otherwise leaves the sender thread retrying forever).
 from __future__ import annotations
 
 import logging
-from typing import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
