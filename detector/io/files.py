@@ -24,11 +24,24 @@ import tempfile
 import zlib
 from pathlib import Path
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
 from ..core.events import json_default
+
+try:
+    # ISA-L's inflate, the same gzip format at about twice zlib's speed (0.23 against 0.47 us a
+    # line of a resolver log, measured): a replay of compressed logs spends less on reading.
+    from isal import isal_zlib
+    from isal.igzip import IGzipFile as _GzipReader
+    # (isal's type stub declares ``error`` an instance: it is the exception class)
+    _InflateError = cast(type[Exception], isal_zlib.error)
+except ImportError:                 # (a platform without isal's wheels: the standard library)
+    from gzip import GzipFile as _GzipReader  # type: ignore[assignment]
+    _InflateError = zlib.error
+#: What a broken gzip stream raises, whichever inflater reads it.
+_GZIP_ERRORS = (EOFError, zlib.error, _InflateError, OSError)
 
 #: Lines handed to the core per chunk: large enough to amortise per-batch work, small enough that
 #: streams stay aligned in event time and memory stays flat.
@@ -92,10 +105,10 @@ class LineSource:
         head = self._head(self._raw)
         if head.startswith(GZIP_MAGIC):
             self.compressed = True
-            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
+            self._file = _GzipReader(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
             try:
                 head = self._head(self._file)
-            except (EOFError, OSError, zlib.error) as err:
+            except _GZIP_ERRORS as err:
                 self.close()
                 raise InputError(f"{display(path)} starts like gzip but is not readable gzip "
                                  f"data ({err})") from None
@@ -144,7 +157,7 @@ class LineSource:
             data = self._file.read(hint)          # short only at the end of the input
             if len(data) == hint or not data.endswith(b"\n"):
                 data += self._file.readline()     # to the end of the line the hint falls in
-        except (EOFError, zlib.error, OSError) as err:
+        except _GZIP_ERRORS as err:
             self._broken = _gzip_problem(err) if self.compressed else f"read error ({err})"
             data = self._salvage() if self.compressed and self.path != "-" else b""
             if not data:
@@ -216,7 +229,7 @@ def _gzip_problem(err: BaseException) -> str:
         return "truncated gzip"
     if isinstance(err, gzip.BadGzipFile):
         return "trailing garbage (not gzip data)"
-    if isinstance(err, zlib.error):
+    if isinstance(err, (zlib.error, _InflateError)):
         return "corrupt gzip data"
     return f"read error ({err})"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 
 from kafka.errors import KafkaError
@@ -29,6 +30,16 @@ from ...settings import KafkaSettings
 from ..clients import make_consumer, rdkafka_config, rdkafka_producer_config
 from .base import TP, Batch, Transport, TransportError
 from .group import GroupDelegate, GroupMember
+
+#: librdkafka's prefetch queue per partition (``queued.max.messages.kbytes``), and what a paused
+#: partition may park in hand before it is paused in librdkafka too: the same 16 MiB.
+PREFETCH_KIB = 16_384
+PARK_BYTES = PREFETCH_KIB * 1024
+#: kafka-python's group member is polled at most this often while records flow (it fetches
+#: nothing; its heartbeats run in their own thread): each poll costs about a millisecond, and
+#: once per batch was 2 % of a backlog read. Rebalance callbacks wait at most this long more.
+GROUP_POLL_INTERVAL_S = 0.1
+
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,8 @@ class ConfluentTransport(GroupDelegate, Transport):
         self._paused: set[TP] = set()      # paused by the worker
         self._stopped: set[TP] = set()     # paused in librdkafka too (see ``pause``)
         self._parked: dict[TP, Batch] = {}  # records of paused partitions, in hand
+        self._parked_bytes: dict[TP, int] = {}
+        self._next_group_poll = 0.0
         self._ready: dict[TP, Batch] = {}   # parked records of resumed partitions, next out
         # Where each partition was told to start (kept until revoked: librdkafka knows no
         # position before the first record after an assign or a seek).
@@ -94,7 +107,7 @@ class ConfluentTransport(GroupDelegate, Transport):
             "isolation.level": "read_uncommitted",
             # Prefetch at most ~16 MB per partition (librdkafka's default is 64 MB): a
             # partition paused for being ahead of the watermark keeps no more than that.
-            "queued.max.messages.kbytes": 16_384,
+            "queued.max.messages.kbytes": PREFETCH_KIB,
             # When that queue is full, fetch again after 50 ms, not librdkafka's 1 s: the worker
             # drains 16 MB in about a second, and would otherwise wait with an empty queue.
             "fetch.queue.backoff.ms": 50,
@@ -156,13 +169,17 @@ class ConfluentTransport(GroupDelegate, Transport):
         self._stopped -= tps
         for tp in tps:
             self._parked.pop(tp, None)
+            self._parked_bytes.pop(tp, None)
             self._ready.pop(tp, None)
 
     def poll(self, timeout_s):
         self._unassign_revoked()
         # Drive kafka-python's group protocol (its partitions are all paused: it returns no
         # records). With nothing to fetch (joining, standby) it is the poll that waits.
-        self.group.poll(0 if self._fetching else timeout_s)
+        now = time.monotonic()
+        if not self._fetching or now >= self._next_group_poll:
+            self.group.poll(0 if self._fetching else timeout_s)
+            self._next_group_poll = now + GROUP_POLL_INTERVAL_S
         self.producer.poll(0)              # delivery reports
         if not self._fetching:
             return []
@@ -197,20 +214,31 @@ class ConfluentTransport(GroupDelegate, Transport):
             last.offsets.append(message.offset())
         if self._paused:
             self._park([batches.pop(tp) for tp in self._paused if tp in batches])
+        # A resumed partition's parked records go out a poll's worth at a time, the rest first
+        # in the next poll: the worker sees the partition's event time move as it reads it, and
+        # pauses it again before it runs far ahead of the others.
+        limit = self.max_records
+        for batch in batches.values():
+            if len(batch.values) > limit:
+                self._ready[batch.tp] = Batch(batch.tp, batch.values[limit:],
+                                              batch.offsets[limit:])
+                del batch.values[limit:], batch.offsets[limit:]
         with self._lock:
             gone = self._revoked
         return [b for b in batches.values() if b.tp not in gone]
 
     def _park(self, batches: list[Batch]) -> None:
         """Keep records of paused partitions that were already fetched; stop fetching a
-        partition in librdkafka once a poll's worth is parked (see ``pause``)."""
+        partition in librdkafka once a prefetch queue's worth is parked (see ``pause``)."""
         for batch in batches:
             parked = self._parked.get(batch.tp)
             if parked is None:
                 parked = self._parked[batch.tp] = Batch(batch.tp, [], [])
             parked.values += batch.values
             parked.offsets += batch.offsets
-            if len(parked.values) >= self.max_records and batch.tp not in self._stopped:
+            size = self._parked_bytes[batch.tp] = (self._parked_bytes.get(batch.tp, 0)
+                                                   + sum(map(len, batch.values)))
+            if size >= PARK_BYTES and batch.tp not in self._stopped:
                 try:
                     self.fetcher.pause([self._ctp(batch.tp)])
                     self._stopped.add(batch.tp)
@@ -223,8 +251,11 @@ class ConfluentTransport(GroupDelegate, Transport):
         resumes it soon), so that would throw away and fetch again most of the input when
         reading history (measured: a third of the throughput). Instead the records of a paused
         partition that keep coming are parked here, like kafka-python does, and the partition
-        is paused in librdkafka only once a poll's worth (``max_poll_records``) is parked:
-        memory stays bounded, and a short pause costs nothing."""
+        is paused in librdkafka only once a prefetch queue's worth (``PARK_BYTES`` of values) is
+        parked: memory stays bounded, and a pause of the usual length costs nothing. (A bound of
+        a poll's worth of records, 5,000, was reached by most pauses of a backlog read at a few
+        records a second, each dropping a 16 MiB prefetch: 281 in a 3.4 M-record read, and a
+        fifth of its time waiting for records fetched again.)"""
         self._paused |= set(tps)
 
     def resume(self, tps) -> None:
@@ -238,6 +269,7 @@ class ConfluentTransport(GroupDelegate, Transport):
             self._stopped -= stopped
         for tp in tps:
             parked = self._parked.pop(tp, None)
+            self._parked_bytes.pop(tp, None)
             if parked is not None:
                 self._ready[tp] = parked
         # Only what the group gives this member now is ever fetched.
