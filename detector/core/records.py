@@ -546,7 +546,7 @@ def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
         category.lower() if category else None,
         line.subject,
         status_code and status_code[:32],
-        None if lookups is None else [
+        None if lookups is None else [] if not lookups else [      # (usually none logged)
             (lookup.qname.lower().rstrip(".")[:cut],          # normalize_name, inlined
              lookup.qtype.upper() if lookup.qtype else None) for lookup in lookups],
         line.dns_outcome,

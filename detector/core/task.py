@@ -57,7 +57,7 @@ class PendingDelivery(Struct, gc=False):
     prefer: int                                      # join.PREFER_*
 
 
-_delivery_ts = attrgetter("ts")
+_delivery_ts = _record_ts = attrgetter("ts")
 
 
 
@@ -137,12 +137,13 @@ class JoinTask:
         decoded: tuple[list[Any], list[int] | None] = decode(lines, rejected)
         records, kept = decoded
         counters[f"{stream}_records"] += len(lines)
-        # The batch's times, gathered once for the future check, the first and the newest.
-        times: list[float] = [record.ts for record in records]
+        # The batch's times, gathered once (in C) for the future check, the first and the newest.
+        stamps = np.fromiter(map(_record_ts, records), dtype=float, count=len(records))
         if records:
-            records, kept, times = self._drop_future(records, kept, times, rejected, now)
+            records, kept, stamps = self._drop_future(records, kept, stamps, rejected, now)
         watermark = self.clock.watermark
-        if records and min(times) >= watermark:       # the usual batch: nothing late
+        first = float(stamps.min()) if records else math.inf
+        if records and first >= watermark:            # the usual batch: nothing late
             if stream == MAIL:
                 self._accept_mail(records)
             else:
@@ -161,8 +162,7 @@ class JoinTask:
         for _, reason in rejected:
             counters[f"rejected:{reason}"] += 1
         if records:
-            newest = max(times)
-            first = min(times)
+            newest = float(stamps.max())
             if self.first_ts is None or first < self.first_ts:
                 self.first_ts = first
             self.clock.observe(source or stream, newest)
@@ -226,9 +226,9 @@ class JoinTask:
         done.sort()
         return {i: self.open_steps.pop(i) for i in done}
 
-    def _drop_future(self, records: list, kept: list[int] | None, times: list[float],
+    def _drop_future(self, records: list, kept: list[int] | None, stamps: np.ndarray,
                      rejected: list, now: float | None) -> tuple[list, list[int] | None,
-                                                                 list[float]]:
+                                                                 np.ndarray]:
         """Reject timestamps far ahead of the rest of their batch (and of ``now`` when known).
 
         One host with a wrong clock must not move the watermark. In the batch's sorted times, a
@@ -238,7 +238,6 @@ class JoinTask:
         ``records`` are at the indexes ``kept`` of the batch (``None``: every line, in order).
         """
         skew = self.config.clock.max_future_skew_s
-        stamps = np.array(times, dtype=float)
         limit = math.inf if now is None else now + skew
         if len(stamps) > 1:
             ordered = np.sort(stamps)
@@ -248,7 +247,7 @@ class JoinTask:
                     limit = min(limit, float(ordered[gap]) + skew)
                     break
         if stamps.max() <= limit:
-            return records, kept, times
+            return records, kept, stamps
         still: list = []
         still_kept: list[int] = []
         for index, record in zip(range(len(records)) if kept is None else kept, records):
@@ -257,7 +256,8 @@ class JoinTask:
             else:
                 still.append(record)
                 still_kept.append(index)
-        return still, still_kept, [record.ts for record in still]
+        return still, still_kept, np.fromiter(map(_record_ts, still), dtype=float,
+                                              count=len(still))
 
     def _accept_mail(self, mails: list) -> None:
         """Queue the OTP deliveries among a batch's on-time mail records for their join.
