@@ -252,6 +252,26 @@ def test_trailing_garbage_after_a_gzip_file_is_reported_after_every_line_was_rea
     assert "mail: 3,000 lines read: 3,000 accepted" in err
 
 
+def test_corrupt_gzip_data_is_named_as_such_after_the_lines_before_it(tmp_path, logs):
+    # A second gzip member whose first deflate block has the reserved block type (the inflater
+    # refuses it), and one whose data was damaged (its CRC check fails at its end).
+    _, dns = logs
+    broken = bytearray(gzip.compress(big_mail(100)))
+    broken[10] = 0xFF
+    damaged = bytearray(gzip.compress(big_mail(20_000)))
+    middle = len(damaged) // 2
+    damaged[middle:middle + 8] = bytes(b ^ 0xFF for b in damaged[middle:middle + 8])
+    for second, what in ((broken, "corrupt gzip data"),
+                         (damaged, "corrupt gzip data (a CRC or length check failed)")):
+        path = tmp_path / "mail.jsonl.gz"
+        path.write_bytes(gzip.compress(big_mail(3000)) + bytes(second))
+        done = replay(path, dns, "--out", tmp_path / "out.jsonl")
+        err = stderr_of(done)
+        assert done.returncode == 3
+        assert f"detector: error: {path}: {what} after " in err
+        assert "trailing garbage" not in err
+
+
 def test_gzip_on_standard_input_is_recognised_by_its_magic_bytes(tmp_path, logs):
     mail, dns = logs
     plain = replay(mail, dns, "--out", tmp_path / "plain.jsonl")

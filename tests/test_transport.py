@@ -110,6 +110,37 @@ def test_every_record_once_and_in_order_across_pauses_seeks_and_resumes(broker, 
         transport.close()
 
 
+def test_a_resumed_partition_comes_back_a_poll_at_a_time(broker, topics, transport_name):
+    # What a paused partition's fetches brought meanwhile is kept in hand; on resume it comes
+    # back at most max_poll_records at a time, in order, so the worker sees that partition's
+    # event time move as it reads and can pause it again before it runs far ahead.
+    tps, _ = topics
+    a, b = tps
+    transport = joined(broker, transport_name, tps, max_poll_records=400)
+    try:
+        for tp in tps:
+            transport.seek_to(tp, "earliest")
+        transport.resume(tps)
+        seen: dict[TP, list] = {}
+        read(transport, seen, lambda: len(seen.get(b, [])) >= 1)
+        transport.pause([b])
+        read(transport, seen, lambda: len(seen.get(a, [])) >= RECORDS)
+        got_b = len(seen[b])
+        transport.resume([b])
+        sizes = []
+        deadline = time.monotonic() + 60
+        while len(seen[b]) < RECORDS:
+            assert time.monotonic() < deadline, len(seen[b])
+            for batch in transport.poll(0.2):
+                if batch.tp == b:
+                    sizes.append(len(batch.values))
+                seen.setdefault(batch.tp, []).extend(zip(batch.offsets, batch.values))
+        assert got_b < RECORDS and max(sizes) <= 400
+        assert [o for o, _ in seen[b]] == list(range(RECORDS))
+    finally:
+        transport.close()
+
+
 def test_a_partition_paused_before_its_first_record_starts_where_it_was_told(broker, topics,
                                                                               transport_name):
     tps, _ = topics

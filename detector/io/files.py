@@ -228,7 +228,11 @@ def _gzip_problem(err: BaseException) -> str:
     if isinstance(err, EOFError):
         return "truncated gzip"
     if isinstance(err, gzip.BadGzipFile):
-        return "trailing garbage (not gzip data)"
+        # "Not a gzipped file": bytes after the last member; else a member's CRC or length
+        # check failed (its data was damaged).
+        if str(err).startswith("Not a gzipped file"):
+            return "trailing garbage (not gzip data)"
+        return "corrupt gzip data (a CRC or length check failed)"
     if isinstance(err, (zlib.error, _InflateError)):
         return "corrupt gzip data"
     return f"read error ({err})"

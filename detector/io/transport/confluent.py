@@ -31,8 +31,9 @@ from ..clients import make_consumer, rdkafka_config, rdkafka_producer_config
 from .base import TP, Batch, Transport, TransportError
 from .group import GroupDelegate, GroupMember
 
-#: librdkafka's prefetch queue per partition (``queued.max.messages.kbytes``), and what a paused
-#: partition may park in hand before it is paused in librdkafka too: the same 16 MiB.
+#: librdkafka's prefetch queue (``queued.max.messages.kbytes``: one queue for every partition of
+#: the consumer), and what the paused partitions may park in hand together before they are paused
+#: in librdkafka too: the same 16 MiB.
 PREFETCH_KIB = 16_384
 PARK_BYTES = PREFETCH_KIB * 1024
 #: kafka-python's group member is polled at most this often while records flow (it fetches
@@ -230,22 +231,25 @@ class ConfluentTransport(GroupDelegate, Transport):
         return [b for b in batches.values() if b.tp not in gone]
 
     def _park(self, batches: list[Batch]) -> None:
-        """Keep records of paused partitions that were already fetched; stop fetching a
-        partition in librdkafka once a prefetch queue's worth is parked (see ``pause``)."""
+        """Keep records of paused partitions that were already fetched; stop fetching the
+        parked partitions in librdkafka once a prefetch queue's worth is parked in all (see
+        ``pause``)."""
         for batch in batches:
             parked = self._parked.get(batch.tp)
             if parked is None:
                 parked = self._parked[batch.tp] = Batch(batch.tp, [], [])
             parked.values += batch.values
             parked.offsets += batch.offsets
-            size = self._parked_bytes[batch.tp] = (self._parked_bytes.get(batch.tp, 0)
-                                                   + sum(map(len, batch.values)))
-            if size >= PARK_BYTES and batch.tp not in self._stopped:
-                try:
-                    self.fetcher.pause([self._ctp(batch.tp)])
-                    self._stopped.add(batch.tp)
-                except self._ck.KafkaException as err:   # parking goes on; tried again later
-                    log.warning("pause failed", extra={"error": repr(err)})
+            self._parked_bytes[batch.tp] = (self._parked_bytes.get(batch.tp, 0)
+                                            + sum(map(len, batch.values)))
+        if sum(self._parked_bytes.values()) < PARK_BYTES:
+            return
+        for tp in self._parked.keys() - self._stopped:
+            try:
+                self.fetcher.pause([self._ctp(tp)])
+                self._stopped.add(tp)
+            except self._ck.KafkaException as err:       # parking goes on; tried again later
+                log.warning("pause failed", extra={"error": repr(err)})
 
     def pause(self, tps) -> None:
         """Pausing a partition in librdkafka drops what it has prefetched, to be fetched again
@@ -253,11 +257,12 @@ class ConfluentTransport(GroupDelegate, Transport):
         resumes it soon), so that would throw away and fetch again most of the input when
         reading history (measured: a third of the throughput). Instead the records of a paused
         partition that keep coming are parked here, like kafka-python does, and the partition
-        is paused in librdkafka only once a prefetch queue's worth (``PARK_BYTES`` of values) is
-        parked: memory stays bounded, and a pause of the usual length costs nothing. (A bound of
-        a poll's worth of records, 5,000, was reached by most pauses of a backlog read at a few
-        records a second, each dropping a 16 MiB prefetch: 281 in a 3.4 M-record read, and a
-        fifth of its time waiting for records fetched again.)"""
+        is paused in librdkafka only once the paused partitions have parked a prefetch queue's
+        worth (``PARK_BYTES`` of values, together): memory stays bounded (librdkafka's queue plus
+        as much in hand), and a pause of the usual length costs nothing. (A bound of a poll's
+        worth of records per partition, 5,000, was reached by most pauses of a backlog read at a
+        few records a second, each dropping the prefetch: 281 times in a 3.4 M-record read, with
+        a tenth of its time spent waiting for records fetched again.)"""
         self._paused |= set(tps)
 
     def resume(self, tps) -> None:
