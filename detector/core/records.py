@@ -523,8 +523,24 @@ def _checked(raw, validate):
     return validate(load_object(raw))
 
 
+#: Folded spellings of the fields a log repeats from a small set (query types, host names of
+#: mail servers and resolver clients, categories), by their text as logged: a look-up instead of
+#: a new string a record, and every record of one host shares one string.
+_UPPER: dict[str, str] = {}
+_HOST: dict[str, str] = {}
+_LOWER: dict[str, str] = {}
+
+
+def _fold(cache: dict[str, str], value: str, folded: str) -> str:
+    """Remember ``folded`` as the folded spelling of ``value`` (a short one) in ``cache``."""
+    if len(value) <= 255:                        # a hostile long value is not kept
+        _remember(cache, value, folded)
+    return folded
+
+
 def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
-                 domains: dict = _DOMAIN_OF, unknown: object = _UNKNOWN) -> MailRecord:
+                 domains: dict = _DOMAIN_OF, unknown: object = _UNKNOWN,
+                 host_of=_HOST.get, lower_of=_LOWER.get) -> MailRecord:
     """``mail_from_object``'s normalisation of a decoded line's fields: the same record."""
     sender, tenant, server = line.sender, line.tenant, line.server
     category, status_code, detail = line.category, line.status_code, line.detail
@@ -542,8 +558,8 @@ def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
         sender[:cut] if sender else None,
         domain,
         tenant and tenant[:cut],
-        server.lower()[:cut] if server else None,
-        category.lower() if category else None,
+        (host_of(server) or _fold(_HOST, server, server.lower()[:cut])) if server else None,
+        (lower_of(category) or _fold(_LOWER, category, category.lower())) if category else None,
         line.subject,
         status_code and status_code[:32],
         None if lookups is None else [] if not lookups else [      # (usually none logged)
@@ -555,7 +571,8 @@ def _mail_record(line: _MailLine, ts: float, cut: int = MAX_FIELD_CHARS,
 
 
 def _dns_record(line: _DnsLine, ts: float, cut: int = MAX_FIELD_CHARS,
-                outcome_of: dict = _OUTCOME_OF_RCODE) -> DnsRecord:
+                outcome_of: dict = _OUTCOME_OF_RCODE, upper_of=_UPPER.get,
+                host_of=_HOST.get) -> DnsRecord:
     """``dns_from_object``'s normalisation of a decoded line's fields: the same record."""
     rcode, answers = line.rcode, line.answers
     outcome = outcome_of.get(rcode)
@@ -567,10 +584,10 @@ def _dns_record(line: _DnsLine, ts: float, cut: int = MAX_FIELD_CHARS,
     return DnsRecord(
         ts,
         line.qname.lower().rstrip(".")[:cut],                # normalize_name, inlined
-        qtype.upper() if qtype else None,
+        (upper_of(qtype) or _fold(_UPPER, qtype, qtype.upper())) if qtype else None,
         outcome,
         resolver[:cut] if resolver else None,
-        client.lower()[:cut] if client else None,
+        (host_of(client) or _fold(_HOST, client, client.lower()[:cut])) if client else None,
     )
 
 
