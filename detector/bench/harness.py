@@ -80,7 +80,7 @@ def machine() -> dict:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions: dict[str, str | None] = {}
     for package in ("kafka-python", "crc32c", "confluent-kafka", "river", "numpy", "orjson",
-                    "msgspec"):
+                    "msgspec", "isal"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
