@@ -256,8 +256,7 @@ class JoinTask:
             else:
                 still.append(record)
                 still_kept.append(index)
-        return still, still_kept, np.fromiter(map(_record_ts, still), dtype=float,
-                                              count=len(still))
+        return still, still_kept, stamps[stamps <= limit]
 
     def _accept_mail(self, mails: list) -> None:
         """Queue the OTP deliveries among a batch's on-time mail records for their join.

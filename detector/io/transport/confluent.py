@@ -106,8 +106,8 @@ class ConfluentTransport(GroupDelegate, Transport):
             "auto.offset.reset": "earliest",
             # As kafka-python (and the Kafka default): every record, transactional or not.
             "isolation.level": "read_uncommitted",
-            # Prefetch at most ~16 MB per partition (librdkafka's default is 64 MB): a
-            # partition paused for being ahead of the watermark keeps no more than that.
+            # Prefetch at most 16 MiB (librdkafka's default is 64 MB; one queue for all the
+            # partitions): see ``PREFETCH_KIB``.
             "queued.max.messages.kbytes": PREFETCH_KIB,
             # When that queue is full, fetch again after 50 ms, not librdkafka's 1 s: the worker
             # drains 16 MB in about a second, and would otherwise wait with an empty queue.
