@@ -2,7 +2,12 @@
 key, from the Public Suffix List; what cannot be keyed together is a name of another
 organisation."""
 
+import ipaddress
+import random
+from collections import Counter
+
 import pytest
+from kafka.partitioner.default import murmur2
 
 from detector.core.partitioning import join_key, registrable_domain
 from detector.core.records import domain_of
@@ -35,3 +40,26 @@ def test_names_without_a_registrable_domain_are_their_own_key():
     assert registrable_domain("co.uk") == "co.uk"
     assert registrable_domain("localhost") == "localhost"
     assert join_key(sender_domain=None) is None and join_key() is None
+
+
+@pytest.mark.parametrize("name, key", [
+    ("4.3.2.10.in-addr.arpa", "4.3.2.10.in-addr.arpa"),
+    ("4.3.2.10.IN-ADDR.ARPA.", "4.3.2.10.in-addr.arpa"),
+    ("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa",
+     "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa"),
+    ("in-addr.arpa", "in-addr.arpa"),          # the zones themselves, as any public suffix
+])
+def test_a_reverse_name_is_its_own_key(name, key):
+    assert join_key(qname=name) == key
+
+
+def test_reverse_lookups_spread_over_the_partitions():
+    # The Public Suffix List alone would make one key of each of these families (10.in-addr.arpa,
+    # 2.ip6.arpa): a PTR lookup per connecting address, all in one partition.
+    rng = random.Random(7)
+    v4 = [ipaddress.IPv4Address(rng.randrange(10 << 24, 11 << 24)) for _ in range(3000)]
+    v6 = [ipaddress.IPv6Address((0x2001_0db8 << 96) + rng.getrandbits(96)) for _ in range(3000)]
+    for addresses in (v4, v6):
+        keys = [join_key(qname=address.reverse_pointer) for address in addresses]
+        load = Counter((murmur2(key.encode()) & 0x7FFFFFFF) % 6 for key in keys)
+        assert len(load) == 6 and max(load.values()) < 0.25 * len(keys), load

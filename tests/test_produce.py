@@ -40,11 +40,17 @@ LINES = [
     b'{"ts": "2026-11-27T10:00:07Z", "qname": "sel1._domainkey.Bank1.example", "rcode": "NOERROR"}',
     b'{"ts": "2026-11-27T10:00:08Z", "message_id": "<e@x>", "status": "failed", "sender": "<>", '
     b'"dns_lookups": [{"qname": "_dmarc.mail.shop.co.uk.", "qtype": "TXT"}]}',
+    b'{"ts": "2026-11-27T10:00:09Z", "qname": "4.3.2.10.In-Addr.Arpa.", "qtype": "PTR", '
+    b'"rcode": "NXDOMAIN"}',
+    b'{"ts": "2026-11-27T10:00:10Z", "message_id": "<f@x>", "status": "failed", "sender": "<>", '
+    b'"dns_lookups": [{"qname": "4.3.2.10.in-addr.arpa", "qtype": "PTR"}]}',
 ]
 #: The registrable domain (eTLD+1) of the question name, or of the sender's domain (of the first
-#: named lookup for the null sender); no key for mail with neither, nor for what is no record.
+#: named lookup for the null sender); no key for mail with neither, nor for what is no record; a
+#: reverse name is its own key, for its answers and for the mail keyed by it alike.
 KEYS = [b"bank1.example", b"bank1.example", b"shop.example", None, None, None,
-        None, b"shop.example", b"bank1.example", b"bank1.example", b"shop.co.uk"]
+        None, b"shop.example", b"bank1.example", b"bank1.example", b"shop.co.uk",
+        b"4.3.2.10.in-addr.arpa", b"4.3.2.10.in-addr.arpa"]
 
 
 def create_topic(bootstrap: str, partitions: int) -> str:

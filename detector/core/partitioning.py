@@ -24,6 +24,17 @@ name alone is not seen as its DNS outcome. A single process that holds every par
 
 A name the list gives no registrable domain (a bare public suffix such as ``co.uk``, a single
 label such as ``localhost``) is its own key; the empty name is no key.
+
+**A reverse name is its own key.** The list makes ``in-addr.arpa`` and ``ip6.arpa`` suffixes, so
+their "registrable domain" is one label more: every reverse lookup of 10/8 would be the one key
+``10.in-addr.arpa``, and every reverse lookup of an IPv6 address in 2000::/4 (the whole global
+unicast space in use) the one key ``2.ip6.arpa``. At a mail provider the PTR lookup of each
+connecting address is a large share of the resolver's log, and a key is never split over join
+workers, so those would be the hottest keys of all. A reverse name belongs to whoever runs the
+address, never to a sender's organisation, so nothing is lost by spreading them: a delivery's
+lookups of them can join in a split only by chance under either rule (the delivery is keyed by its
+sender), and a mail record keyed by its first lookup (no sender, the null sender) is keyed by the
+same whole name as that lookup's answers.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ from __future__ import annotations
 from publicsuffixlist import PublicSuffixList
 
 _PSL = PublicSuffixList()
+#: Reverse-mapping zones (RFC 1035 section 3.5, RFC 3596 section 2.5): a name below one is its own
+#: key (module docstring), not cached, since a log holds as many as there are client addresses.
+REVERSE_SUFFIXES = (".in-addr.arpa", ".ip6.arpa")
 _CACHE: dict[str, str] = {}
 #: Distinct names remembered; a stream repeats a few thousand, so a full cache is just emptied.
 CACHE_ENTRIES = 65_536
@@ -47,11 +61,18 @@ def registrable_domain(name: str) -> str:
     'bank1.example'
     >>> registrable_domain("sel._domainkey.mail.bank.co.uk"), registrable_domain("co.uk")
     ('bank.co.uk', 'co.uk')
+
+    A reverse name is its own key (module docstring):
+
+    >>> registrable_domain("4.3.2.10.IN-ADDR.ARPA.")
+    '4.3.2.10.in-addr.arpa'
     """
     key = _CACHE.get(name)
     if key is not None:
         return key
     normal = name.lower().rstrip(".")
+    if normal.endswith(REVERSE_SUFFIXES):
+        return normal
     key = _PSL.privatesuffix(normal) or normal
     if len(name) <= CACHED_NAME_CHARS:
         if len(_CACHE) >= CACHE_ENTRIES:

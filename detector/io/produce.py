@@ -31,7 +31,8 @@ from typing import Any
 
 import orjson
 
-from ..core.partitioning import CACHE_ENTRIES, CACHED_NAME_CHARS, registrable_domain
+from ..core.partitioning import (CACHE_ENTRIES, CACHED_NAME_CHARS, REVERSE_SUFFIXES,
+                                 registrable_domain)
 from ..core.records import Rejected, domain_of, parse_ts
 from ..formats.base import convert_chunks
 from ..settings import KafkaSettings
@@ -84,8 +85,11 @@ _KEYS: dict[str, bytes] = {}
 
 
 def _new_key(name: str) -> bytes:
-    key = registrable_domain(name).encode()
-    if len(name) <= CACHED_NAME_CHARS:         # as registrable_domain's own cache
+    domain = registrable_domain(name)
+    key = domain.encode()
+    # As registrable_domain's own cache: not a long name, nor a reverse name (as many as there
+    # are client addresses: they would empty the cache of the senders' names).
+    if len(name) <= CACHED_NAME_CHARS and not domain.endswith(REVERSE_SUFFIXES):
         if len(_KEYS) >= CACHE_ENTRIES:
             _KEYS.clear()
         _KEYS[name] = key
