@@ -7,12 +7,16 @@ why the benchmark reports ratios to baselines measured alongside."""
 from __future__ import annotations
 
 import gzip
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 from click.testing import CliRunner
 
+from conftest import DETECTOR
 from detector.bench.cli import bench
 from detector.bench.formats import SAMPLES, STEP_S, build_input, sample_lines
 from detector.bench.harness import quality_specs, summarize
@@ -199,6 +203,28 @@ def test_a_rerun_reuses_the_generated_inputs(quick_run):
     assert result.exit_code == 0, result.output
     assert "3. Memory" in result.stdout and "6. Log-format adapters" in result.stdout
     assert stamps() == before
+
+
+def test_a_run_stopped_part_way_keeps_the_sections_it_measured(quick_run):
+    out_dir, _ = quick_run
+    complete = (out_dir / "bench-quick.json").read_bytes()
+    partial = out_dir / "bench-quick.partial.json"
+    assert not partial.exists()                  # the complete run removed its own
+    run = subprocess.Popen([*DETECTOR, "bench", "--quick", "--out-dir", str(out_dir),
+                            "--only", "replay", "--only", "memory"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not partial.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)               # during the memory section
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode != 0, stderr.decode()
+    kept = orjson.loads(partial.read_bytes())
+    assert kept["partial"] is True and kept["replay"]["pipeline_rate"] > 0
+    assert "memory" not in kept
+    assert "1. Replay throughput" in (out_dir / "bench-quick.partial.txt").read_text()
+    assert "the sections measured so far are in" in stderr.decode()
+    assert (out_dir / "bench-quick.json").read_bytes() == complete
 
 
 def test_format_inputs_keep_headers_once_and_move_on_in_time(tmp_path):

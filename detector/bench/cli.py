@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,9 @@ def bench(out_dir, quick, as_json, sections, repeat, seeds, scenarios, latency_r
 
     Every speed figure is a ratio to a baseline measured in the same run on the same input: the
     bare read of the files, kafka-python's bare consumer, and a naive per-record detector.
-    Progress goes to stderr; the table (or JSON) to stdout, and both to OUT_DIR.
+    Progress goes to stderr; the table (or JSON) to stdout, and both to OUT_DIR. Each section's
+    results are also written to OUT_DIR/bench.partial.json (and .txt) as it ends, so a run that
+    stops part-way keeps what it measured; a complete run removes them.
     """
     command = " ".join(["detector bench", *(["--quick"] if quick else []),
                         *(f"--only {s}" for s in sections),
@@ -56,15 +59,39 @@ def bench(out_dir, quick, as_json, sections, repeat, seeds, scenarios, latency_r
         click.echo(f"bench [{time.monotonic() - started:6.1f} s] {text}", err=True)
 
     root = Path(out_dir)
-    result = run_bench(root, quick=quick, sections=tuple(sections) or SECTIONS, repeat=repeat,
-                       seeds=list(seeds) or None, scenarios=tuple(scenarios) or None,
-                       latency_runs=latency_runs, latency_pace=pace,
-                       command=command, say=say)
-    text = format_report(result)
     stem = "bench-quick" if quick else "bench"
-    (root / f"{stem}.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    (root / f"{stem}.txt").write_text(text + "\n")
+    partial = [root / f"{stem}.partial.json", root / f"{stem}.partial.txt"]
+    for path in partial:              # an earlier run's, stopped: not this run's
+        path.unlink(missing_ok=True)
+
+    def measured(so_far: dict) -> None:
+        # What a run that stops later (a failure, ^C, a lost machine) still has: the sections
+        # measured so far, beside the last complete run's results, which it does not replace.
+        write(partial[0], orjson.dumps({**so_far, "partial": True}, option=orjson.OPT_INDENT_2))
+        write(partial[1], (format_report(so_far) + "\n").encode())
+
+    try:
+        result = run_bench(root, quick=quick, sections=tuple(sections) or SECTIONS,
+                           repeat=repeat, seeds=list(seeds) or None,
+                           scenarios=tuple(scenarios) or None, latency_runs=latency_runs,
+                           latency_pace=pace, command=command, say=say, measured=measured)
+    except BaseException:
+        if partial[0].exists():
+            say(f"stopped: the sections measured so far are in {partial[1]} and {partial[0]}")
+        raise
+    text = format_report(result)
+    write(root / f"{stem}.json", orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    write(root / f"{stem}.txt", (text + "\n").encode())
+    for path in partial:
+        path.unlink(missing_ok=True)
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         click.echo(text)
+
+
+def write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole (a temporary file renamed over it)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -272,8 +272,10 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
               repeat: int | None = None, seeds: list[int] | None = None,
               scenarios: tuple[str, ...] | None = None,
               latency_runs: int | None = None, latency_pace: float = 10.0,
-              command: str = "detector bench", say: Say = quiet) -> dict:
-    """Every requested section; the result is what ``--json`` prints."""
+              command: str = "detector bench", say: Say = quiet,
+              measured: Callable[[dict], None] | None = None) -> dict:
+    """Every requested section; the result is what ``--json`` prints. ``measured`` is called
+    with the result so far after each section, so a run that stops part-way keeps them."""
     root = Path(root)
     work = root / ("work-quick" if quick else "work")
     work.mkdir(parents=True, exist_ok=True)
@@ -300,22 +302,31 @@ def run_bench(root: Path, quick: bool = False, sections: tuple[str, ...] = SECTI
 
         paths = ensure_inputs(root, QUICK_LINES if quick else LINES)
         say(f"inputs: {len(paths)} log-format files under {root / 'data'} (built when missing)")
+
+    def done(so_far: dict) -> None:
+        if measured is not None:
+            measured({**so_far, "seconds": round(time.monotonic() - started, 1)})
+
     if "replay" in sections:
         result["replay"] = replay_section(root, work, quick, repeat, say)
+        done(result)
     if "memory" in sections:
         known = ({replay_hours(quick): result["replay"]["replay_max_rss_kib"]}
                  if "replay" in result else None)
         result["memory"] = memory_section(root, work, quick, say, known)
+        done(result)
     if "kafka" in sections:
         from .kafka import kafka_section
 
         result["kafka"] = kafka_section(root, work, quick, repeat,
                                         latency_runs or (1 if quick else 5), latency_pace, say,
                                         mixed_spec(replay_hours(quick)))
+        done(result)
     if "formats" in sections:
         from .formats import formats_section
 
         result["formats"] = formats_section(root, quick, repeat, say)
+        done(result)
     if "quality" in sections:
         result["quality"] = quality_section(root, work, quick, seeds, workers, say,
                                             result.get("replay"), scenarios)
