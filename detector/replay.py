@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from pathlib import Path
@@ -296,7 +296,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
                               saved.get(str(index)))
     total_size = sum(i.lines.size for i in inputs)
 
-    def forward(current: _Input, fed: Fed, numbers: Sequence[int]) -> None:
+    def forward(current: _Input, fed: Fed) -> None:
         """Count what one step gave, write its events, dead-letter its rejections (a line the
         adapter refused as it was; a converted record the core refused with ``"converted":
         true`` and no line number)."""
@@ -319,7 +319,7 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
                 core_rejected[stream][reason] += 1
             if dead_letter is None:
                 continue
-            line = None if rejection.position is None else numbers[rejection.position]
+            line = rejection.position           # (the line number: ``refs`` below)
             raw = rejection.raw.decode("utf-8", "backslashreplace")
             if rejection.adapter is not None:
                 dead_letter.write({"reason": reason, "stream": stream, "source": path,
@@ -342,15 +342,18 @@ def replay(mail_paths: list[str], dns_paths: list[str], out: EventSink,
                 error = broken
                 break
             if lines:
-                forward(current, current.step.feed(lines, now), numbers)
+                forward(current, current.step.feed(lines, now, refs=numbers))
             else:
+                forward(current, current.step.release(now))
                 if current.adapter is not None:
-                    forward(current, current.step.flush(now), [])
+                    forward(current, current.step.flush(now))
                 active.remove(current)
                 out.write_many(detector.finish_source(current.name))
                 drain_series()
             if progress is not None:
                 progress(sum(i.lines.position() for i in inputs), total_size)
+        for current in active:     # (stopped by a broken input: what the others hold)
+            forward(current, current.step.release(now))
         if error is None:
             if save_state is not None:
                 steps = {str(n): i.step for n, i in enumerate(inputs)}

@@ -34,7 +34,8 @@ class Task(Protocol):
     def add_source(self, source: str) -> None: ...
 
     def feed(self, stream: str, lines: list, source: str | None = None,
-             now: float | None = None) -> FeedResult: ...
+             now: float | None = None, *, carry: bool = False,
+             limit: float | None = None) -> FeedResult: ...
 
     def snapshot(self) -> dict: ...
 
@@ -44,8 +45,10 @@ class Rejection(NamedTuple):
 
     raw: bytes                 # the value as fed, or the record the adapter made of it
     reason: str                # the dead-letter reason (``missing_field:ts``, ``not_postfix``...)
-    position: int | None       # its index in the values fed; None for a record the adapter
-                               # made (or gave at ``flush``), which no single value is
+    position: Any              # its reference among the values fed (their ``refs``: a line
+                               # number, an offset; else its index), a value carried from an
+                               # earlier batch included; None for a record the adapter made (or
+                               # gave at ``flush``), which no single value is
     converted: bool            # the core refused a record the adapter made
     adapter: str | None        # the adapter's format name when the adapter refused the value
 
@@ -57,7 +60,7 @@ class Fed:
 
     events: list[AnomalyEvent]
     rejected: list[Rejection]
-    records: int = 0           # records handed to the core (the values, or the adapter's records)
+    records: int = 0           # records the core judged (the values, or the adapter's records)
     skipped: int = 0           # values the adapter read that carry no record
 
 
@@ -67,6 +70,14 @@ class Source:
     Creating it declares the source to the task (it holds the watermark back until its first
     batch) and restores the adapter's state from ``saved`` (an ``adapter.snapshot()``), if given.
 
+    A source without an adapter *carries*: the last values of a batch that the core could not
+    settle alone (records far ahead of the rest, at its very end: the first records after a
+    quiet gap, or a host with a wrong clock; ``JoinTask.feed``) are kept here, with their
+    references, and fed again at the start of the next batch, which settles them; ``release``
+    feeds them alone when the input has no more (the end of a file, an idle partition), where
+    they are judged as the batch they came in would have judged them. ``held_from`` is the
+    reference of the first value held (a shell commits no offset past it).
+
     >>> from detector.core import Detector
     >>> source = Source(Detector(), "dns", "dns/0")
     >>> fed = source.feed([b'{"ts": 1764237600, "qname": "a.example", "rcode": "SERVFAIL"}',
@@ -75,7 +86,7 @@ class Source:
     (2, [('missing_field:ts', 1, False)])
     """
 
-    __slots__ = ("task", "stream", "name", "adapter")
+    __slots__ = ("task", "stream", "name", "adapter", "_held", "_held_refs", "_held_limit")
 
     def __init__(self, task: Task, stream: str, name: str, adapter: Adapter | None = None,
                  saved: dict | None = None) -> None:
@@ -83,19 +94,54 @@ class Source:
         self.stream = stream
         self.name = name
         self.adapter = adapter
+        self._held: list[bytes] = []
+        self._held_refs: list[Any] = []
+        self._held_limit = 0.0
         task.add_source(name)
         if adapter is not None and saved is not None:
             adapter.restore(saved)
 
-    def feed(self, values: list[bytes], now: float | None = None) -> Fed:
-        """One batch of values, in order. ``now`` is the core's ``now`` (future records)."""
+    def feed(self, values: list[bytes], now: float | None = None,
+             refs: list | None = None) -> Fed:
+        """One batch of values, in order, with their references (``refs``: line numbers,
+        offsets; their indexes when not given). ``now`` is the core's ``now`` (future
+        records)."""
         adapter = self.adapter
+        if refs is None:
+            refs = list(range(len(values)))
         if adapter is None:
-            return self._core(values, [], 0, now, converted=False)
+            if self._held:
+                values, refs = self._held + values, self._held_refs + refs
+            result = self.task.feed(self.stream, values, source=self.name, now=now, carry=True)
+            carry = result.carry
+            if carry is None:
+                self._held, self._held_refs = [], []
+            else:
+                cut = len(values) - carry.lines
+                self._held, self._held_refs = values[cut:], refs[cut:]
+                self._held_limit = carry.limit
+                values = values[:cut]
+            return self._fed(result, values, refs, [], 0, converted=False)
         made = adapter.feed(values)
-        rejected = [Rejection(values[index], reason, index, False, adapter.name)
+        rejected = [Rejection(values[index], reason, refs[index], False, adapter.name)
                     for index, reason in made.rejected]
         return self._core(made.records, rejected, made.skipped, now, converted=True)
+
+    @property
+    def held_from(self) -> Any:
+        """The reference of the first value held for the next batch (None: none held)."""
+        return self._held_refs[0] if self._held_refs else None
+
+    def release(self, now: float | None = None) -> Fed:
+        """The input has no more for now: the values held from its last batch are judged
+        alone, as that batch would have judged them (nothing when none are held)."""
+        values, refs = self._held, self._held_refs
+        if not values:
+            return Fed([], [])
+        self._held, self._held_refs = [], []
+        result = self.task.feed(self.stream, values, source=self.name, now=now,
+                                limit=self._held_limit)
+        return self._fed(result, values, refs, [], 0, converted=False)
 
     def flush(self, now: float | None = None) -> Fed:
         """End of this input: what the adapter still holds goes to the core (nothing without an
@@ -111,8 +157,15 @@ class Source:
     def _core(self, records: list[bytes], rejected: list[Rejection], skipped: int,
               now: float | None, converted: bool) -> Fed:
         result = self.task.feed(self.stream, records, source=self.name, now=now)
+        return self._fed(result, records, None, rejected, skipped, converted)
+
+    @staticmethod
+    def _fed(result: FeedResult, records: list[bytes], refs: list | None,
+             rejected: list[Rejection], skipped: int, converted: bool) -> Fed:
+        """``result`` of the core for ``records`` (at ``refs``), after ``rejected``."""
         if result.rejected:
-            rejected += [Rejection(records[index], reason, None if converted else index,
+            rejected += [Rejection(records[index], reason,
+                                   None if converted or refs is None else refs[index],
                                    converted, None)
                          for index, reason in result.rejected]
         return Fed(result.events, rejected, len(records), skipped)

@@ -42,7 +42,7 @@ from .core.config import DetectorConfig
 from .core.events import AnomalyEvent
 from .core.judge import Judge
 from .core.pipeline import FeedResult
-from .core.task import Closed, JoinTask
+from .core.task import Carry, Closed, JoinTask
 from .io.copartition import copartition_problem, partition_counts
 from .io.state_store import StateStore, read_many
 from .io.task_assignor import TaskAssignor
@@ -109,13 +109,15 @@ class TaskGroup:
         self.tasks[self.partition_of(source)].add_source(source)
 
     def feed(self, stream: str, lines: list, source: str | None = None,
-             now: float | None = None) -> FeedResult:
+             now: float | None = None, *, carry: bool = False,
+             limit: float | None = None) -> FeedResult:
         assert source is not None
         partition = self.partition_of(source)
         task = self.tasks[partition]
-        rejected = task.feed(stream, lines, source, now)
+        carried: list[Carry] | None = [] if carry else None
+        rejected = task.feed(stream, lines, source, now, carry=carried, limit=limit)
         self._hand_over(partition, task.advance(), idle=False)
-        return FeedResult([], rejected)
+        return FeedResult([], rejected, carried[0] if carried else None)
 
     def finish_source(self, source: str) -> list[AnomalyEvent]:
         partition = self.partition_of(source)

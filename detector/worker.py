@@ -67,6 +67,12 @@ class Outgoing:
 @dataclass
 class PartitionProgress:
     next_offset: int | None = None       # the offset after the last record fed to the core
+                                         # (a checkpoint commits it); before what a source holds
+    read_to: int | None = None           # the offset after the last record read
+
+    def position(self) -> int | None:
+        """Where reading is: after the last record read, else where it was told to start."""
+        return self.read_to if self.read_to is not None else self.next_offset
     last_data: float = field(default_factory=time.monotonic)
     idle: bool = False
     paused: bool = False
@@ -178,10 +184,22 @@ class Worker:
         if self.detector is None:
             return
         for tp, source in self.sources.items():
+            self._release(tp)
             fed = source.flush()
             self._dead_letters(tp, fed.rejected, [])
             self._emit(fed.events)
         self._emit(self.detector.close())
+
+    def _release(self, tp: TP) -> None:
+        """The partition has no more for now: what its source holds is judged (``Source``)."""
+        source, progress = self.sources.get(tp), self.progress.get(tp)
+        if source is None or source.held_from is None:
+            return
+        fed = source.release(time.time())
+        self._dead_letters(tp, fed.rejected, [])
+        self._emit(fed.events)
+        if progress is not None:
+            progress.next_offset = progress.read_to
 
     # -------------------------------------------------------------------- loop
 
@@ -219,12 +237,17 @@ class Worker:
 
     def _feed(self, batch: Batch, now_wall: float, now: float) -> None:
         tp, offsets = batch.tp, batch.offsets
-        count, next_offset = len(batch.values), offsets[-1] + 1
-        fed = self.sources[tp].feed(batch.values, now=now_wall)
+        count, read_to = len(batch.values), offsets[-1] + 1
+        source = self.sources[tp]
+        fed = source.feed(batch.values, now=now_wall, refs=offsets)
         self._dead_letters(tp, fed.rejected, offsets)
         self._emit(fed.events)
         progress = self.progress.setdefault(tp, PartitionProgress())
-        progress.next_offset = next_offset
+        # Records the source holds for the next batch (``Source``) are not in the core's state:
+        # a checkpoint commits the offset before them, so a restart reads them again.
+        held = source.held_from
+        progress.next_offset = read_to if held is None else held
+        progress.read_to = read_to
         progress.last_data = now
         progress.idle = False
         self.counts["consumed"] += count
@@ -242,9 +265,8 @@ class Worker:
         transport = self.transport
         behind = False
         for tp, progress in self.progress.items():
-            high = transport.highwater(tp)
-            if high is not None and progress.next_offset is not None and \
-                    progress.next_offset < high:
+            high, read_to = transport.highwater(tp), progress.position()
+            if high is not None and read_to is not None and read_to < high:
                 behind = True
                 break
         was_behind, self.behind = self.behind, behind
@@ -254,8 +276,8 @@ class Worker:
         """What a step rejected, each as it came: a value with its offset; a record the
         adapter made with the offset range of the batch it came from (``"flush"`` at the end)."""
         for rejection in rejected:
-            if rejection.position is not None:
-                offset = str(offsets[rejection.position])
+            if rejection.position is not None:            # (the offset: ``refs`` of the feed)
+                offset = str(rejection.position)
             elif offsets:
                 offset = f"{offsets[0]}-{offsets[-1]}"
             else:
@@ -381,6 +403,7 @@ class Worker:
             if self._caught_up(tp, progress):
                 progress.idle = True
                 log.debug("partition idle", extra={"partition": f"{tp.topic}/{tp.partition}"})
+                self._release(tp)
                 self._emit(detector.finish_source(f"{tp.topic}/{tp.partition}"))
 
     def _caught_up(self, tp: TP, progress: PartitionProgress) -> bool:
@@ -389,7 +412,7 @@ class Worker:
             end = transport.highwater(tp)
             if end is None:      # nothing fetched since the assignment: ask the broker
                 end = transport.end_offset(tp)
-            position = progress.next_offset
+            position = progress.position()
             if position is None:
                 position = transport.position(tp)
         except TransportError:
@@ -710,7 +733,7 @@ class Worker:
             return
         self.metrics.observe_core()
         for tp, progress in self.progress.items():
-            high, position = self.transport.highwater(tp), progress.next_offset
+            high, position = self.transport.highwater(tp), progress.position()
             if high is not None and position is not None:
                 self.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
                     max(0, high - position))

@@ -227,3 +227,46 @@ def test_the_worker_rejects_what_a_replay_of_the_same_files_rejects(broker, tmp_
                      h["reason"].decode())
                     for h in (dict(m.headers()) for m in deployment.read("dead_letter")))
     assert worked == replayed
+
+
+def test_a_log_of_bursts_apart_is_read_whole_by_a_replay_and_the_worker(broker, tmp_path):
+    """A resolver that answers in bursts of 30, 400 s apart (longer than max_future_skew_s):
+    a batch that ends a few lines into a burst (every replay chunk of 4,096 lines here; the
+    worker's polls wherever they end) is carried to the next one instead of being rejected as a
+    clock far ahead. One host's answer a day ahead, the last line of the replay's first chunk,
+    is rejected by both, at the same line and offset; nothing else is."""
+    import subprocess
+
+    from conftest import DETECTOR, Deployment
+
+    t0 = 1795737600
+    dns = [orjson.dumps({"ts": t0 + burst * 400 + i, "qname": "auth.bank.example",
+                         "qtype": "TXT", "rcode": "NOERROR", "client": "mx1"})
+           for burst in range(200) for i in range(30)]
+    dns += [orjson.dumps({"ts": t0 + 200 * 400 + i / 10, "qname": "auth.bank.example",
+                          "qtype": "TXT", "rcode": "NOERROR", "client": "mx1"})
+            for i in range(100)]            # the last burst: more than 1 % of any poll
+    dns.insert(4095, orjson.dumps({"ts": t0 + 86400 * 2, "qname": "auth.bank.example",
+                                   "rcode": "NOERROR", "client": "mx9"}))
+    mail = [orjson.dumps({"ts": t0 + 20 * i + 5, "message_id": f"<{i}@mx1>",
+                          "status": "delivered", "sender": "verify@auth.bank.example",
+                          "category": "otp", "server": "mx1"}) for i in range(4000)]
+    mail_path, dns_path = tmp_path / "mail.jsonl", tmp_path / "dns.jsonl"
+    mail_path.write_bytes(b"\n".join(mail) + b"\n")
+    dns_path.write_bytes(b"\n".join(dns) + b"\n")
+    dead_path = tmp_path / "dead.jsonl"
+    subprocess.run([*DETECTOR, "replay", "--mail", str(mail_path), "--dns", str(dns_path),
+                    "--out", str(tmp_path / "out.jsonl"), "--dead-letter", str(dead_path)],
+                   check=True, capture_output=True, timeout=120)
+    replayed = [(d["stream"], d["line"] - 1, d["reason"])
+                for d in map(orjson.loads, dead_path.read_bytes().splitlines())]
+    assert replayed == [("dns", 4095, "future_ts")]
+    deployment = Deployment(broker, tmp_path)
+    deployment.produce_files("dns", dns_path)
+    deployment.produce_files("mail", mail_path)
+    assert deployment.run_worker_until_idle() == 0
+    stream_of = {deployment.topics["mail"]: "mail", deployment.topics["dns"]: "dns"}
+    worked = [(stream_of[h["source_topic"].decode()], int(h["source_offset"]),
+               h["reason"].decode())
+              for h in (dict(m.headers()) for m in deployment.read("dead_letter"))]
+    assert worked == replayed

@@ -19,11 +19,11 @@ from .config import (AlertConfig, ClockConfig, ConfigError, DetectorConfig, Join
 from .events import (AnomalyEvent, Evidence, Expected, Observed, Rule, Severity, State,
                      ValueCount, Window, decode_event, encode_event)
 from .outcomes import KEYS, OUTCOMES
-from .pipeline import STATE_VERSION, Detector, FeedResult
+from .pipeline import STATE_VERSION, Carry, Detector, FeedResult
 from .records import DnsRecord, MailRecord, Rejected, parse_dns, parse_mail
 
 __all__ = [
-    "AlertConfig", "AnomalyEvent", "ClockConfig", "ConfigError", "Detector", "DetectorConfig",
+    "AlertConfig", "AnomalyEvent", "Carry", "ClockConfig", "ConfigError", "Detector", "DetectorConfig",
     "DnsRecord", "Evidence", "Expected", "FeedResult", "JoinConfig", "KEYS", "MailRecord",
     "ModelConfig", "OUTCOMES", "Observed", "OtpConfig", "Rejected", "Rule", "STATE_VERSION",
     "Severity", "SliceConfig", "State", "ValueCount", "Window", "decode_event", "encode_event",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .config import DetectorConfig
 from .events import AnomalyEvent
 from .judge import ALERT_EVIDENCE_VALUES, Judge, series_row
-from .task import DNS, MAIL, JoinTask, PendingDelivery
+from .task import DNS, MAIL, Carry, JoinTask, PendingDelivery
 
 #: The layout of ``Detector.snapshot()``: 4 holds the task and the judge apart.
 STATE_VERSION = 4
@@ -37,6 +37,8 @@ class FeedResult:
 
     events: list[AnomalyEvent] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: With ``feed(carry=True)``: the batch's tail left for the source's next batch, if any.
+    carry: Carry | None = None
 
 
 class Detector:
@@ -105,14 +107,18 @@ class Detector:
     # ------------------------------------------------------------------ input
 
     def feed(self, stream: str, lines: list, source: str | None = None,
-             now: float | None = None) -> FeedResult:
+             now: float | None = None, *, carry: bool = False,
+             limit: float | None = None) -> FeedResult:
         """Process one batch of raw lines of ``stream`` (``"mail"`` or ``"dns"``) from ``source``.
 
         ``now`` (epoch seconds), when the shell knows the wall clock, also rejects records more
-        than ``max_future_skew_s`` ahead of it.
+        than ``max_future_skew_s`` ahead of it. With ``carry``, a tail the batch alone cannot
+        settle may be left for the source's next batch (``FeedResult.carry``; see
+        ``JoinTask.feed``, which also says what ``limit`` is).
         """
-        rejected = self.task.feed(stream, lines, source, now)
-        return FeedResult(self._judge(), rejected)
+        carried: list[Carry] | None = [] if carry else None
+        rejected = self.task.feed(stream, lines, source, now, carry=carried, limit=limit)
+        return FeedResult(self._judge(), rejected, carried[0] if carried else None)
 
     def add_source(self, source: str) -> None:
         """Declare an input before its first batch, so it holds the watermark back until then."""
@@ -174,5 +180,5 @@ class Detector:
                 "task": self.task.snapshot(), "judge": self.judge.snapshot()}
 
 
-__all__ = ["ALERT_EVIDENCE_VALUES", "DNS", "MAIL", "STATE_VERSION", "Detector", "FeedResult",
+__all__ = ["ALERT_EVIDENCE_VALUES", "Carry", "DNS", "MAIL", "STATE_VERSION", "Detector", "FeedResult",
            "PendingDelivery", "series_row"]

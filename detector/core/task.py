@@ -22,7 +22,7 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from msgspec import Struct
@@ -58,6 +58,14 @@ class PendingDelivery(Struct, gc=False):
 
 
 _delivery_ts = _record_ts = attrgetter("ts")
+
+
+class Carry(NamedTuple):
+    """The tail of a batch that ``JoinTask.feed`` left for the source's next batch to settle:
+    its last ``lines`` lines, and the time after which they are ``future_ts`` if none comes."""
+
+    lines: int
+    limit: float
 
 
 
@@ -120,12 +128,23 @@ class JoinTask:
     # ------------------------------------------------------------------ input
 
     def feed(self, stream: str, lines: list, source: str | None = None,
-             now: float | None = None) -> list[tuple[int, str]]:
+             now: float | None = None, *, carry: list[Carry] | None = None,
+             limit: float | None = None) -> list[tuple[int, str]]:
         """Decode, validate and queue one batch of raw lines of ``stream`` (``"mail"`` or
         ``"dns"``) from ``source``; the rejected lines as ``(index, reason)``, sorted.
 
         ``now`` (epoch seconds), when the shell knows the wall clock, also rejects records more
-        than ``max_future_skew_s`` ahead of it. Call ``advance()`` after to join what became due.
+        than ``max_future_skew_s`` ahead of it; ``limit`` rejects records after it. Call
+        ``advance()`` after to join what became due.
+
+        With ``carry`` (a list), the batch may end in lines this call leaves alone: when its
+        last records jump far ahead of the rest (``_drop_future``), nothing in the batch tells a
+        quiet gap in the traffic from a host with a wrong clock, but the next batch of the same
+        source does. Those lines, from the first such record to the end, are not decoded into
+        the state nor counted, and a ``Carry`` saying how many and the bound they broke is
+        appended to ``carry``: the shell offers them again at the start of the source's next
+        batch, or alone with ``limit=carry.limit`` (so judged as without ``carry``) when the
+        source has no more.
         """
         if stream not in (MAIL, DNS):
             raise ValueError(f"unknown stream {stream!r}: expected 'mail' or 'dns'")
@@ -136,11 +155,16 @@ class JoinTask:
         # (Mail records or DNS answers: both have a float ``ts`` once decoded.)
         decoded: tuple[list[Any], list[int] | None] = decode(lines, rejected)
         records, kept = decoded
-        counters[f"{stream}_records"] += len(lines)
         # The batch's times, gathered once (in C) for the future check, the first and the newest.
         stamps = np.fromiter(map(_record_ts, records), dtype=float, count=len(records))
+        judged = len(lines)
         if records:
-            records, kept, stamps = self._drop_future(records, kept, stamps, rejected, now)
+            records, kept, stamps, judged, carried = self._drop_future(
+                records, kept, stamps, rejected, now, limit, carry is not None, judged)
+            if carried is not None and carry is not None:
+                carry.append(carried)
+                rejected = [item for item in rejected if item[0] < judged]
+        counters[f"{stream}_records"] += judged
         watermark = self.clock.watermark
         first = float(stamps.min()) if records else math.inf
         if records and first >= watermark:            # the usual batch: nothing late
@@ -227,27 +251,53 @@ class JoinTask:
         return {i: self.open_steps.pop(i) for i in done}
 
     def _drop_future(self, records: list, kept: list[int] | None, stamps: np.ndarray,
-                     rejected: list, now: float | None) -> tuple[list, list[int] | None,
-                                                                 np.ndarray]:
-        """Reject timestamps far ahead of the rest of their batch (and of ``now`` when known).
+                     rejected: list, now: float | None, bound: float | None, carry: bool,
+                     lines: int) -> tuple[list, list[int] | None, np.ndarray, int,
+                                          Carry | None]:
+        """Reject timestamps far ahead of the rest of their batch (and of ``now`` when known,
+        and after ``bound`` when given); the records left, how many of the batch's ``lines``
+        were judged, and the ``Carry`` of the tail left unjudged, if any (see ``feed``).
 
         One host with a wrong clock must not move the watermark. In the batch's sorted times, a
         jump of more than ``max_future_skew_s`` followed by only a few records (at most 1 % of the
         batch) marks those few as a bad clock; a real gap in the traffic is followed by the rest
         of the traffic. A live shell also gives the wall clock, which settles single records.
+        Those of the few that come last in the batch (after every record from before the jump,
+        in arrival order) may as well be the first records after a quiet gap, cut off by the
+        end of the batch: with ``carry``, they are left for the next batch to settle
+        (``feed``); those among the rest are a wrong clock either way.
         ``records`` are at the indexes ``kept`` of the batch (``None``: every line, in order).
         """
         skew = self.config.clock.max_future_skew_s
         limit = math.inf if now is None else now + skew
+        if bound is not None:
+            limit = min(limit, bound)
+        jump = math.inf
+        carried = None
         if len(stamps) > 1:
             ordered = np.sort(stamps)
             tail_allowed = max(1, len(stamps) // 100)
             for gap in np.flatnonzero(np.diff(ordered) > skew):
                 if len(stamps) - (gap + 1) <= tail_allowed:
-                    limit = min(limit, float(ordered[gap]) + skew)
+                    jump = float(ordered[gap]) + skew
                     break
+        if carry and jump < limit:
+            # Of the few, those after every record from before the jump (in arrival order) are
+            # left with every line after them; any other is a wrong clock, rejected below.
+            at = np.arange(len(stamps)) if kept is None else np.asarray(kept)
+            last = at[(stamps > jump) & (stamps <= limit) & (at > at[stamps <= jump].max())]
+            if len(last):
+                cut = int(last.min())
+                inside = at < cut
+                records = [record for record, keep in zip(records, inside.tolist()) if keep]
+                if kept is not None:
+                    kept = [index for index in kept if index < cut]
+                stamps = stamps[inside]
+                carried = Carry(lines - cut, jump)
+                lines = cut
+        limit = min(limit, jump)
         if stamps.max() <= limit:
-            return records, kept, stamps
+            return records, kept, stamps, lines, carried
         still: list = []
         still_kept: list[int] = []
         for index, record in zip(range(len(records)) if kept is None else kept, records):
@@ -256,7 +306,7 @@ class JoinTask:
             else:
                 still.append(record)
                 still_kept.append(index)
-        return still, still_kept, stamps[stamps <= limit]
+        return still, still_kept, stamps[stamps <= limit], lines, carried
 
     def _accept_mail(self, mails: list) -> None:
         """Queue the OTP deliveries among a batch's on-time mail records for their join.
