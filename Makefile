@@ -1,5 +1,6 @@
 # One entry point for people and CI. `make setup` is idempotent: it only reinstalls when
-# pyproject.toml changed since the last install (the stamp file records that).
+# pyproject.toml or the C decoder changed since the last install (the stamp file records that;
+# the install compiles detector/core/_speedups.c in place).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml detector/core/_speedups.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

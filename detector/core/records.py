@@ -22,6 +22,7 @@ is the same whichever path it took (``tests/test_decoder_paths.py`` holds the tw
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
@@ -628,19 +629,76 @@ def _decode(lines: list, rejected: list[tuple[int, str]], decode_line, build, va
     return records, kept
 
 
+def decode_mail_py(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
+                                                                         list[int] | None]:
+    """``decode_mail`` in Python alone (the C loop of ``_speedups`` does the same)."""
+    return _decode(lines, rejected, _decode_mail_line, _mail_record, mail_from_object)
+
+
+def decode_dns_py(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
+                                                                        list[int] | None]:
+    """``decode_dns`` in Python alone (the C loop of ``_speedups`` does the same)."""
+    return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
+
+
+def _fold_upper(value: str) -> str:
+    return _fold(_UPPER, value, value.upper())
+
+
+def _fold_host(value: str) -> str:
+    return _fold(_HOST, value, value.lower()[:MAX_FIELD_CHARS])
+
+
+def _fold_lower(value: str) -> str:
+    return _fold(_LOWER, value, value.lower())
+
+
+def _speedups_module() -> Any:
+    """``detector.core._speedups`` configured with this module's decoders, caches and types, or
+    ``None``: not built (a platform without a C compiler: the Python loop is the same, slower),
+    or turned off with ``DETECTOR_PURE_PYTHON=1``."""
+    if os.environ.get("DETECTOR_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    _speedups.configure(
+        Rejected=Rejected, checked=_checked, parse_ts=parse_ts, minute_epoch=_MINUTE_EPOCH,
+        utc_fraction=_UTC_FRACTION, normalize_name=normalize_name,
+        dns_decode_line=_decode_dns_line, dns_validate=dns_from_object, dns_type=DnsRecord,
+        outcome_of=_OUTCOME_OF_RCODE, outcome_of_rcode=outcome_of_rcode, upper_of=_UPPER,
+        host_of=_HOST, fold_upper=_fold_upper, fold_host=_fold_host,
+        mail_decode_line=_decode_mail_line, mail_validate=mail_from_object,
+        mail_type=MailRecord, domains=_DOMAIN_OF, domain_of=domain_of, lower_of=_LOWER,
+        fold_lower=_fold_lower, limit=MAX_LINE_BYTES, cut=MAX_FIELD_CHARS,
+        ms_threshold=EPOCH_MS_THRESHOLD, max_epoch_s=MAX_EPOCH_S,
+        dns_line=_DnsLine, mail_line=_MailLine, lookup=_Lookup)
+    return _speedups
+
+
+#: The compiled decoders when built (``SPEEDUPS`` is true), else the Python loop.
+_SPEEDUPS = _speedups_module()
+SPEEDUPS = _SPEEDUPS is not None
+
+
 def decode_mail(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[MailRecord],
                                                                       list[int] | None]:
     """Every mail-flow line of a batch that the contract accepts, as ``MailRecord``s, with their
     indexes in ``lines`` (``None`` when every line was accepted, the usual batch); ``(index,
     reason)`` of the others appended to ``rejected``."""
-    return _decode(lines, rejected, _decode_mail_line, _mail_record, mail_from_object)
+    if _SPEEDUPS is not None:
+        return _SPEEDUPS.decode_mail(lines, rejected)
+    return decode_mail_py(lines, rejected)
 
 
 def decode_dns(lines: list, rejected: list[tuple[int, str]]) -> tuple[list[DnsRecord],
                                                                      list[int] | None]:
     """``decode_mail`` for DNS resolver lines: ``DnsRecord``s and their indexes (``None`` when
     every line was accepted)."""
-    return _decode(lines, rejected, _decode_dns_line, _dns_record, dns_from_object)
+    if _SPEEDUPS is not None:
+        return _SPEEDUPS.decode_dns(lines, rejected)
+    return decode_dns_py(lines, rejected)
 
 
 def parse_mail(raw: bytes | str) -> MailRecord:

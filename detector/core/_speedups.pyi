@@ -1,0 +1,9 @@
+"""records.py's batch decoders in C (``_speedups.c``); records.py configures them at import."""
+
+from typing import Any
+
+def configure(**references: Any) -> None: ...
+def decode_dns(lines: list[bytes] | list[str] | list[Any],
+               rejected: list[tuple[int, str]]) -> tuple[list[Any], list[int] | None]: ...
+def decode_mail(lines: list[bytes] | list[str] | list[Any],
+                rejected: list[tuple[int, str]]) -> tuple[list[Any], list[int] | None]: ...
