@@ -55,6 +55,7 @@ static PyObject **field_names[N_FIELDS] = {
 };
 static PyTypeObject *dns_line_type, *mail_line_type, *lookup_type;
 static Py_ssize_t dns_offsets[N_FIELDS], mail_offsets[N_FIELDS], lookup_offsets[N_FIELDS];
+static Py_ssize_t record_offsets[N_FIELDS];      /* of dns_type: DnsRecord */
 
 static void
 find_offsets(PyTypeObject *type, Py_ssize_t *offsets)
@@ -155,6 +156,11 @@ configure(PyObject *self, PyObject *args, PyObject *kwargs)
     find_offsets(dns_line_type, dns_offsets);
     find_offsets(mail_line_type, mail_offsets);
     find_offsets(lookup_type, lookup_offsets);
+    if (!PyType_Check(dns_type)) {
+        PyErr_SetString(PyExc_TypeError, "configure: dns_type is a type");
+        return NULL;
+    }
+    find_offsets((PyTypeObject *)dns_type, record_offsets);
     if (take(kwargs, "limit", &number) < 0)
         return NULL;
     limit = PyLong_AsSsize_t(number);
@@ -740,6 +746,167 @@ decode_mail(PyObject *self, PyObject *args)
                   mail_record);
 }
 
+
+/* ---------------------------------------------------------------- the join buffer */
+
+/* a.ts <= b.ts of two DnsRecords: 1, 0, or -1 with an exception set. */
+static int
+ts_not_after(PyObject *a, PyObject *b)
+{
+    PyObject *x = field(a, (PyTypeObject *)dns_type, record_offsets, F_TS);
+    if (x == NULL)
+        return -1;
+    PyObject *y = field(b, (PyTypeObject *)dns_type, record_offsets, F_TS);
+    if (y == NULL) {
+        Py_DECREF(x);
+        return -1;
+    }
+    int result = (PyFloat_CheckExact(x) && PyFloat_CheckExact(y))
+        ? PyFloat_AS_DOUBLE(x) <= PyFloat_AS_DOUBLE(y)
+        : PyObject_RichCompareBool(x, y, Py_LE);
+    Py_DECREF(x);
+    Py_DECREF(y);
+    return result;
+}
+
+/* join.py's DnsJoin._index, the per-record part: each record filed under its name, the name's
+ * list kept sorted by time (appended when not before its last, else ``insort(entries, record)``,
+ * join.py's own). */
+static PyObject *
+index_by_name(PyObject *self, PyObject *args)
+{
+    PyObject *by_name, *records, *insort;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_speedups is not configured");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!OO", &PyDict_Type, &by_name, &records, &insort))
+        return NULL;
+    PyObject *items = PySequence_Fast(records, "records must be a sequence");
+    if (items == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PySequence_Fast_GET_ITEM(items, i);
+        PyObject *qname = field(record, (PyTypeObject *)dns_type, record_offsets, F_QNAME);
+        if (qname == NULL)
+            goto fail;
+        PyObject *entries = PyDict_GetItemWithError(by_name, qname);
+        int failed = 0;
+        if (entries == NULL) {
+            if (PyErr_Occurred())
+                failed = 1;
+            else {
+                PyObject *fresh = PyList_New(1);
+                if (fresh == NULL)
+                    failed = 1;
+                else {
+                    Py_INCREF(record);
+                    PyList_SET_ITEM(fresh, 0, record);
+                    failed = PyDict_SetItem(by_name, qname, fresh) < 0;
+                    Py_DECREF(fresh);
+                }
+            }
+        }
+        else if (!PyList_CheckExact(entries) || PyList_GET_SIZE(entries) == 0) {
+            PyErr_SetString(PyExc_TypeError, "a name's entries must be a non-empty list");
+            failed = 1;
+        }
+        else {
+            Py_INCREF(entries);
+            int in_order = ts_not_after(PyList_GET_ITEM(entries, PyList_GET_SIZE(entries) - 1),
+                                        record);
+            if (in_order < 0)
+                failed = 1;
+            else if (in_order)
+                failed = PyList_Append(entries, record) < 0;
+            else {
+                PyObject *done = PyObject_CallFunctionObjArgs(insort, entries, record, NULL);
+                failed = done == NULL;
+                Py_XDECREF(done);
+            }
+            Py_DECREF(entries);
+        }
+        Py_DECREF(qname);
+        if (failed)
+            goto fail;
+    }
+    Py_DECREF(items);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(items);
+    return NULL;
+}
+
+/* join.py's DnsJoin._drop_through, the per-name part: ``gone`` are the records that left the
+ * buffer's runs, the oldest of their names; each name's list loses as many from its front (and
+ * the name goes when none is left). */
+static PyObject *
+drop_from_names(PyObject *self, PyObject *args)
+{
+    PyObject *by_name, *gone;
+    if (!configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_speedups is not configured");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &by_name, &gone))
+        return NULL;
+    PyObject *items = PySequence_Fast(gone, "gone must be a sequence");
+    if (items == NULL)
+        return NULL;
+    PyObject *counts = PyDict_New(), *key, *value;
+    if (counts == NULL)
+        goto fail;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *qname = field(PySequence_Fast_GET_ITEM(items, i), (PyTypeObject *)dns_type,
+                                record_offsets, F_QNAME);
+        if (qname == NULL)
+            goto fail;
+        PyObject *count = PyDict_GetItemWithError(counts, qname);
+        Py_ssize_t before = 0;
+        if (count != NULL)
+            before = PyLong_AsSsize_t(count);
+        else if (PyErr_Occurred()) {
+            Py_DECREF(qname);
+            goto fail;
+        }
+        PyObject *after = PyLong_FromSsize_t(before + 1);
+        int failed = after == NULL || PyDict_SetItem(counts, qname, after) < 0;
+        Py_XDECREF(after);
+        Py_DECREF(qname);
+        if (failed)
+            goto fail;
+    }
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(counts, &pos, &key, &value)) {
+        Py_ssize_t count = PyLong_AsSsize_t(value);
+        PyObject *entries = PyDict_GetItemWithError(by_name, key);
+        if (entries == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            goto fail;
+        }
+        if (!PyList_CheckExact(entries)) {
+            PyErr_SetString(PyExc_TypeError, "a name's entries must be a list");
+            goto fail;
+        }
+        if (PyList_GET_SIZE(entries) == count) {
+            if (PyDict_DelItem(by_name, key) < 0)
+                goto fail;
+        }
+        else if (PyList_SetSlice(entries, 0, count, NULL) < 0)
+            goto fail;
+    }
+    Py_DECREF(counts);
+    Py_DECREF(items);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(counts);
+    Py_DECREF(items);
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- module */
 
 static PyMethodDef methods[] = {
@@ -749,12 +916,17 @@ static PyMethodDef methods[] = {
      "decode_dns(lines, rejected) -> (records, kept): records.decode_dns in C."},
     {"decode_mail", decode_mail, METH_VARARGS,
      "decode_mail(lines, rejected) -> (records, kept): records.decode_mail in C."},
+    {"index_by_name", index_by_name, METH_VARARGS,
+     "index_by_name(by_name, records, insort): DnsJoin._index's loop over records in C."},
+    {"drop_from_names", drop_from_names, METH_VARARGS,
+     "drop_from_names(by_name, gone): DnsJoin._drop_through's per-name deletions in C."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "detector.core._speedups",
-    "records.py's batch decoders in C (the loop and the usual line; the rest is records.py's).",
+    "records.py's batch decoders and join.py's buffer upkeep in C (the loops and the usual "
+    "record; the rest is theirs).",
     -1, methods,
 };
 

@@ -31,7 +31,7 @@ from itertools import chain
 from operator import attrgetter
 
 from .outcomes import RANK
-from .records import FINAL_FAILURE, DnsRecord, MailRecord
+from .records import _SPEEDUPS, FINAL_FAILURE, DnsRecord, MailRecord
 
 # A buffered resolver answer is the parsed ``DnsRecord`` itself (ts, qname, qtype, outcome,
 # resolver, client).
@@ -66,6 +66,13 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
 #: cost a Python call per probe (1.6 M calls in a 370 k-record replay).
 _entry_ts = attrgetter("ts")
 _entry_qname = attrgetter("qname")
+#: The buffer's upkeep loops compiled (``_speedups.c``), or None: the same loops in Python.
+_C = _SPEEDUPS
+
+
+def _insort(entries: list[Entry], record: Entry) -> None:
+    """File ``record`` in a name's list, after the entries of the same time."""
+    insort(entries, record, key=_entry_ts)
 
 
 class DnsJoin:
@@ -118,15 +125,18 @@ class DnsJoin:
         if not records:
             return
         by_name = self._by_name
-        for record in records:
-            qname = record.qname
-            entries = by_name.get(qname)
-            if entries is None:
-                by_name[qname] = [record]
-            elif entries[-1].ts <= record.ts:
-                entries.append(record)
-            else:
-                insort(entries, record, key=_entry_ts)
+        if _C is not None:
+            _C.index_by_name(by_name, records, _insort)
+        else:
+            for record in records:
+                qname = record.qname
+                entries = by_name.get(qname)
+                if entries is None:
+                    by_name[qname] = [record]
+                elif entries[-1].ts <= record.ts:
+                    entries.append(record)
+                else:
+                    _insort(entries, record)
         run = sorted(records, key=_entry_ts)
         self._run_seq += 1
         heappush(self._runs, (run[0].ts, self._run_seq, run))
@@ -153,12 +163,15 @@ class DnsJoin:
         # A name's records before the cutoff are the first of its sorted list: as many as
         # left the runs.
         by_name = self._by_name
-        for qname, count in Counter(map(_entry_qname, gone)).items():
-            entries = by_name[qname]
-            if len(entries) == count:
-                del by_name[qname]
-            else:
-                del entries[:count]
+        if _C is not None:
+            _C.drop_from_names(by_name, gone)
+        else:
+            for qname, count in Counter(map(_entry_qname, gone)).items():
+                entries = by_name[qname]
+                if len(entries) == count:
+                    del by_name[qname]
+                else:
+                    del entries[:count]
         self.size -= len(gone)
         return len(gone)
 
