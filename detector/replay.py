@@ -126,7 +126,8 @@ class ReplaySummary:
         return dict(self.core_rejected.get(stream, {}))
 
     def warnings(self) -> list[str]:
-        """Inputs an operator should look at: empty, or every record rejected."""
+        """What an operator should look at: an input empty or with every record rejected, and
+        a join that finds answers only from other clients (``client_mismatch_warning``)."""
         out = []
         for one in self.inputs:
             name = "standard input" if one.path == "-" else one.path
@@ -138,7 +139,25 @@ class ReplaySummary:
                     (not one.records and not one.skipped and adapter_rejected):
                 reasons = ", ".join(f"{r} {n:,}" for r, n in one.rejected.most_common(3))
                 out.append(f"{name} ({one.stream}): every line was rejected ({reasons})")
+        warning = client_mismatch_warning(self.stats)
+        if warning is not None:
+            out.append(warning)
         return out
+
+
+def client_mismatch_warning(stats: dict) -> str | None:
+    """A warning when a notable share of OTP deliveries' lookups stayed ``UNMATCHED`` only
+    because their answers came from another client than the delivery's server: at least 10,
+    and at least 1 % of the OTP attempts (one misnamed server among a hundred still shows)."""
+    mismatched = stats.get("client_mismatched_lookups", 0)
+    attempts = stats.get("otp_attempts", 0)
+    if mismatched < 10 or mismatched < 0.01 * attempts:
+        return None
+    return (f"join: {mismatched:,} lookups of {attempts:,} OTP deliveries found answers for their"
+            " name in the join window, but only from other clients than the delivery's server,"
+            " and count as UNMATCHED. If the mail log names its servers one way and the resolver"
+            " log another (host names against addresses), or the servers share a cache, set"
+            " join.match_client = false")
 
 
 @dataclass

@@ -74,6 +74,11 @@ class WorkerMetrics:
         self.anomalies = Counter(PREFIX + "anomaly_events_total",
                                  "Anomaly events published, by state.", ["state"],
                                  registry=registry)
+        self.client_mismatched = Counter(
+            PREFIX + "client_mismatched_lookups_total",
+            "Lookups of OTP deliveries counted UNMATCHED only because every answer in their "
+            "window came from another client than the delivery's server (join.match_client).",
+            registry=registry)
         self.otp_attempts = Counter(PREFIX + "otp_attempts_total",
                                     "OTP delivery attempts joined, by outcome.", ["outcome"],
                                     registry=registry)
@@ -168,6 +173,8 @@ class WorkerMetrics:
             return self.otp_attempts.labels(outcome=label)
         if key == "duplicates":
             return self.duplicates
+        if key == "client_mismatched_lookups":
+            return self.client_mismatched
         return None
 
     def revoked(self, partitions: Iterable[tuple[str, int]]) -> None:

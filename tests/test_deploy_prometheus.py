@@ -59,7 +59,7 @@ def with_expr(rules: str, alert: str, expr: str) -> str:
 def test_each_alerts_rules_test_fails_when_its_rule_never_or_always_fires(tmp_path, broken):
     rules = RULES.read_text()
     names = alert_names(rules)
-    assert len(names) == 9 and all(f"alertname: {n}" in RULES_TEST.read_text() for n in names)
+    assert len(names) == 10 and all(f"alertname: {n}" in RULES_TEST.read_text() for n in names)
     (tmp_path / RULES_TEST.name).write_text(RULES_TEST.read_text())
     for name in names:
         (tmp_path / RULES.name).write_text(with_expr(rules, name, broken))

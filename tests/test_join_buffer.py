@@ -84,3 +84,25 @@ def test_a_name_s_answers_stay_in_time_order_whatever_order_they_come_in():
     assert [entry.ts for entry in join._by_name["a.example"]] == [3.0, 3.0, 5.0, 9.0]
     join.expire(10.0)
     assert "a.example" not in join._by_name and join.size == 0
+
+
+@pytest.mark.parametrize("prefer", [PREFER_NEAREST, PREFER_HEALTHY, PREFER_FAILING])
+def test_a_lookup_answered_only_for_another_client_is_unmatched_and_counted(prefer):
+    join = DnsJoin(30, 5)
+    join.add_many([record(100.0, "a.example", "SERVFAIL", "192.0.2.25"),
+                   record(101.0, "b.example", "NOERROR", "mx1")])
+    lookups = [("a.example", "TXT")]
+    assert join.resolve_fields(110.0, "mx1", None, lookups, None, prefer) == ("UNMATCHED", None)
+    assert join.client_mismatched == 1
+    # Answered for its own client, or for no client named, or with no answer at all in the
+    # window: not counted.
+    assert join.resolve_fields(110.0, "mx1", None, [("b.example", "TXT")], None, prefer)[0] \
+        == "NOERROR"
+    assert join.resolve_fields(200.0, "mx1", None, lookups, None, prefer) == ("UNMATCHED", None)
+    assert join.resolve_fields(110.0, None, None, lookups, None, prefer)[0] == "SERVFAIL"
+    assert join.client_mismatched == 1
+    # The fix the warning names: the client is not compared.
+    lenient = DnsJoin(30, 5, match_client=False)
+    lenient.add_many([record(100.0, "a.example", "SERVFAIL", "192.0.2.25")])
+    assert lenient.resolve_fields(110.0, "mx1", None, lookups, None, prefer) == ("SERVFAIL", "r1")
+    assert lenient.client_mismatched == 0

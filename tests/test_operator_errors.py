@@ -333,6 +333,32 @@ def test_suspicious_inputs_exit_0_with_a_warning(tmp_path, logs, case):
     assert f"detector: warning: {words}" in stderr_of(done)
 
 
+@pytest.mark.parametrize("client,warned", [("192.0.2.25", True), ("mx1.example.net", False)],
+                         ids=["named-differently", "named-alike"])
+def test_a_join_that_finds_answers_only_for_other_clients_says_how_to_fix_it(
+        tmp_path, client, warned):
+    # The mail log names its server by host name; the resolver log names the same host by
+    # address (or, the control, by the same name).
+    mail, dns = tmp_path / "mail.jsonl", tmp_path / "dns.jsonl"
+    mail.write_bytes(b"".join(orjson.dumps({**orjson.loads(mail_line(i, f"m{i}")),
+                                            "server": "mx1.example.net"}) + b"\n"
+                              for i in range(600)))
+    dns.write_bytes(b"".join(orjson.dumps({**orjson.loads(dns_line(i)), "client": client})
+                             + b"\n" for i in range(600)))
+    done = replay(mail, dns, "--out", tmp_path / "out.jsonl")
+    assert done.returncode == 0
+    err = stderr_of(done)
+    if warned:
+        assert ("detector: warning: join: 600 lookups of 600 OTP deliveries found answers for"
+                " their name in the join window, but only from other clients") in err
+        assert "set join.match_client = false" in err
+        fixed = replay(mail, dns, "--out", tmp_path / "out.jsonl",
+                       env={"DETECTOR_JOIN_MATCH_CLIENT": "false"})
+        assert fixed.returncode == 0 and "join.match_client" not in stderr_of(fixed)
+    else:
+        assert "join.match_client" not in err
+
+
 # ---------------------------------------------------------------- generate, evaluate, convert
 
 @pytest.mark.parametrize("hours", ["0", "-1", "nan"])

@@ -105,6 +105,11 @@ class DnsJoin:
         self.evicted = 0
         #: Joins where the delivery's status chose an answer other than the nearest one.
         self.ambiguous = 0
+        #: Lookups left without an answer only because every answer in their window came from
+        #: another client than the delivery's server (``match_client``): the sign of a mail log
+        #: and a resolver log that name the same hosts differently. Taken and zeroed by the
+        #: task, which counts them (``client_mismatched_lookups``).
+        self.client_mismatched = 0
 
     def add(self, record: DnsRecord) -> None:
         self.add_many((record,))
@@ -200,10 +205,13 @@ class DnsJoin:
         hi = bisect_right(entries, end, key=_entry_ts)
         split = bisect_right(entries, ts, lo, hi, key=_entry_ts)
         nearest = None
+        other_client = False
         # Nearest before first (scan backwards), then the earliest after.
         for i in chain(range(split - 1, lo - 1, -1), range(split, hi)):
             entry = entries[i]
             if not _compatible(entry, qtype, server):
+                if server is not None and _compatible(entry, qtype, None):
+                    other_client = True
                 continue
             if prefer == PREFER_NEAREST:
                 return entry
@@ -213,6 +221,8 @@ class DnsJoin:
                 return entry
             if nearest is None:
                 nearest = entry
+        if nearest is None and other_client:
+            self.client_mismatched += 1
         return nearest
 
     def resolve(self, mail: MailRecord) -> tuple[str, str | None]:

@@ -410,6 +410,9 @@ class JoinTask:
         counters["otp_attempts"] += len(due)
         for tallied, n in tally.items():
             counters["otp_failures" if tallied is None else f"otp_outcome:{tallied}"] += n
+        if self.join.client_mismatched:
+            counters["client_mismatched_lookups"] += self.join.client_mismatched
+            self.join.client_mismatched = 0
 
     # ----------------------------------------------------------------- state
 
