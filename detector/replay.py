@@ -156,8 +156,8 @@ def client_mismatch_warning(stats: dict) -> str | None:
     return (f"join: {mismatched:,} lookups of {attempts:,} OTP deliveries found answers for their"
             " name in the join window, but only from other clients than the delivery's server,"
             " and count as UNMATCHED. If the mail log names its servers one way and the resolver"
-            " log another (host names against addresses), or the servers share a cache, set"
-            " join.match_client = false")
+            " log another (a public address against an internal one, one host name against"
+            " another), or the servers share a cache, set join.match_client = false")
 
 
 @dataclass

@@ -89,20 +89,46 @@ def test_a_name_s_answers_stay_in_time_order_whatever_order_they_come_in():
 @pytest.mark.parametrize("prefer", [PREFER_NEAREST, PREFER_HEALTHY, PREFER_FAILING])
 def test_a_lookup_answered_only_for_another_client_is_unmatched_and_counted(prefer):
     join = DnsJoin(30, 5)
-    join.add_many([record(100.0, "a.example", "SERVFAIL", "192.0.2.25"),
-                   record(101.0, "b.example", "NOERROR", "mx1")])
+    join.add_many([record(100.0, "a.example", "SERVFAIL", "10.1.2.3"),
+                   record(101.0, "b.example", "NOERROR", "192.0.2.25")])
     lookups = [("a.example", "TXT")]
-    assert join.resolve_fields(110.0, "mx1", None, lookups, None, prefer) == ("UNMATCHED", None)
+    # The mail log's server is 192.0.2.25 (its public address), the resolver saw 10.1.2.3.
+    assert join.resolve_fields(110.0, "192.0.2.25", None, lookups, None, prefer) \
+        == ("UNMATCHED", None)
     assert join.client_mismatched == 1
     # Answered for its own client, or for no client named, or with no answer at all in the
     # window: not counted.
-    assert join.resolve_fields(110.0, "mx1", None, [("b.example", "TXT")], None, prefer)[0] \
-        == "NOERROR"
-    assert join.resolve_fields(200.0, "mx1", None, lookups, None, prefer) == ("UNMATCHED", None)
+    assert join.resolve_fields(110.0, "192.0.2.25", None, [("b.example", "TXT")], None,
+                               prefer)[0] == "NOERROR"
+    assert join.resolve_fields(200.0, "192.0.2.25", None, lookups, None, prefer) \
+        == ("UNMATCHED", None)
     assert join.resolve_fields(110.0, None, None, lookups, None, prefer)[0] == "SERVFAIL"
     assert join.client_mismatched == 1
     # The fix the warning names: the client is not compared.
     lenient = DnsJoin(30, 5, match_client=False)
-    lenient.add_many([record(100.0, "a.example", "SERVFAIL", "192.0.2.25")])
-    assert lenient.resolve_fields(110.0, "mx1", None, lookups, None, prefer) == ("SERVFAIL", "r1")
+    lenient.add_many([record(100.0, "a.example", "SERVFAIL", "10.1.2.3")])
+    assert lenient.resolve_fields(110.0, "192.0.2.25", None, lookups, None, prefer) \
+        == ("SERVFAIL", "r1")
     assert lenient.client_mismatched == 0
+
+
+@pytest.mark.parametrize("server,client,joined", [
+    ("mail01", "10.0.0.7", True),                  # Postfix's syslog host, Unbound's address
+    ("mail01.corp.example", "2001:db8::7", True),
+    ("10.0.0.7", "::ffff:10.0.0.7", True),         # a dual-stack socket's spelling
+    ("[2001:db8::7]", "2001:db8:0::7", True),
+    ("mail01", "mail01.corp.example", True),       # a short name and a full one
+    ("mail01.corp.example.", "mail01.corp.example", True),
+    ("10.0.0.7", "10.0.0.8", False),
+    ("mail01", "mail02.corp.example", False),
+    ("mail01.corp.example", "mail01.other.example", False),
+])
+def test_a_server_and_a_client_are_told_apart_only_when_spelt_alike(server, client, joined):
+    join = DnsJoin(30, 5)
+    join.add_many([record(100.0, "a.example", "SERVFAIL", client)])
+    outcome = join.resolve_fields(110.0, server, None, [("a.example", "TXT")], None)[0]
+    assert outcome == ("SERVFAIL" if joined else "UNMATCHED")
+    assert join.client_mismatched == (0 if joined else 1)
+    # Either way, the server's own answer is the one joined when the window holds both.
+    join.add_many([record(105.0, "a.example", "NOERROR", server)])
+    assert join.resolve_fields(110.0, server, None, [("a.example", "TXT")], None)[0] == "NOERROR"

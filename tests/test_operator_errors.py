@@ -333,15 +333,16 @@ def test_suspicious_inputs_exit_0_with_a_warning(tmp_path, logs, case):
     assert f"detector: warning: {words}" in stderr_of(done)
 
 
-@pytest.mark.parametrize("client,warned", [("192.0.2.25", True), ("mx1.example.net", False)],
-                         ids=["named-differently", "named-alike"])
+@pytest.mark.parametrize("server,client,warned", [
+    ("192.0.2.25", "10.1.2.3", True),              # a public address against an internal one
+    ("mx1.example.net", "mx1.example.net", False),
+    ("mx1", "10.1.2.3", False),                    # a name against an address: not compared
+], ids=["named-differently", "named-alike", "name-and-address"])
 def test_a_join_that_finds_answers_only_for_other_clients_says_how_to_fix_it(
-        tmp_path, client, warned):
-    # The mail log names its server by host name; the resolver log names the same host by
-    # address (or, the control, by the same name).
+        tmp_path, server, client, warned):
     mail, dns = tmp_path / "mail.jsonl", tmp_path / "dns.jsonl"
     mail.write_bytes(b"".join(orjson.dumps({**orjson.loads(mail_line(i, f"m{i}")),
-                                            "server": "mx1.example.net"}) + b"\n"
+                                            "server": server}) + b"\n"
                               for i in range(600)))
     dns.write_bytes(b"".join(orjson.dumps({**orjson.loads(dns_line(i)), "client": client})
                              + b"\n" for i in range(600)))

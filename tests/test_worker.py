@@ -107,7 +107,7 @@ def test_a_topic_of_postfix_lines_and_one_of_zeek_dns_lines_give_the_expected_an
     maillog, dnslog = spf_lookups_servfail_for_ten_minutes(tmp_path)
     deployment = Deployment(broker, tmp_path, formats={"mail_format": "postfix",
                                                        "dns_format": "zeek-dns"},
-                            tables="[join]\nmatch_client = false\n", transport=transport)
+                            transport=transport)
     deployment.produce_files("dns", dnslog)
     deployment.produce_files("mail", maillog)
     assert deployment.run_worker_until_idle() == 0

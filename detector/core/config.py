@@ -49,8 +49,9 @@ class JoinConfig:
     window_after_s: float = 5.0
     #: Bound on buffered resolver records (oldest evicted first, counted).
     max_buffered_dns: int = 2_000_000
-    #: Match a resolver record's ``client`` to the mail's ``server``. Turn off when the two logs
-    #: name the mail servers differently (a Zeek or resolver log gives IPs, a maillog host names).
+    #: Match a resolver record's ``client`` to the mail's ``server`` where both are spelt alike
+    #: (two addresses or two host names; ``join.may_be_same_host``). Turn off when the two logs
+    #: name one server two ways of one kind (a public and an internal address).
     match_client: bool = True
 
 

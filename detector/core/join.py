@@ -3,9 +3,19 @@
 Resolver records are buffered by name for as long as a delivery could still need them, and leave
 the buffer by event time, so memory follows the traffic inside the join window, not the history.
 A lookup ``(qname, qtype)`` of a delivery at time ``t`` from mail server ``s`` matches the resolver
-record with the same name (and type, and ``client == s``, where both sides give them) nearest
-before ``t`` within ``[t - before, t]``; failing that, the earliest one in ``(t, t + after]``
-(clocks of mail servers and resolvers disagree by a few seconds). A delivery takes the worst
+record with the same name (and type, and client ``s``: ``may_be_same_host``) nearest before
+``t`` within ``[t - before, t]``; failing that, the earliest one in ``(t, t + after]`` (clocks of
+mail servers and resolvers disagree by a few seconds).
+
+**Which client is the server.** Logs name hosts their own way: a Postfix log by its syslog host
+name (often the short one), a resolver log by the client's address, in IPv6-mapped form from a
+dual-stack socket. A server and a client are told apart only when they are spelt alike: two
+addresses (``::ffff:192.0.2.1`` is ``192.0.2.1``) that differ, or two host names that differ
+(a short name is compared with a full one's first label). An address against a host name
+cannot be told apart without a DNS lookup of our own, so it is not; where both logs use one
+spelling, answers for other servers are not joined. Lookups left ``UNMATCHED`` only because
+every answer in the window was another client's are counted (``client_mismatched``): the sign
+of two logs that name one host two ways, fixed with ``join.match_client = false``. A delivery takes the worst
 outcome of its lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is ``UNMATCHED``.
 
 **Attribution follows the delivery's own result.** At OTP volumes one mail server asks for the
@@ -22,6 +32,7 @@ takes the nearest answer. When a preferred answer exists and is not the nearest,
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from bisect import bisect_left, bisect_right, insort
 from collections import Counter
@@ -60,6 +71,53 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
     if status_code and _DNS_STATUS_CODE.match(status_code):
         return True
     return detail is not None and detail != "" and _DNS_DETAIL.search(detail) is not None
+
+
+#: Each host spelling's kind (an address or not) and comparable form, cached: a log has few
+#: hosts, a hostile one many, so the cache starts again past ``_HOSTS_MAX``.
+_HOST_KEYS: dict[str, tuple[bool, str]] = {}
+_HOSTS_MAX = 65_536
+
+
+def _host_key(host: str) -> tuple[bool, str]:
+    key = _HOST_KEYS.get(host)
+    if key is None:
+        text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            address = ipaddress.ip_address(text.partition("%")[0])
+        except ValueError:
+            key = (False, text.rstrip("."))
+        else:
+            mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+            key = (True, str(mapped or address))
+        if len(_HOST_KEYS) >= _HOSTS_MAX:
+            _HOST_KEYS.clear()
+        _HOST_KEYS[host] = key
+    return key
+
+
+def may_be_same_host(server: str, client: str) -> bool:
+    """Whether a mail log's ``server`` and a resolver log's ``client`` may be one host (see
+    the module docstring): only two addresses, or two names, that differ are told apart.
+
+    >>> may_be_same_host("mx1", "10.0.0.7"), may_be_same_host("10.0.0.7", "::ffff:10.0.0.7")
+    (True, True)
+    >>> may_be_same_host("mx1", "mx1.mail.example"), may_be_same_host("mx1", "mx2.mail.example")
+    (True, False)
+    >>> may_be_same_host("192.0.2.1", "10.0.0.7")
+    False
+    """
+    if server == client:
+        return True
+    server_is_address, server_key = _host_key(server)
+    client_is_address, client_key = _host_key(client)
+    if server_is_address != client_is_address:
+        return True
+    if server_key == client_key:
+        return True
+    if not server_is_address and ("." not in server_key) != ("." not in client_key):
+        return server_key.partition(".")[0] == client_key.partition(".")[0]
+    return False
 
 
 #: An entry's time, the key of every bisection: attrgetter runs in C, where a function of ours
@@ -197,7 +255,8 @@ class DnsJoin:
             entry = entries[split - 1]
             if start <= entry.ts and (qtype is None or entry.qtype is None
                                       or entry.qtype == qtype) and (
-                    server is None or entry.client is None or entry.client == server) and (
+                    server is None or entry.client is None or entry.client == server
+                    or may_be_same_host(server, entry.client)) and (
                     prefer == PREFER_NEAREST
                     or (entry.outcome in _FAILING) == (prefer == PREFER_FAILING)):
                 return entry
@@ -286,4 +345,5 @@ def prefer_of(mail: MailRecord) -> int:
 def _compatible(entry: Entry, qtype: str | None, server: str | None) -> bool:
     if qtype is not None and entry.qtype is not None and entry.qtype != qtype:
         return False
-    return server is None or entry.client is None or entry.client == server
+    return (server is None or entry.client is None or entry.client == server
+            or may_be_same_host(server, entry.client))
