@@ -148,17 +148,20 @@ def test_kill_9_a_join_worker_a_fourth_joins_kill_9_the_judge_and_the_events_sta
     deployment.produce_files("dns", files["dns"])
     deployment.produce_files("mail", files["mail"])
     idle = ("--exit-when-idle", "10")
+    # The join workers read the six hours in a few seconds: they stay until the fourth has
+    # joined and taken its tasks over (the takeover under test), not leave mid-rebalance.
+    join_idle = ("--exit-when-idle", "30")
     judge = deployment.start_worker("--role", "judge", *idle, log_name="judge.log")
     deployment.wait_for_log('"judging"', "judge.log")
     standby = deployment.start_worker("--role", "judge", *idle, log_name="standby.log")
-    joins = [deployment.start_worker("--role", "join", *idle, log_name=f"join{i}.log")
+    joins = [deployment.start_worker("--role", "join", *join_idle, log_name=f"join{i}.log")
              for i in range(3)]
     deployment.wait_for_log('"tasks assigned"', "join0.log")
     time.sleep(2)
     joins[0].kill()
     joins[0].wait()
     time.sleep(4)
-    joins.append(deployment.start_worker("--role", "join", *idle, log_name="join3.log"))
+    joins.append(deployment.start_worker("--role", "join", *join_idle, log_name="join3.log"))
     deployment.wait_for_log('"tasks assigned"', "join3.log", timeout=90)
     judge.kill()
     judge.wait()
