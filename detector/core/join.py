@@ -5,7 +5,8 @@ the buffer by event time, so memory follows the traffic inside the join window, 
 A lookup ``(qname, qtype)`` of a delivery at time ``t`` from mail server ``s`` matches the resolver
 record with the same name (and type, and client ``s``: ``may_be_same_host``) nearest before
 ``t`` within ``[t - before, t]``; failing that, the earliest one in ``(t, t + after]`` (clocks of
-mail servers and resolvers disagree by a few seconds).
+mail servers and resolvers disagree by a few seconds). A delivery takes the worst outcome of its
+lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is ``UNMATCHED``.
 
 **Which client is the server.** Logs name hosts their own way: a Postfix log by its syslog host
 name (often the short one), a resolver log by the client's address, in IPv6-mapped form from a
@@ -15,8 +16,7 @@ addresses (``::ffff:192.0.2.1`` is ``192.0.2.1``) that differ, or two host names
 cannot be told apart without a DNS lookup of our own, so it is not; where both logs use one
 spelling, answers for other servers are not joined. Lookups left ``UNMATCHED`` only because
 every answer in the window was another client's are counted (``client_mismatched``): the sign
-of two logs that name one host two ways, fixed with ``join.match_client = false``. A delivery takes the worst
-outcome of its lookups (``outcomes.SEVERITY_ORDER``); a lookup with no record is ``UNMATCHED``.
+of two logs that name one host two ways, fixed with ``join.match_client = false``.
 
 **Attribution follows the delivery's own result.** At OTP volumes one mail server asks for the
 same name many times a minute, so the window often holds several answers, healthy and failing.
@@ -42,7 +42,7 @@ from itertools import chain
 from operator import attrgetter
 
 from .outcomes import RANK
-from .records import _SPEEDUPS, FINAL_FAILURE, DnsRecord, MailRecord
+from .records import _SPEEDUPS, FINAL_FAILURE, DnsRecord, MailRecord, _remember
 
 # A buffered resolver answer is the parsed ``DnsRecord`` itself (ts, qname, qtype, outcome,
 # resolver, client).
@@ -73,10 +73,9 @@ def says_dns(status_code: str | None, detail: str | None) -> bool:
     return detail is not None and detail != "" and _DNS_DETAIL.search(detail) is not None
 
 
-#: Each host spelling's kind (an address or not) and comparable form, cached: a log has few
-#: hosts, a hostile one many, so the cache starts again past ``_HOSTS_MAX``.
+#: Each host spelling's kind (an address or not) and comparable form: a parse cache, bounded
+#: as the others are (``records._remember``).
 _HOST_KEYS: dict[str, tuple[bool, str]] = {}
-_HOSTS_MAX = 65_536
 
 
 def _host_key(host: str) -> tuple[bool, str]:
@@ -90,9 +89,7 @@ def _host_key(host: str) -> tuple[bool, str]:
         else:
             mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
             key = (True, str(mapped or address))
-        if len(_HOST_KEYS) >= _HOSTS_MAX:
-            _HOST_KEYS.clear()
-        _HOST_KEYS[host] = key
+        _remember(_HOST_KEYS, host, key)
     return key
 
 
